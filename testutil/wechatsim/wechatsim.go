@@ -1,0 +1,786 @@
+// Package wechatsim emulates the WeChat access_token API with WeChat's real
+// semantics, for tests, demos and load tests.
+//
+// It serves three endpoints:
+//
+//   - GET  /cgi-bin/token?grant_type=client_credential&appid=…&secret=…
+//     (the classic endpoint): every successful call issues a new token; the
+//     previously issued token of the app stays valid for Options.Grace (and
+//     never past its own expiry), then answers 40001.
+//   - POST /cgi-bin/stable_token with JSON
+//     {"grant_type","appid","secret","force_refresh"}: normal mode returns the
+//     current stable token until its last Options.Grace, force mode issues a
+//     new one, at most Options.StableForceDaily a day and
+//     Options.StableForceInterval apart. Classic and stable tokens are two
+//     independent chains per app, as in WeChat.
+//   - GET or POST /cgi-bin/getcallbackip?access_token=… : a business call
+//     that accepts only currently valid tokens (41001 missing, 42001
+//     expired, 40001 unknown or superseded).
+//
+// Both token endpoints count against one daily quota per app
+// (Options.DailyQuota, errcode 45009), and the day is WeChat's day: it starts
+// at midnight Asia/Shanghai (UTC+8). All JSON answers are HTTP 200 with
+// Content-Type "application/json; encoding=utf-8", as WeChat sends them.
+//
+// The clock is injectable (Options.Now), faults can be injected at run time
+// (SetFault), and every interesting count can be observed (Calls, Fetches,
+// Issued, MaxConcurrentFetches, BusinessCalls, Check).
+package wechatsim
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"time"
+)
+
+// Endpoint paths served by the emulator.
+const (
+	PathToken       = "/cgi-bin/token"
+	PathStableToken = "/cgi-bin/stable_token"
+	PathCallbackIP  = "/cgi-bin/getcallbackip"
+)
+
+// WeChat errcodes produced by the emulator.
+const (
+	CodeBusy              = -1    // system error, retry
+	CodeInvalidCredential = 40001 // wrong secret, or token invalid / not latest
+	CodeInvalidGrantType  = 40002
+	CodeInvalidAppID      = 40013
+	CodeInvalidAppSecret  = 40125 // only if Options.BadSecretErrcode is 40125
+	CodeTokenMissing      = 41001
+	CodeAppIDMissing      = 41002
+	CodeAppSecretMissing  = 41004
+	CodeTokenExpired      = 42001
+	CodeDailyQuota        = 45009
+	CodeMinuteQuota       = 45011
+	CodeDataFormat        = 47001
+	CodeIPNotWhitelisted  = 40164 // for fault injection
+	CodeRiskControl       = 89503 // for fault injection
+)
+
+const (
+	defaultExpiresIn       = 7200 * time.Second
+	defaultGrace           = 300 * time.Second
+	defaultDailyQuota      = 2000
+	defaultStableForce     = 20
+	defaultStableForceGap  = 30 * time.Second
+	defaultTokenLength     = 136
+	minTokenLength         = 8
+	maxStableTokenBodySize = 64 << 10
+)
+
+// Error is a WeChat {"errcode","errmsg"} answer.
+type Error struct {
+	Code int
+	Msg  string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("wechat errcode %d: %s", e.Code, e.Msg) }
+
+// Errors returned by Check; compare with errors.Is.
+var (
+	// ErrInvalidToken: unknown, superseded (past its grace) or revoked token (40001).
+	ErrInvalidToken = &Error{CodeInvalidCredential, "invalid credential, access_token is invalid or not latest"}
+	// ErrExpiredToken: the token is past its expires_in (42001).
+	ErrExpiredToken = &Error{CodeTokenExpired, "access_token expired"}
+	// ErrMissingToken: no access_token given (41001).
+	ErrMissingToken = &Error{CodeTokenMissing, "access_token missing"}
+)
+
+// Options configure a Sim. Zero values mean the defaults; for Grace,
+// DailyQuota, StableForceDaily and StableForceInterval a negative value
+// means "none" (no overlap, unlimited, unlimited, no minimum gap).
+type Options struct {
+	// ExpiresIn is the token lifetime, default 7200s; reported as
+	// expires_in in whole seconds, at least 1.
+	ExpiresIn time.Duration
+	// Grace is how long a token stays valid after the next token of its
+	// chain was issued (and the "last minutes" of a stable token in which
+	// normal mode issues a new one), default 300s.
+	Grace time.Duration
+	// DailyQuota is the per-app, per-day number of authenticated calls
+	// (right appid and secret) to /cgi-bin/token and /cgi-bin/stable_token
+	// together, default 2000; a stable force refresh refused by its own
+	// limits still counts. The call after it answers 45009.
+	DailyQuota int
+	// StableForceDaily limits stable_token force_refresh=true per app and
+	// day, default 20 (45009 when exceeded).
+	StableForceDaily int
+	// StableForceInterval is the minimum gap between two force refreshes of
+	// one app, default 30s (45011 when violated).
+	StableForceInterval time.Duration
+	// TokenLength is the length of issued tokens, default 136, at least 8.
+	TokenLength int
+	// BadSecretErrcode is the errcode for a wrong secret: 40001 (default)
+	// or 40125 ("invalid appsecret"), which WeChat also sends.
+	BadSecretErrcode int
+	// Now is the clock, default time.Now. It decides token validity and
+	// quota days; Fault.Latency always uses real time.
+	Now func() time.Time
+	// OnCall, if set, is called after every answered or abandoned request,
+	// outside the Sim's lock. Call carries no secret and no full token.
+	OnCall func(Call)
+}
+
+// Call describes one request, for logging. It never holds a secret or a
+// full token.
+type Call struct {
+	Path     string
+	AppID    string        // as given by the caller, or the owner of the token for business calls
+	Status   int           // HTTP status; 0 if the request was abandoned
+	Errcode  int           // 0 on success
+	Fault    string        // "", "busy", "5xx", "garbage", "errcode" if a fault answered
+	Canceled bool          // the caller went away during Fault.Latency
+	Token    string        // Fingerprint of the issued, returned or presented token
+	Duration time.Duration // real time spent
+}
+
+// Fault is injected by SetFault. Counters are consumed in the order
+// HTTP5xx, Garbage, Busy, then Errcode applies; -1 means "every call until
+// cleared". Faults apply to the two token endpoints only, after Latency,
+// and answered faults do not count as Calls.
+type Fault struct {
+	Busy    int           // next N token calls answer {"errcode":-1,"errmsg":"system error"}
+	HTTP5xx int           // next N token calls answer HTTP 502 with an HTML body
+	Garbage int           // next N token calls answer HTTP 200 with a truncated, non-JSON body
+	Latency time.Duration // added to every token call; abandoned when the request context ends
+	Errcode int           // if != 0, every token call answers this errcode until cleared
+	Errmsg  string        // errmsg for Errcode (a default is used if empty)
+}
+
+type token struct {
+	value      string
+	app        string
+	issuedAt   time.Time
+	expiresAt  time.Time
+	validUntil time.Time // zero: until expiresAt
+	revoked    bool
+}
+
+type app struct {
+	secret    string
+	classic   *token
+	stable    *token
+	day       int64
+	quotaUsed int
+	forceUsed int
+	lastForce time.Time
+	calls     int
+	fetches   int
+	issued    int
+}
+
+// Sim is the emulator. All methods are safe for concurrent use.
+type Sim struct {
+	opts Options
+
+	mu          sync.Mutex
+	apps        map[string]*app
+	tokens      map[string]*token
+	order       []*token // issuance order, for pruning long-expired tokens
+	fault       Fault
+	inflight    map[string]int
+	maxInflight map[string]int
+	bizOK       int
+	bizRejected int
+}
+
+// New returns a Sim without apps; add them with AddApp.
+func New(opts Options) *Sim {
+	if opts.ExpiresIn <= 0 {
+		opts.ExpiresIn = defaultExpiresIn
+	}
+	switch {
+	case opts.Grace == 0:
+		opts.Grace = defaultGrace
+	case opts.Grace < 0:
+		opts.Grace = 0
+	}
+	if opts.DailyQuota == 0 {
+		opts.DailyQuota = defaultDailyQuota
+	}
+	if opts.StableForceDaily == 0 {
+		opts.StableForceDaily = defaultStableForce
+	}
+	switch {
+	case opts.StableForceInterval == 0:
+		opts.StableForceInterval = defaultStableForceGap
+	case opts.StableForceInterval < 0:
+		opts.StableForceInterval = 0
+	}
+	if opts.TokenLength <= 0 {
+		opts.TokenLength = defaultTokenLength
+	}
+	if opts.TokenLength < minTokenLength {
+		opts.TokenLength = minTokenLength
+	}
+	if opts.BadSecretErrcode != CodeInvalidAppSecret {
+		opts.BadSecretErrcode = CodeInvalidCredential
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Sim{
+		opts:        opts,
+		apps:        map[string]*app{},
+		tokens:      map[string]*token{},
+		inflight:    map[string]int{},
+		maxInflight: map[string]int{},
+	}
+}
+
+// NewServer returns a Sim and an httptest.Server serving it; the caller
+// closes the server.
+func NewServer(opts Options) (*Sim, *httptest.Server) {
+	s := New(opts)
+	return s, httptest.NewServer(s.Handler())
+}
+
+// AddApp registers an app; for an existing app it only sets the secret.
+func (s *Sim) AddApp(appid, secret string) { s.SetSecret(appid, secret) }
+
+// SetSecret rotates the secret of an app (registering it if unknown).
+// Tokens already issued stay valid.
+func (s *Sim) SetSecret(appid, secret string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a, ok := s.apps[appid]; ok {
+		a.secret = secret
+		return
+	}
+	s.apps[appid] = &app{secret: secret, day: shanghaiDay(s.opts.Now())}
+}
+
+// SetFault replaces the current fault; SetFault(Fault{}) clears it.
+func (s *Sim) SetFault(f Fault) {
+	s.mu.Lock()
+	s.fault = f
+	s.mu.Unlock()
+}
+
+// CurrentFault returns the fault with its remaining counters.
+func (s *Sim) CurrentFault() Fault {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fault
+}
+
+// Calls is the number of token-endpoint calls that reached the app (known
+// appid, no fault answered), whatever their outcome.
+func (s *Sim) Calls(appid string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a := s.apps[appid]; a != nil {
+		return a.calls
+	}
+	return 0
+}
+
+// Fetches is the number of successful token answers, classic and stable,
+// including stable normal-mode answers that returned the existing token.
+func (s *Sim) Fetches(appid string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a := s.apps[appid]; a != nil {
+		return a.fetches
+	}
+	return 0
+}
+
+// Issued is the number of distinct tokens issued for the app.
+func (s *Sim) Issued(appid string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a := s.apps[appid]; a != nil {
+		return a.issued
+	}
+	return 0
+}
+
+// QuotaUsed is the number of calls counted against today's quota.
+func (s *Sim) QuotaUsed(appid string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.apps[appid]
+	if a == nil {
+		return 0
+	}
+	s.rollDay(a, s.opts.Now())
+	return a.quotaUsed
+}
+
+// LastToken returns the latest classic and stable tokens issued for the
+// app ("" if none), for tests.
+func (s *Sim) LastToken(appid string) (classic, stable string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a := s.apps[appid]; a != nil {
+		if a.classic != nil {
+			classic = a.classic.value
+		}
+		if a.stable != nil {
+			stable = a.stable.value
+		}
+	}
+	return classic, stable
+}
+
+// Check returns nil if token is currently valid, ErrExpiredToken if it is
+// past its expiry, and ErrInvalidToken if it is unknown, superseded past its
+// grace, or revoked.
+func (s *Sim) Check(tok string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, err := s.check(tok, s.opts.Now())
+	return err
+}
+
+// Revoke invalidates a token at once (as if WeChat dropped it); it reports
+// whether the token was known.
+func (s *Sim) Revoke(tok string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.tokens[tok]
+	if t == nil {
+		return false
+	}
+	t.revoked = true
+	return true
+}
+
+// MaxConcurrentFetches is the highest number of token calls naming appid
+// that were in flight at the same time (faulted and abandoned calls
+// included).
+func (s *Sim) MaxConcurrentFetches(appid string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxInflight[appid]
+}
+
+// InFlight is the number of token calls naming appid in flight now.
+func (s *Sim) InFlight(appid string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inflight[appid]
+}
+
+// BusinessCalls counts /cgi-bin/getcallbackip answers: accepted tokens and
+// rejected ones.
+func (s *Sim) BusinessCalls() (ok, rejected int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bizOK, s.bizRejected
+}
+
+// ResetDay resets the daily counters (quota and force refreshes) of every
+// app, as WeChat does at midnight Asia/Shanghai. The minimum gap between
+// force refreshes is not reset.
+func (s *Sim) ResetDay() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	day := shanghaiDay(s.opts.Now())
+	for _, a := range s.apps {
+		a.day, a.quotaUsed, a.forceUsed = day, 0, 0
+	}
+}
+
+// Fingerprint shortens a token (or any secret-ish string) for logs: its
+// first 6 characters and "…".
+func Fingerprint(tok string) string {
+	if tok == "" {
+		return ""
+	}
+	if len(tok) <= 6 {
+		return tok[:min(len(tok), 2)] + "…"
+	}
+	return tok[:6] + "…"
+}
+
+// Handler returns the HTTP handler of the emulator.
+func (s *Sim) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc(PathToken, s.serveToken)
+	mux.HandleFunc(PathStableToken, s.serveStableToken)
+	mux.HandleFunc(PathCallbackIP, s.serveCallbackIP)
+	return mux
+}
+
+// ---- internals ----
+
+const shanghaiOffset = 8 * 3600
+
+// shanghaiDay numbers WeChat's days: they start at 00:00 UTC+8.
+func shanghaiDay(t time.Time) int64 {
+	sec := t.Unix() + shanghaiOffset
+	day := sec / 86400
+	if sec%86400 < 0 {
+		day--
+	}
+	return day
+}
+
+func (s *Sim) rollDay(a *app, now time.Time) {
+	if d := shanghaiDay(now); d != a.day {
+		a.day, a.quotaUsed, a.forceUsed = d, 0, 0
+	}
+}
+
+func (s *Sim) check(tok string, now time.Time) (*token, error) {
+	if tok == "" {
+		return nil, ErrMissingToken
+	}
+	t := s.tokens[tok]
+	if t == nil {
+		return nil, ErrInvalidToken
+	}
+	if !now.Before(t.expiresAt) {
+		return t, ErrExpiredToken
+	}
+	if t.revoked || (!t.validUntil.IsZero() && !now.Before(t.validUntil)) {
+		return t, ErrInvalidToken
+	}
+	return t, nil
+}
+
+const tokenAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+func (s *Sim) newTokenValue() string {
+	buf := make([]byte, s.opts.TokenLength)
+	for {
+		_, _ = rand.Read(buf) // never fails (crypto/rand, Go >= 1.24)
+		for i, b := range buf {
+			buf[i] = tokenAlphabet[b&63]
+		}
+		v := string(buf)
+		if _, dup := s.tokens[v]; !dup {
+			return v
+		}
+	}
+}
+
+// issue makes a new token for a, superseding prev (which then stays valid
+// for Grace, never past its own expiry). Caller holds s.mu.
+func (s *Sim) issue(appid string, a *app, prev *token, now time.Time) *token {
+	if prev != nil {
+		until := now.Add(s.opts.Grace)
+		if until.After(prev.expiresAt) {
+			until = prev.expiresAt
+		}
+		if prev.validUntil.IsZero() || until.Before(prev.validUntil) {
+			prev.validUntil = until
+		}
+	}
+	t := &token{
+		value:     s.newTokenValue(),
+		app:       appid,
+		issuedAt:  now,
+		expiresAt: now.Add(s.opts.ExpiresIn),
+	}
+	s.tokens[t.value] = t
+	s.order = append(s.order, t)
+	a.issued++
+	s.prune(now)
+	return t
+}
+
+// prune forgets tokens expired for more than a day (they then answer 40001
+// instead of 42001), so that long load tests do not grow without bound.
+func (s *Sim) prune(now time.Time) {
+	cut := now.Add(-24 * time.Hour)
+	n := 0
+	for n < len(s.order) && s.order[n].expiresAt.Before(cut) {
+		delete(s.tokens, s.order[n].value)
+		n++
+	}
+	if n > 0 {
+		s.order = append(s.order[:0:0], s.order[n:]...)
+	}
+}
+
+func secondsAtLeast1(d time.Duration) int {
+	if sec := int(d / time.Second); sec >= 1 {
+		return sec
+	}
+	return 1
+}
+
+// answer is what a token call replies.
+type answer struct {
+	status  int
+	ctype   string
+	body    []byte
+	errcode int
+	fault   string
+	token   string
+}
+
+const jsonType = "application/json; encoding=utf-8"
+
+func errAnswer(code int, msg string) answer {
+	b, _ := json.Marshal(struct {
+		Errcode int    `json:"errcode"`
+		Errmsg  string `json:"errmsg"`
+	}{code, msg})
+	return answer{status: http.StatusOK, ctype: jsonType, body: b, errcode: code}
+}
+
+func tokenAnswer(tok string, expiresIn int) answer {
+	b, _ := json.Marshal(struct {
+		AccessToken string `json:"access_token"`
+		ExpiresIn   int    `json:"expires_in"`
+	}{tok, expiresIn})
+	return answer{status: http.StatusOK, ctype: jsonType, body: b, token: tok}
+}
+
+func (a answer) write(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", a.ctype)
+	w.WriteHeader(a.status)
+	_, _ = w.Write(a.body)
+}
+
+const html502 = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+
+// takeFault consumes one fault occurrence, if any. Caller holds s.mu.
+func (s *Sim) takeFault() (answer, bool) {
+	f := &s.fault
+	take := func(n *int) bool {
+		if *n == 0 {
+			return false
+		}
+		if *n > 0 {
+			*n--
+		}
+		return true
+	}
+	switch {
+	case take(&f.HTTP5xx):
+		return answer{status: http.StatusBadGateway, ctype: "text/html", body: []byte(html502), fault: "5xx"}, true
+	case take(&f.Garbage):
+		return answer{status: http.StatusOK, ctype: jsonType, body: []byte(`{"access_token":"ACCESS_TOK`), fault: "garbage"}, true
+	case take(&f.Busy):
+		a := errAnswer(CodeBusy, "system error")
+		a.fault = "busy"
+		return a, true
+	case f.Errcode != 0:
+		msg := f.Errmsg
+		if msg == "" {
+			msg = defaultErrmsg(f.Errcode)
+		}
+		a := errAnswer(f.Errcode, msg)
+		a.fault = "errcode"
+		return a, true
+	}
+	return answer{}, false
+}
+
+func defaultErrmsg(code int) string {
+	switch code {
+	case CodeIPNotWhitelisted:
+		return "invalid ip, not in whitelist"
+	case CodeRiskControl:
+		return "user limited"
+	case CodeBusy:
+		return "system error"
+	case CodeInvalidAppSecret:
+		return "invalid appsecret"
+	}
+	return "injected error"
+}
+
+// tokenCall runs the common part of both token endpoints: in-flight
+// accounting, latency, faults, then logic under the lock.
+func (s *Sim) tokenCall(w http.ResponseWriter, r *http.Request, path, appid string, logic func(now time.Time) answer) {
+	start := time.Now()
+	s.mu.Lock()
+	s.inflight[appid]++
+	if n := s.inflight[appid]; n > s.maxInflight[appid] {
+		s.maxInflight[appid] = n
+	}
+	lat := s.fault.Latency
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.inflight[appid]--
+		s.mu.Unlock()
+	}()
+
+	if lat > 0 {
+		t := time.NewTimer(lat)
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+			s.report(Call{Path: path, AppID: appid, Canceled: true, Duration: time.Since(start)})
+			return
+		}
+	}
+
+	s.mu.Lock()
+	ans, faulted := s.takeFault()
+	if !faulted {
+		ans = logic(s.opts.Now())
+	}
+	s.mu.Unlock()
+	ans.write(w)
+	s.report(Call{Path: path, AppID: appid, Status: ans.status, Errcode: ans.errcode, Fault: ans.fault,
+		Token: Fingerprint(ans.token), Duration: time.Since(start)})
+}
+
+func (s *Sim) report(c Call) {
+	if s.opts.OnCall != nil {
+		s.opts.OnCall(c)
+	}
+}
+
+// authenticate validates appid and secret and applies the daily quota.
+// Caller holds s.mu.
+func (s *Sim) authenticate(appid, secret string, now time.Time) (*app, *answer) {
+	if appid == "" {
+		a := errAnswer(CodeAppIDMissing, "appid missing")
+		return nil, &a
+	}
+	a := s.apps[appid]
+	if a == nil {
+		e := errAnswer(CodeInvalidAppID, "invalid appid")
+		return nil, &e
+	}
+	a.calls++
+	if secret == "" {
+		e := errAnswer(CodeAppSecretMissing, "appsecret missing")
+		return nil, &e
+	}
+	if secret != a.secret {
+		var e answer
+		if s.opts.BadSecretErrcode == CodeInvalidAppSecret {
+			e = errAnswer(CodeInvalidAppSecret, "invalid appsecret")
+		} else {
+			e = errAnswer(CodeInvalidCredential, "invalid credential, AppSecret error or access_token is invalid")
+		}
+		return nil, &e
+	}
+	s.rollDay(a, now)
+	if s.opts.DailyQuota > 0 && a.quotaUsed >= s.opts.DailyQuota {
+		e := errAnswer(CodeDailyQuota, "reach max api daily quota limit")
+		return nil, &e
+	}
+	a.quotaUsed++
+	return a, nil
+}
+
+func (s *Sim) serveToken(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	q := r.URL.Query()
+	appid := q.Get("appid")
+	s.tokenCall(w, r, PathToken, appid, func(now time.Time) answer {
+		if q.Get("grant_type") != "client_credential" {
+			return errAnswer(CodeInvalidGrantType, "invalid grant_type")
+		}
+		a, bad := s.authenticate(appid, q.Get("secret"), now)
+		if bad != nil {
+			return *bad
+		}
+		t := s.issue(appid, a, a.classic, now)
+		a.classic = t
+		a.fetches++
+		return tokenAnswer(t.value, secondsAtLeast1(s.opts.ExpiresIn))
+	})
+}
+
+type stableRequest struct {
+	GrantType    string `json:"grant_type"`
+	AppID        string `json:"appid"`
+	Secret       string `json:"secret"`
+	ForceRefresh bool   `json:"force_refresh"`
+}
+
+func (s *Sim) serveStableToken(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	var req stableRequest
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxStableTokenBodySize))
+	if err == nil {
+		err = json.Unmarshal(body, &req)
+	}
+	if err != nil {
+		req = stableRequest{}
+	}
+	s.tokenCall(w, r, PathStableToken, req.AppID, func(now time.Time) answer {
+		if err != nil {
+			return errAnswer(CodeDataFormat, "data format error")
+		}
+		if req.GrantType != "client_credential" {
+			return errAnswer(CodeInvalidGrantType, "invalid grant_type")
+		}
+		a, bad := s.authenticate(req.AppID, req.Secret, now)
+		if bad != nil {
+			return *bad
+		}
+		cur := a.stable
+		if !req.ForceRefresh {
+			if cur != nil && !cur.revoked && cur.validUntil.IsZero() && cur.expiresAt.Sub(now) > s.opts.Grace {
+				a.fetches++
+				return tokenAnswer(cur.value, secondsAtLeast1(cur.expiresAt.Sub(now)))
+			}
+		} else {
+			if s.opts.StableForceDaily > 0 && a.forceUsed >= s.opts.StableForceDaily {
+				return errAnswer(CodeDailyQuota, "reach max api daily quota limit")
+			}
+			if !a.lastForce.IsZero() && now.Sub(a.lastForce) < s.opts.StableForceInterval {
+				return errAnswer(CodeMinuteQuota, "api minute-quota reach limit")
+			}
+			a.forceUsed++
+			a.lastForce = now
+		}
+		t := s.issue(req.AppID, a, cur, now)
+		a.stable = t
+		a.fetches++
+		return tokenAnswer(t.value, secondsAtLeast1(s.opts.ExpiresIn))
+	})
+}
+
+func (s *Sim) serveCallbackIP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodPost {
+		w.Header().Set("Allow", "GET, POST")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	start := time.Now()
+	tok := r.URL.Query().Get("access_token")
+	s.mu.Lock()
+	t, err := s.check(tok, s.opts.Now())
+	if err == nil {
+		s.bizOK++
+	} else {
+		s.bizRejected++
+	}
+	s.mu.Unlock()
+	var ans answer
+	if err != nil {
+		var e *Error
+		errors.As(err, &e)
+		ans = errAnswer(e.Code, e.Msg)
+	} else {
+		b, _ := json.Marshal(map[string][]string{"ip_list": {"127.0.0.1"}})
+		ans = answer{status: http.StatusOK, ctype: jsonType, body: b}
+	}
+	ans.write(w)
+	appid := ""
+	if t != nil {
+		appid = t.app
+	}
+	s.report(Call{Path: PathCallbackIP, AppID: appid, Status: ans.status, Errcode: ans.errcode,
+		Token: Fingerprint(tok), Duration: time.Since(start)})
+}
