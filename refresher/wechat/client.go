@@ -1,0 +1,268 @@
+package wechat
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Paths of the token endpoints, below the base URL.
+const (
+	classicPath = "/cgi-bin/token"
+	stablePath  = "/cgi-bin/stable_token"
+)
+
+// Client fetches access tokens from the WeChat token endpoints. It holds
+// no token and no secret; one Client serves any number of apps and is
+// safe for concurrent use. The zero Client works, with the defaults of
+// [New].
+type Client struct {
+	hc      *http.Client
+	base    string
+	timeout time.Duration
+	retry   RetryPolicy
+	maxBody int64
+	hook    func(appid string, attempt int, err error, d time.Duration)
+}
+
+// New returns a Client. It never fails and never panics; arguments are
+// checked by Fetch. Options:
+//
+//   - [WithHTTPClient]: the *http.Client to send with (default: a client on
+//     http.DefaultTransport); redirects are never followed.
+//   - [WithBaseURL]: the API origin (default [DefaultBaseURL]).
+//   - [WithTimeout]: the bound of each attempt (default [DefaultTimeout]).
+//   - [WithRetry]: the retry policy (default 4 attempts, 200 ms–5 s backoff).
+//   - [WithMaxBody]: the largest body read (default [DefaultMaxBody]).
+//   - [WithAttemptHook]: a callback after every HTTP attempt.
+func New(opts ...Option) *Client {
+	c := &Client{
+		hc:      defaultHTTPClient,
+		base:    DefaultBaseURL,
+		timeout: DefaultTimeout,
+		retry:   RetryPolicy{}.normalized(),
+		maxBody: DefaultMaxBody,
+	}
+	for _, o := range opts {
+		if o != nil {
+			o(c)
+		}
+	}
+	return c
+}
+
+// defaultHTTPClient sends with http.DefaultTransport and never follows
+// redirects.
+var defaultHTTPClient = noRedirects(&http.Client{})
+
+// request is one prepared token request, rebuilt for every attempt.
+type request struct {
+	method      string
+	url         string // with the secret; never put in an error
+	redactedURL string // secret=REDACTED, password hidden
+	body        []byte // stable_token JSON; nil for the classic GET
+}
+
+// stableBody is the JSON request body of /cgi-bin/stable_token.
+type stableBody struct {
+	GrantType    string `json:"grant_type"`
+	AppID        string `json:"appid"`
+	Secret       string `json:"secret"`
+	ForceRefresh bool   `json:"force_refresh"`
+}
+
+// prepare validates the arguments of Fetch and builds the request.
+func prepare(kind, base string, cred Credentials, force bool, sc scrubber) (request, error) {
+	if !ValidKind(kind) {
+		return request{}, fmt.Errorf("%w %q (want %q or %q)", ErrUnknownKind, sc.scrub(kind), KindClassic, KindStable)
+	}
+	if cred.AppID == "" {
+		return request{}, fmt.Errorf("%w: empty AppID", ErrInvalidArgument)
+	}
+	if cred.Secret == "" {
+		return request{}, fmt.Errorf("%w: empty Secret for appid %s", ErrInvalidArgument, cred.AppID)
+	}
+	u, err := url.Parse(base)
+	if err != nil {
+		// url.Parse quotes its input; keep none of it.
+		return request{}, fmt.Errorf("%w: base URL does not parse", ErrInvalidArgument)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+		return request{}, fmt.Errorf("%w: base URL %q is not an absolute http(s) URL without query or fragment",
+			ErrInvalidArgument, sc.redactURL(u.String()))
+	}
+	u.Path = strings.TrimRight(u.Path, "/")
+	u.RawPath = ""
+	if kind == KindClassic {
+		u.Path += classicPath
+		q := func(secret string) string {
+			return "grant_type=client_credential&appid=" + url.QueryEscape(cred.AppID) + "&secret=" + url.QueryEscape(secret)
+		}
+		u.RawQuery = q(redacted)
+		red := sc.scrub(u.Redacted())
+		u.RawQuery = q(cred.Secret)
+		return request{method: http.MethodGet, url: u.String(), redactedURL: red}, nil
+	}
+	u.Path += stablePath
+	body, err := json.Marshal(stableBody{GrantType: "client_credential", AppID: cred.AppID, Secret: cred.Secret, ForceRefresh: force})
+	if err != nil { // cannot happen for a struct of strings and a bool
+		return request{}, fmt.Errorf("%w: encoding the request body", ErrInvalidArgument)
+	}
+	return request{method: http.MethodPost, url: u.String(), redactedURL: sc.scrub(u.Redacted()), body: body}, nil
+}
+
+// Fetch fetches a new token for cred from the endpoint of kind:
+// [KindClassic] sends GET {base}/cgi-bin/token?grant_type=client_credential
+// &appid=…&secret=…; [KindStable] sends POST {base}/cgi-bin/stable_token
+// with the JSON body {"grant_type","appid","secret","force_refresh"}, where
+// force_refresh is force (force is ignored for KindClassic). A non-empty
+// base overrides the client's base URL.
+//
+// Retryable failures (see [IsRetryable]) are retried under the client's
+// [RetryPolicy], each attempt bounded by its timeout; any other failure
+// ends Fetch at once. When ctx ends, Fetch returns at once, during a
+// request or a backoff, with an error that matches both ctx.Err() and the
+// last attempt's error.
+//
+// The returned error is one of, or wraps one of: an [*Error] (errcode
+// answer), an [*HTTPError] (status other than 200), [ErrBadResponse], a
+// *url.Error with a redacted URL (transport failures and timeouts; it
+// satisfies net.Error), [ErrUnknownKind] or [ErrInvalidArgument]. Its text
+// names the kind, the AppID and the number of attempts, and never
+// contains the secret.
+func (c *Client) Fetch(ctx context.Context, kind, base string, cred Credentials, force bool) (Token, error) {
+	sc := newScrubber(cred.Secret)
+	if base == "" {
+		base = cmp.Or(c.base, DefaultBaseURL)
+	}
+	req, err := prepare(kind, base, cred, force, sc)
+	if err != nil {
+		return Token{}, newFetchError(sc, fmt.Sprintf("fetch %s token for appid %s: %s",
+			kind, cred.AppID, strings.TrimPrefix(err.Error(), "wechat: ")), err)
+	}
+	policy := c.retry.normalized()
+	var last error
+	for attempt := 1; ; attempt++ {
+		if ctx.Err() != nil {
+			return Token{}, c.stopped(ctx, kind, cred.AppID, attempt-1, last, sc)
+		}
+		start := time.Now()
+		tok, err := c.attempt(ctx, req, sc)
+		if c.hook != nil {
+			c.hook(cred.AppID, attempt, err, time.Since(start))
+		}
+		if err == nil {
+			return tok, nil
+		}
+		last = err
+		if ctx.Err() != nil {
+			return Token{}, c.stopped(ctx, kind, cred.AppID, attempt, last, sc)
+		}
+		if attempt >= policy.Attempts || !IsRetryable(err) {
+			return Token{}, newFetchError(sc, fmt.Sprintf("fetch %s token for appid %s failed after %s: %s",
+				kind, cred.AppID, attempts(attempt), strings.TrimPrefix(err.Error(), "wechat: ")), err)
+		}
+		t := time.NewTimer(policy.backoff(attempt))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return Token{}, c.stopped(ctx, kind, cred.AppID, attempt, last, sc)
+		case <-t.C:
+		}
+	}
+}
+
+// stopped is the error of a Fetch whose ctx ended.
+func (c *Client) stopped(ctx context.Context, kind, appid string, n int, last error, sc scrubber) error {
+	msg := fmt.Sprintf("fetch %s token for appid %s stopped after %s: %v", kind, appid, attempts(n), ctx.Err())
+	if last == nil {
+		return newFetchError(sc, msg, ctx.Err())
+	}
+	return newFetchError(sc, msg+"; last error: "+strings.TrimPrefix(last.Error(), "wechat: "), ctx.Err(), last)
+}
+
+func attempts(n int) string {
+	if n == 1 {
+		return "1 attempt"
+	}
+	return strconv.Itoa(n) + " attempts"
+}
+
+// attempt makes one HTTP request and interprets the answer.
+func (c *Client) attempt(ctx context.Context, r request, sc scrubber) (Token, error) {
+	ctx, cancel := context.WithTimeout(ctx, cmp.Or(c.timeout, DefaultTimeout))
+	defer cancel()
+	var body io.Reader
+	if r.body != nil {
+		body = bytes.NewReader(r.body)
+	}
+	hr, err := http.NewRequestWithContext(ctx, r.method, r.url, body)
+	if err != nil {
+		return Token{}, sc.transportError(r.method, r.redactedURL, err)
+	}
+	hr.Header.Set("Accept", "application/json")
+	if r.body != nil {
+		hr.Header.Set("Content-Type", "application/json")
+	}
+	hc := c.hc
+	if hc == nil {
+		hc = defaultHTTPClient
+	}
+	resp, err := hc.Do(hr)
+	if err != nil {
+		return Token{}, sc.transportError(r.method, r.redactedURL, err)
+	}
+	defer resp.Body.Close()
+	maxBody := cmp.Or(c.maxBody, DefaultMaxBody)
+	if resp.StatusCode != http.StatusOK {
+		// Drain a little so the connection can be reused; ignore the content.
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxBody))
+		return Token{}, &HTTPError{Status: resp.StatusCode}
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody+1))
+	if err != nil {
+		return Token{}, &url.Error{Op: r.method, URL: r.redactedURL, Err: sc.sanitize(&bodyError{err})}
+	}
+	if int64(len(data)) > maxBody {
+		return Token{}, fmt.Errorf("%w: body larger than %d bytes", ErrBadResponse, maxBody)
+	}
+	return parseToken(data, resp.Header.Get("Content-Type"), sc)
+}
+
+// fetchError is every error Fetch returns: a message
+// built once and scrubbed of the secret, and the errors it wraps. Every
+// fmt verb prints the message only.
+type fetchError struct {
+	msg  string
+	errs []error
+}
+
+// newFetchError returns the error with message msg, scrubbed, wrapping errs.
+func newFetchError(sc scrubber, msg string, errs ...error) *fetchError {
+	return &fetchError{msg: sc.scrub("wechat: " + msg), errs: errs}
+}
+
+func (e *fetchError) Error() string   { return e.msg }
+func (e *fetchError) Unwrap() []error { return e.errs }
+
+// Format prints the scrubbed message for every verb, so that %+v and %#v
+// do not walk into the wrapped errors.
+func (e *fetchError) Format(f fmt.State, verb rune) {
+	if verb == 'q' {
+		_, _ = io.WriteString(f, strconv.Quote(e.msg))
+		return
+	}
+	_, _ = io.WriteString(f, e.msg)
+}
+
+// Timeout reports whether the last attempt timed out, so that a fetch
+// error satisfies net.Error-like checks directly.
+func (e *fetchError) Timeout() bool { return isTimeout(e.errs[len(e.errs)-1]) }
