@@ -1,0 +1,154 @@
+// Command refresher is the tokenkeeper daemon: it keeps each configured
+// app's access token fresh in a JetStream KV bucket.
+//
+//	refresher --config refresher.yaml
+//
+// With no --config it runs a self-contained demo: an embedded NATS server
+// on 127.0.0.1:4222, the WeChat emulator in-process as upstream, and two
+// demo apps whose tokens live 30 seconds.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "refresher:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("refresher", flag.ContinueOnError)
+	configPath := fs.String("config", "", "YAML config file (none: run the self-contained demo)")
+	demoListen := fs.String("demo-listen", "127.0.0.1:4222", "demo only: address of the embedded NATS server")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q (did you mean --config FILE?)", fs.Args())
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var cfg *refresher.Config
+	var cleanup func()
+	if *configPath == "" {
+		c, clean, err := demoConfig(*demoListen)
+		if err != nil {
+			return err
+		}
+		cfg, cleanup = c, clean
+		defer cleanup()
+	} else {
+		c, err := refresher.LoadConfig(*configPath)
+		if err != nil {
+			return err
+		}
+		cfg = c
+	}
+	log := refresher.NewLogger(cfg.Log, os.Stderr)
+	slog.SetDefault(log)
+
+	conn, err := natsconf.Connect(ctx, cfg.NATS)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if conn.Server != nil {
+		log.Info("embedded NATS server running", "url", conn.Server.ClientURL(), "store_dir", cfg.NATS.Embedded.StoreDir)
+	}
+
+	r, err := refresher.New(cfg, conn.NC, refresher.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	if *configPath == "" {
+		go func() {
+			select {
+			case <-r.Ready():
+				printDemoHelp(cfg, conn.Server.ClientURL())
+			case <-ctx.Done():
+			}
+		}()
+	}
+	return r.Run(ctx)
+}
+
+// demoConfig starts the WeChat emulator in-process and returns a config
+// for two demo apps against it and an embedded NATS server.
+func demoConfig(listen string) (*refresher.Config, func(), error) {
+	sim := wechatsim.New(wechatsim.Options{ExpiresIn: 30 * time.Second, Grace: 10 * time.Second})
+	sim.AddApp("wxdemo0000000001", "demo-secret-1")
+	sim.AddApp("wxdemo0000000002", "demo-secret-2")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	srv := &http.Server{Handler: sim.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			slog.Error("emulator stopped", "err", err)
+		}
+	}()
+	store, err := os.MkdirTemp("", "tokenkeeper-demo-")
+	if err != nil {
+		return nil, nil, err
+	}
+	base := "http://" + ln.Addr().String()
+	minLeft := time.Duration(0)
+	passive := 5 * time.Second
+	cfg := &refresher.Config{
+		NATS:               natsconf.Options{Embedded: natsconf.EmbeddedOptions{Listen: listen, StoreDir: store}},
+		Schedule:           "@every 5s",
+		LeaseTTL:           3 * time.Second,
+		PassiveMinInterval: &passive,
+		Policy:             refresher.PolicyConfig{MinLeft: &minLeft},
+		Apps: []refresher.AppConfig{
+			(refresher.AppConfig{Name: "demo-mp", Kind: "wechat", AppID: "wxdemo0000000001", APIBase: base}).WithSecret("demo-secret-1"),
+			(refresher.AppConfig{Name: "demo-mini", Kind: "wechat-stable", AppID: "wxdemo0000000002", APIBase: base}).WithSecret("demo-secret-2"),
+		},
+	}
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, nil, err
+	}
+	cleanup := func() {
+		_ = srv.Close()
+		_ = os.RemoveAll(store)
+	}
+	return cfg, cleanup, nil
+}
+
+func printDemoHelp(cfg *refresher.Config, url string) {
+	fmt.Fprintf(os.Stderr, `
+tokenkeeper demo: embedded NATS at %s, the WeChat emulator as upstream.
+Apps demo-mp (classic /cgi-bin/token) and demo-mini (stable_token) get
+30-second tokens, refreshed after about two thirds of their life.
+
+Look at the tokens from another terminal:
+  go run ./cmd/tokenctl --nats %s status
+  go run ./cmd/tokenctl --nats %s watch demo-mp
+  go run ./cmd/tokenctl --nats %s refresh demo-mp
+or with the nats CLI:  nats --server %s kv get %s demo-mp
+
+Ctrl-C stops it.
+
+`, url, url, url, url, url, cfg.Bucket)
+}

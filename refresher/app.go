@@ -1,0 +1,256 @@
+package refresher
+
+import (
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
+)
+
+// app is the refresher's state of one configured app.
+type app struct {
+	cfg AppConfig
+
+	mu       sync.Mutex
+	rec      *natsconf.Record // last record seen (nil: none, or unparseable)
+	rev      uint64           // its revision (0: no key)
+	due      time.Time        // next refresh moment (zero: now)
+	retryAt  time.Time        // not before this, after a failure
+	failures int              // consecutive failures
+	lastErr  error
+	lastErrAt time.Time
+	flight   *flight
+	lastForced time.Time
+	day      int // appDay of calls
+	calls    int // upstream calls on day
+	policy   *Policy
+	forceDay    int // appDay of forcedToday
+	forcedToday int // stable_token force_refresh calls today
+}
+
+// flight is one refresh in progress; everyone who needs the app's token
+// refreshed meanwhile waits for it and shares its result.
+type flight struct {
+	done chan struct{}
+	res  flightResult
+}
+
+type flightResult struct {
+	rec natsconf.Record
+	rev uint64
+	err error
+}
+
+// join returns the refresh in flight, or starts one (started true): the
+// caller must then finish it.
+func (a *app) join() (f *flight, started bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.flight != nil {
+		return a.flight, false
+	}
+	a.flight = &flight{done: make(chan struct{})}
+	return a.flight, true
+}
+
+func (a *app) finish(f *flight, res flightResult) {
+	a.mu.Lock()
+	if a.flight == f {
+		a.flight = nil
+	}
+	a.mu.Unlock()
+	f.res = res
+	close(f.done)
+}
+
+// WeChat's limits on stable_token force_refresh.
+const (
+	stableForceInterval = 30 * time.Second
+	stableForceDaily    = 20
+)
+
+// joinOrStart joins the refresh in flight, or starts one (started true;
+// the caller must finish it). A forced refresh is started only if the last
+// one began at least minGap ago; otherwise limited is true and nothing is
+// started.
+func (a *app) joinOrStart(now time.Time, forced bool, minGap time.Duration) (f *flight, started, limited bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.flight != nil {
+		return a.flight, false, false
+	}
+	if forced {
+		if !a.lastForced.IsZero() && now.Sub(a.lastForced) < minGap {
+			return nil, false, true
+		}
+		a.lastForced = now
+	}
+	a.flight = &flight{done: make(chan struct{})}
+	return a.flight, true, false
+}
+
+// takeStableForce reports whether a forced refresh may use stable_token's
+// force mode (20 a day); past that, normal mode is used. For classic apps
+// every fetch issues a new token anyway.
+func (a *app) takeStableForce(now time.Time) bool {
+	if a.cfg.Kind != wechat.KindStable {
+		return true
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if d := appDay(now); d != a.forceDay {
+		a.forceDay, a.forcedToday = d, 0
+	}
+	if a.forcedToday >= stableForceDaily {
+		return false
+	}
+	a.forcedToday++
+	return true
+}
+
+// dueAt returns when the app is next due, and whether a refresh is
+// already running.
+func (a *app) dueAt() (time.Time, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.flight != nil {
+		return time.Time{}, true
+	}
+	if a.retryAt.After(a.due) {
+		return a.retryAt, false
+	}
+	return a.due, false
+}
+
+// adopt takes a record read from the bucket if it is newer than what the
+// app holds; it reports whether it did.
+func (a *app) adopt(rec *natsconf.Record, rev uint64) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if rev <= a.rev && !(rev == 0 && a.rev == 0) {
+		return false
+	}
+	if rev == 0 && rec == nil {
+		return false
+	}
+	changed := a.rec == nil || rec == nil || a.rec.AccessToken != rec.AccessToken
+	a.rec, a.rev = rec, rev
+	if rec == nil {
+		a.due = time.Time{}
+	} else {
+		a.due = a.policy.RefreshAt(rec.FetchedAt, rec.ExpiresAt, jitterDraw(a.cfg.Name, rec.FetchedAt))
+		if changed {
+			// Someone stored a new token: whatever failed before is moot.
+			a.retryAt, a.failures = time.Time{}, 0
+		}
+	}
+	return true
+}
+
+// stored records a successful write of ours.
+func (a *app) stored(rec natsconf.Record, rev uint64) {
+	a.adopt(&rec, rev)
+	a.mu.Lock()
+	a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
+	a.mu.Unlock()
+}
+
+// unchanged records a fetch that returned the token already stored
+// (stable_token normal mode): check again within the remaining lifetime.
+func (a *app) unchanged(fetched, expires time.Time, p Policy) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.due = p.RefreshAt(fetched, expires, jitterDraw(a.cfg.Name, fetched))
+	a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
+}
+
+// current returns the record the app holds.
+func (a *app) current() (*natsconf.Record, uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.rec, a.rev
+}
+
+// Retry pacing after a failed refresh.
+const (
+	retryMin          = time.Second      // transient errors: 1 s, doubling…
+	retryMax          = time.Minute      // …up to a minute
+	permanentRetryMin = time.Minute      // configuration/policy errors: 1 min…
+	permanentRetryMax = 10 * time.Minute // …up to 10 minutes, never hammered
+)
+
+// failure records a failed refresh and returns when to try again.
+func (a *app) failure(err error, now time.Time) time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.failures++
+	a.lastErr, a.lastErrAt = err, now
+	var d time.Duration
+	switch {
+	case errors.Is(err, wechat.ErrQuotaExceeded):
+		a.retryAt = nextQuotaReset(now).Add(time.Duration(rand.N(int64(time.Minute))))
+		return a.retryAt
+	case errors.Is(err, ErrQuotaReserved):
+		d = permanentRetryMin
+	case wechat.IsRetryable(err):
+		d = expo(retryMin, retryMax, a.failures)
+	default:
+		d = expo(permanentRetryMin, permanentRetryMax, a.failures)
+	}
+	// ±20 % jitter so that failing apps do not retry in step.
+	d = time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+	a.retryAt = now.Add(d)
+	return a.retryAt
+}
+
+func expo(base, maxD time.Duration, n int) time.Duration {
+	d := base
+	for i := 1; i < n && d < maxD; i++ {
+		d *= 2
+	}
+	return min(d, maxD)
+}
+
+// countCall counts one upstream call against the app's daily quota.
+func (a *app) countCall(now time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if d := appDay(now); d != a.day {
+		a.day, a.calls = d, 0
+	}
+	a.calls++
+}
+
+// callsToday returns the upstream calls made on WeChat's current day.
+func (a *app) callsToday(now time.Time) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if appDay(now) != a.day {
+		return 0
+	}
+	return a.calls
+}
+
+func (a *app) status(now time.Time) Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := Status{App: a.cfg.Name, Revision: a.rev, Failures: a.failures, LastErrAt: a.lastErrAt}
+	if a.rec != nil {
+		s.Source, s.FetchedAt, s.ExpiresAt = a.rec.Source, a.rec.FetchedAt, a.rec.ExpiresAt
+		s.Valid = a.rec.ExpiresAt.After(now)
+		s.RefreshAt = a.due
+		if a.retryAt.After(a.due) {
+			s.RefreshAt = a.retryAt
+		}
+	}
+	if a.lastErr != nil {
+		s.LastError = a.lastErr.Error()
+	}
+	if appDay(now) == a.day {
+		s.CallsToday = a.calls
+	}
+	return s
+}

@@ -1,0 +1,337 @@
+package refresher
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/robfig/cron/v3"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
+)
+
+// Defaults of the configuration.
+const (
+	DefaultSchedule           = "@every 30s"
+	DefaultLeaseTTL           = 10 * time.Second
+	DefaultPassiveMinInterval = 30 * time.Second
+	DefaultAPIBase            = "https://api.weixin.qq.com"
+)
+
+// Config is the refresher's YAML configuration. The key names are part of
+// the wire contract (../shared/design.md); more keys may be added.
+type Config struct {
+	NATS     natsconf.Options `yaml:"nats"`
+	Bucket   string           `yaml:"bucket"`
+	Replicas int              `yaml:"replicas"`
+	// Schedule is the cron spec of the check tick. Refreshes also fire at
+	// each app's own refresh moment; the tick is the safety net.
+	Schedule string `yaml:"schedule"`
+	// LeaseTTL is how long a leader's lease lives without renewal.
+	LeaseTTL time.Duration `yaml:"lease_ttl"`
+	// PassiveMinInterval is the least time between two forced (passive)
+	// refreshes of one app. Nil means the default; 0 is allowed.
+	PassiveMinInterval *time.Duration `yaml:"passive_min_interval"`
+	HTTP               HTTPConfig     `yaml:"http"`
+	Log                LogConfig      `yaml:"log"`
+	Policy             PolicyConfig   `yaml:"refresh"`
+	Apps               []AppConfig    `yaml:"apps"`
+}
+
+// HTTPConfig is the http: section (metrics and health endpoints).
+type HTTPConfig struct {
+	// Listen is the address of /metrics, /healthz and /readyz; empty: off.
+	Listen string `yaml:"listen"`
+}
+
+// LogConfig is the log: section.
+type LogConfig struct {
+	Format string `yaml:"format"` // text (default) or json
+	Level  string `yaml:"level"`  // debug, info (default), warn, error
+}
+
+// PolicyConfig is the refresh: section; it tunes RefreshAt.
+type PolicyConfig struct {
+	// At is the fraction of the lifetime after which a token is refreshed
+	// (default 2/3).
+	At float64 `yaml:"at"`
+	// Jitter is the width of the random window around At, as a fraction
+	// of the lifetime (default 0.1).
+	Jitter *float64 `yaml:"jitter"`
+	// MinLeft is the least lifetime left at the refresh moment
+	// (default 60s; see Policy.MinLeft).
+	MinLeft *time.Duration `yaml:"min_left"`
+}
+
+// AppConfig is one entry of apps:.
+type AppConfig struct {
+	Name       string `yaml:"name"`
+	Kind       string `yaml:"kind"` // wechat | wechat-stable
+	AppID      string `yaml:"appid"`
+	SecretEnv  string `yaml:"secret_env"`
+	SecretFile string `yaml:"secret_file"`
+	APIBase    string `yaml:"api_base"`
+	// DailyQuota is the upstream's daily limit of token calls for this
+	// app (default 2000, WeChat's).
+	DailyQuota int `yaml:"daily_quota"`
+
+	// secret is resolved by Config.Validate (or set by SetSecret) and never
+	// printed: AppConfig's String and GoString leave it out.
+	secret string
+}
+
+// Secret returns the resolved AppSecret.
+func (a AppConfig) Secret() string { return a.secret }
+
+// WithSecret returns a copy of a that carries secret (for programs and
+// tests that do not read secrets from the environment or a file).
+func (a AppConfig) WithSecret(secret string) AppConfig { a.secret = secret; return a }
+
+// String describes the app without its secret.
+func (a AppConfig) String() string {
+	return fmt.Sprintf("app %s (%s %s)", a.Name, a.Kind, a.AppID)
+}
+
+// GoString describes the app without its secret.
+func (a AppConfig) GoString() string { return a.String() }
+
+// credentials returns the upstream credentials of a.
+func (a AppConfig) credentials() wechat.Credentials {
+	return wechat.Credentials{AppID: a.AppID, Secret: a.secret}
+}
+
+// ConfigError lists every problem found in a configuration.
+type ConfigError struct {
+	Problems []string
+}
+
+func (e *ConfigError) Error() string {
+	if len(e.Problems) == 1 {
+		return "config: " + e.Problems[0]
+	}
+	return fmt.Sprintf("config: %d problems:\n  %s", len(e.Problems), strings.Join(e.Problems, "\n  "))
+}
+
+// LoadConfig reads, defaults and validates the YAML file at path. Secrets
+// named by secret_env and secret_file are resolved. Every problem is
+// reported at once in a *ConfigError.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return ParseConfig(data)
+}
+
+// ParseConfig is LoadConfig for YAML already in memory. Unknown keys are
+// errors, so a typo does not silently fall back to a default.
+func ParseConfig(data []byte) (*Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, &ConfigError{Problems: []string{yamlProblem(err)}}
+	}
+	c.SetDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func yamlProblem(err error) string {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		return strings.Join(te.Errors, "; ")
+	}
+	return err.Error()
+}
+
+// SetDefaults fills in every unset key with its default.
+func (c *Config) SetDefaults() {
+	if c.Bucket == "" {
+		c.Bucket = natsconf.DefaultBucket
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.Schedule == "" {
+		c.Schedule = DefaultSchedule
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = DefaultLeaseTTL
+	}
+	if c.PassiveMinInterval == nil {
+		d := DefaultPassiveMinInterval
+		c.PassiveMinInterval = &d
+	}
+	if c.Policy.At == 0 {
+		c.Policy.At = DefaultPolicy.At
+	}
+	if c.Policy.Jitter == nil {
+		j := DefaultPolicy.Jitter
+		c.Policy.Jitter = &j
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	for i := range c.Apps {
+		a := &c.Apps[i]
+		if a.Kind == "" {
+			a.Kind = wechat.KindClassic
+		}
+		if a.APIBase == "" {
+			a.APIBase = DefaultAPIBase
+		}
+	}
+}
+
+// RefreshPolicy returns the policy of the refresh: section.
+func (c *Config) RefreshPolicy() Policy {
+	p := DefaultPolicy
+	if c.Policy.At != 0 {
+		p.At = c.Policy.At
+	}
+	if c.Policy.Jitter != nil {
+		p.Jitter = *c.Policy.Jitter
+	}
+	if c.Policy.MinLeft != nil {
+		p.MinLeft = *c.Policy.MinLeft
+	}
+	return p
+}
+
+// MinPassiveInterval returns passive_min_interval with its default applied.
+func (c *Config) MinPassiveInterval() time.Duration {
+	if c.PassiveMinInterval == nil {
+		return DefaultPassiveMinInterval
+	}
+	return *c.PassiveMinInterval
+}
+
+// CronParser parses the schedule key: five fields, an optional leading
+// seconds field, or a descriptor such as "@every 30s".
+var CronParser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// Validate checks c and resolves app secrets. It reports every problem at
+// once, each naming its key (and app), in a *ConfigError. Call SetDefaults
+// first.
+func (c *Config) Validate() error {
+	var p []string
+	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+
+	for _, err := range c.NATS.Validate() {
+		add("%v", err)
+	}
+	if !natsconf.ValidAppName(c.Bucket) {
+		add("bucket: %q is not a valid bucket name (1-64 of A-Z a-z 0-9 _ -)", c.Bucket)
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		add("replicas: %d is out of range (1 to 5)", c.Replicas)
+	}
+	if _, err := CronParser.Parse(c.Schedule); err != nil {
+		add("schedule: %q does not parse: %v", c.Schedule, err)
+	}
+	if c.LeaseTTL < time.Second {
+		add("lease_ttl: %s is too short (at least 1s; TTLs are whole seconds)", c.LeaseTTL)
+	} else if c.LeaseTTL%time.Second != 0 {
+		add("lease_ttl: %s is not a whole number of seconds", c.LeaseTTL)
+	}
+	if d := c.MinPassiveInterval(); d < 0 {
+		add("passive_min_interval: %s is negative", d)
+	}
+	if err := c.RefreshPolicy().Validate(); err != nil {
+		add("refresh: %v", err)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		add("log.format: %q is not text or json", c.Log.Format)
+	}
+	if _, err := parseLevel(c.Log.Level); err != nil {
+		add("log.level: %v", err)
+	}
+	if len(c.Apps) == 0 {
+		add("apps: no apps configured")
+	}
+	seen := map[string]int{}
+	for i := range c.Apps {
+		a := &c.Apps[i]
+		where := fmt.Sprintf("apps[%d]", i)
+		if a.Name != "" {
+			where = fmt.Sprintf("apps[%d] (%s)", i, a.Name)
+		}
+		switch {
+		case a.Name == "":
+			add("%s.name: missing", where)
+		case !natsconf.ValidAppName(a.Name):
+			add("%s.name: %q is not a valid app name (1-64 of A-Z a-z 0-9 _ -)", where, a.Name)
+		default:
+			if j, dup := seen[a.Name]; dup {
+				add("%s.name: duplicate of apps[%d]", where, j)
+			} else {
+				seen[a.Name] = i
+			}
+		}
+		switch a.Kind {
+		case wechat.KindClassic, wechat.KindStable:
+		default:
+			add("%s.kind: unknown kind %q (want %s or %s)", where, a.Kind, wechat.KindClassic, wechat.KindStable)
+		}
+		if a.DailyQuota < 0 {
+			add("%s.daily_quota: %d is negative", where, a.DailyQuota)
+		}
+		if a.AppID == "" {
+			add("%s.appid: missing", where)
+		}
+		if !strings.HasPrefix(a.APIBase, "http://") && !strings.HasPrefix(a.APIBase, "https://") {
+			add("%s.api_base: %q is not an http(s) URL", where, a.APIBase)
+		}
+		if err := a.resolveSecret(); err != nil {
+			add("%s.%v", where, err)
+		}
+	}
+	if len(p) > 0 {
+		return &ConfigError{Problems: p}
+	}
+	return nil
+}
+
+// resolveSecret reads the secret from secret_env or secret_file. A secret
+// already set (WithSecret) is kept.
+func (a *AppConfig) resolveSecret() error {
+	switch {
+	case a.SecretEnv != "" && a.SecretFile != "":
+		return errors.New("secret_env/secret_file: set only one")
+	case a.SecretEnv != "":
+		v, ok := os.LookupEnv(a.SecretEnv)
+		if !ok || strings.TrimSpace(v) == "" {
+			return fmt.Errorf("secret_env: environment variable %s is not set or empty", a.SecretEnv)
+		}
+		a.secret = strings.TrimSpace(v)
+	case a.SecretFile != "":
+		b, err := os.ReadFile(a.SecretFile)
+		if err != nil {
+			// The error names the file, never its contents.
+			return fmt.Errorf("secret_file: %v", err)
+		}
+		s := strings.TrimSpace(string(b))
+		if s == "" {
+			return fmt.Errorf("secret_file: %s is empty", a.SecretFile)
+		}
+		a.secret = s
+	case a.secret != "":
+	default:
+		return errors.New("secret_env: missing (set secret_env or secret_file)")
+	}
+	return nil
+}

@@ -1,0 +1,256 @@
+package refresher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// leaseKey is the one key of the lease bucket.
+const leaseKey = "leader"
+
+// LeaseRecord is the value of the lease key.
+type LeaseRecord struct {
+	ID         string    `json:"id"`
+	AcquiredAt time.Time `json:"acquired_at"`
+	RenewedAt  time.Time `json:"renewed_at"`
+}
+
+// LeaseBucket names the lease bucket of a token bucket.
+func LeaseBucket(bucket string) string { return bucket + "_lease" }
+
+// lease is leader election through one key in a KV bucket whose
+// bucket-wide TTL (MaxAge) is the lease TTL: Create takes the lease, a
+// revision-checked Update renews it (and restarts its age), Delete with
+// the last revision releases it, and a leader that stops renewing loses it
+// when the server ages the key out. This is the approach of
+// ripienaar/nats-kv-leader-elect; per-key TTLs are avoided because Update
+// drops them (nats.go#1994).
+//
+// The holder trusts itself for at most ttl*3/4 after the moment it sent
+// its last successful renewal, measured on the monotonic clock, so it
+// stops acting as leader before the server can hand the lease to another
+// replica, whatever the wall clocks say.
+type lease struct {
+	kv  jetstream.KeyValue
+	id  string
+	ttl time.Duration
+	log *slog.Logger
+
+	// changed is called (from the lease goroutine) when leadership is
+	// gained or lost.
+	changed func(leader bool)
+
+	mu       sync.Mutex
+	held     bool
+	rev      uint64
+	acquired time.Time
+	renewed  time.Time // when the last successful CAS was sent (monotonic)
+	leaderID string    // last known holder, for status
+
+	now func() time.Time
+}
+
+func (l *lease) trustFor() time.Duration { return l.ttl * 3 / 4 }
+
+// Held reports whether this replica holds the lease now, by its own
+// monotonic clock.
+func (l *lease) Held() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.heldLocked()
+}
+
+func (l *lease) heldLocked() bool {
+	return l.held && time.Since(l.renewed) < l.trustFor()
+}
+
+// Leader returns the id of the last known leader ("" if none is known).
+func (l *lease) Leader() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.heldLocked() {
+		return l.id
+	}
+	return l.leaderID
+}
+
+// Confirm renews the lease now with a revision-checked write: it returns
+// nil only if this replica held the lease at the moment of the write.
+// Call it before every upstream fetch.
+func (l *lease) Confirm(ctx context.Context) error {
+	if !l.Held() {
+		return ErrNotLeader
+	}
+	return l.renew(ctx)
+}
+
+func (l *lease) value(acquired time.Time) []byte {
+	b, _ := json.Marshal(LeaseRecord{ID: l.id, AcquiredAt: acquired.UTC(), RenewedAt: l.now().UTC()})
+	return b
+}
+
+func (l *lease) renew(ctx context.Context) error {
+	l.mu.Lock()
+	rev, acquired := l.rev, l.acquired
+	l.mu.Unlock()
+	sent := time.Now()
+	newRev, err := l.kv.Update(ctx, leaseKey, l.value(acquired), rev)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyNotFound) {
+			// Someone else holds it, or it expired: fenced.
+			l.loseLocked("lease taken over or expired")
+			return ErrNotLeader
+		}
+		if !l.heldLocked() {
+			l.loseLocked("lease not renewed in time: " + err.Error())
+			return ErrNotLeader
+		}
+		return err
+	}
+	if l.rev != rev || !l.held {
+		// Lost (and maybe re-acquired) while the CAS was in flight: the
+		// CAS succeeded against rev, so we do hold it now.
+		l.held = true
+	}
+	l.rev = newRev
+	l.renewed = sent
+	return nil
+}
+
+// loseLocked marks the lease lost and reports it once.
+func (l *lease) loseLocked(why string) {
+	if !l.held {
+		return
+	}
+	l.held = false
+	l.log.Warn("lost leadership", "replica", l.id, "reason", why)
+	if l.changed != nil {
+		go l.changed(false)
+	}
+}
+
+// tryAcquire takes the lease if nobody holds it.
+func (l *lease) tryAcquire(ctx context.Context) bool {
+	sent := time.Now()
+	acquired := l.now()
+	rev, err := l.kv.Create(ctx, leaseKey, l.value(acquired))
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrKeyExists) && ctx.Err() == nil {
+			l.log.Debug("lease acquire failed", "err", err)
+		}
+		return false
+	}
+	l.mu.Lock()
+	l.held, l.rev, l.renewed, l.acquired, l.leaderID = true, rev, sent, acquired, l.id
+	l.mu.Unlock()
+	l.log.Info("acquired leadership", "replica", l.id, "lease_ttl", l.ttl)
+	if l.changed != nil {
+		l.changed(true)
+	}
+	return true
+}
+
+// Release gives the lease up so a follower takes over at once. It is a
+// revision-checked delete: a lease already lost is left alone.
+func (l *lease) Release(ctx context.Context) {
+	l.mu.Lock()
+	held, rev := l.held, l.rev
+	l.held = false
+	l.mu.Unlock()
+	if !held {
+		return
+	}
+	if l.changed != nil {
+		l.changed(false)
+	}
+	if err := l.kv.Delete(ctx, leaseKey, jetstream.LastRevision(rev)); err != nil {
+		l.log.Warn("lease release failed; followers take over when it expires", "err", err, "lease_ttl", l.ttl)
+		return
+	}
+	l.log.Info("released leadership", "replica", l.id)
+}
+
+// run keeps the lease: a leader renews every ttl/4; a follower tries to
+// acquire whenever the key is deleted or expires (seen by a watcher) and,
+// as a safety net against a stalled watcher, every poll interval.
+func (l *lease) run(ctx context.Context) {
+	poll := min(l.ttl/4, 500*time.Millisecond)
+	renewEvery := l.ttl / 4
+	wake := make(chan struct{}, 1)
+	go l.watch(ctx, wake)
+
+	l.tryAcquire(ctx)
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		var d time.Duration
+		if l.Held() {
+			d = renewEvery
+		} else {
+			d = poll
+		}
+		t.Reset(d)
+		select {
+		case <-ctx.Done():
+			return
+		case <-wake:
+		case <-t.C:
+		}
+		if l.Held() {
+			if err := l.renew(ctx); err != nil && !errors.Is(err, ErrNotLeader) && ctx.Err() == nil {
+				l.log.Warn("lease renewal failed; retrying", "err", err)
+			}
+			continue
+		}
+		l.tryAcquire(ctx)
+	}
+}
+
+// watch follows the lease key: a delete, purge or expiry wakes run at
+// once, and every value updates the known leader id.
+func (l *lease) watch(ctx context.Context, wake chan<- struct{}) {
+	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	for ctx.Err() == nil {
+		w, err := l.kv.Watch(ctx, leaseKey)
+		if err != nil {
+			if !sleepCtx(ctx, bo.Next()) {
+				return
+			}
+			continue
+		}
+		for e := range w.Updates() {
+			if e == nil {
+				continue
+			}
+			bo.Reset()
+			if e.Operation() != jetstream.KeyValuePut {
+				l.mu.Lock()
+				l.leaderID = ""
+				l.mu.Unlock()
+				select {
+				case wake <- struct{}{}:
+				default:
+				}
+				continue
+			}
+			var rec LeaseRecord
+			if json.Unmarshal(e.Value(), &rec) == nil {
+				l.mu.Lock()
+				l.leaderID = rec.ID
+				l.mu.Unlock()
+			}
+		}
+		_ = w.Stop()
+		if !sleepCtx(ctx, bo.Next()) {
+			return
+		}
+	}
+}

@@ -1,0 +1,34 @@
+package refresher
+
+import "time"
+
+// Observer receives the refresher's events, for metrics. Methods are
+// called from many goroutines and must not block.
+type Observer interface {
+	// UpstreamCall: one upstream token call (with its retries) took d.
+	UpstreamCall(app string, d time.Duration, err error)
+	// Refreshed: app now holds a token that expires at expiresAt; source
+	// is empty when the token was read from the bucket, not fetched.
+	Refreshed(app, source string, expiresAt time.Time)
+	// RefreshFailed: a refresh of app failed with err.
+	RefreshFailed(app, source string, err error)
+	// WriteConflict: a revision-checked write of app met a newer revision.
+	WriteConflict(app string)
+	// Leader: this replica gained (true) or lost (false) the lease.
+	Leader(leader bool)
+	// PassiveRequest: a token.refresh request for app ended with outcome
+	// ("ok" or the error code).
+	PassiveRequest(app, outcome string)
+	// QuotaUsed: app has made calls upstream calls today.
+	QuotaUsed(app string, calls int)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) UpstreamCall(string, time.Duration, error) {}
+func (nopObserver) Refreshed(string, string, time.Time)       {}
+func (nopObserver) RefreshFailed(string, string, error)       {}
+func (nopObserver) WriteConflict(string)                      {}
+func (nopObserver) Leader(bool)                               {}
+func (nopObserver) PassiveRequest(string, string)             {}
+func (nopObserver) QuotaUsed(string, int)                     {}

@@ -1,0 +1,714 @@
+// Package refresher keeps each configured app's access token fresh in a
+// JetStream KV bucket: it fetches from the upstream (WeChat) before expiry,
+// writes revision-checked records, publishes token.updated.<app> events,
+// serves passive refresh requests on token.refresh.<app>, and elects one
+// fetching leader among its replicas through a lease in KV.
+//
+// The wire contract is in docs/protocol.md; the guarantees and their
+// limits in docs/guarantees.md.
+package refresher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/robfig/cron/v3"
+
+	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
+)
+
+// Refresher owns every upstream fetch of the configured apps. Create it
+// with New and run it with Run; it is safe for concurrent use.
+type Refresher struct {
+	cfg    *Config
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	kv     jetstream.KeyValue
+	client *wechat.Client
+	log    *slog.Logger
+	now    func() time.Time
+	id     string
+	policy Policy
+	passiveMin time.Duration
+	obs    Observer
+
+	mu      sync.Mutex
+	apps    map[string]*app
+	order   []string // app names, sorted, for status
+	lease   *lease
+	svc     micro.Service
+	running bool
+	closed  bool
+
+	// refreshCtx carries the refreshes: it outlives Run's ctx by
+	// shutdownGrace so that a token already fetched is still stored.
+	refreshCtx    context.Context
+	cancelRefresh context.CancelFunc
+	wg            sync.WaitGroup
+	wake          chan struct{}
+	sem           chan struct{}
+	ready         chan struct{}
+	readyOnce     sync.Once
+}
+
+// Option configures a Refresher.
+type Option func(*Refresher)
+
+// WithLogger sets the logger (default: slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(r *Refresher) { r.log = l } }
+
+// WithClock sets the wall clock used for fetched_at/expires_at and the
+// schedule (default time.Now). Lease timing always uses the monotonic
+// clock.
+func WithClock(now func() time.Time) Option { return func(r *Refresher) { r.now = now } }
+
+// WithUpstream sets the upstream client (default wechat.New()).
+func WithUpstream(c *wechat.Client) Option { return func(r *Refresher) { r.client = c } }
+
+// WithReplicaID names this replica in the lease (default host-pid-random).
+func WithReplicaID(id string) Option { return func(r *Refresher) { r.id = id } }
+
+// WithObserver sets the receiver of metrics events (default none).
+func WithObserver(o Observer) Option { return func(r *Refresher) { r.obs = o } }
+
+// WithConcurrency bounds how many apps are refreshed at once (default 16).
+func WithConcurrency(n int) Option {
+	return func(r *Refresher) {
+		if n > 0 {
+			r.sem = make(chan struct{}, n)
+		}
+	}
+}
+
+// shutdownGrace is how long Run waits, after its ctx is done, for
+// refreshes in flight to store what they fetched.
+const shutdownGrace = 15 * time.Second
+
+// New returns a Refresher for cfg (already defaulted and validated, as
+// LoadConfig returns it) that talks to NATS over nc. Options: WithLogger,
+// WithClock, WithUpstream, WithReplicaID, WithObserver, WithConcurrency.
+// New does no I/O; Run provisions the buckets.
+func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Refresher, error) {
+	if cfg == nil || nc == nil {
+		return nil, errors.New("refresher: New needs a config and a NATS connection")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("refresher: jetstream: %w", err)
+	}
+	r := &Refresher{
+		cfg:        cfg,
+		nc:         nc,
+		js:         js,
+		log:        slog.Default(),
+		now:        time.Now,
+		policy:     cfg.RefreshPolicy(),
+		passiveMin: cfg.MinPassiveInterval(),
+		obs:        nopObserver{},
+		apps:       map[string]*app{},
+		wake:       make(chan struct{}, 1),
+		sem:        make(chan struct{}, 16),
+		ready:      make(chan struct{}),
+	}
+	for _, o := range opts {
+		o(r)
+	}
+	if r.client == nil {
+		r.client = wechat.New()
+	}
+	if r.id == "" {
+		host, _ := os.Hostname()
+		r.id = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), nats.NewInbox()[len(nats.InboxPrefix):][:6])
+	}
+	for _, ac := range cfg.Apps {
+		r.apps[ac.Name] = &app{cfg: ac, policy: &r.policy}
+		r.order = append(r.order, ac.Name)
+	}
+	sort.Strings(r.order)
+	return r, nil
+}
+
+// ID returns this replica's id.
+func (r *Refresher) ID() string { return r.id }
+
+// Ready is closed once Run has provisioned the buckets and loaded the
+// stored records.
+func (r *Refresher) Ready() <-chan struct{} { return r.ready }
+
+// Run provisions the buckets, loads the stored records, and keeps the
+// tokens fresh until ctx is done. Then it lets refreshes in flight store
+// what they fetched (up to 15 s), releases the lease so that a follower
+// takes over at once, and returns. Run may be called once.
+func (r *Refresher) Run(ctx context.Context) error {
+	r.mu.Lock()
+	if r.running || r.closed {
+		r.mu.Unlock()
+		return errors.New("refresher: Run called twice")
+	}
+	r.running = true
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.closed = true
+		r.mu.Unlock()
+	}()
+
+	kv, err := natsconf.EnsureBucket(ctx, r.js, natsconf.BucketConfig{
+		Name: r.cfg.Bucket, Replicas: r.cfg.Replicas, History: 1,
+		Description: "tokenkeeper access tokens, one key per app",
+	})
+	if err != nil {
+		return err
+	}
+	r.kv = kv
+	leaseKV, err := natsconf.EnsureBucket(ctx, r.js, natsconf.BucketConfig{
+		Name: LeaseBucket(r.cfg.Bucket), Replicas: r.cfg.Replicas, History: 1,
+		TTL:         r.cfg.LeaseTTL,
+		Description: "tokenkeeper refresher leader lease",
+	})
+	if err != nil {
+		return err
+	}
+	if err := r.loadAll(ctx); err != nil {
+		return err
+	}
+
+	r.refreshCtx, r.cancelRefresh = context.WithCancel(context.WithoutCancel(ctx))
+	defer r.cancelRefresh()
+
+	r.lease = &lease{kv: leaseKV, id: r.id, ttl: r.cfg.LeaseTTL, log: r.log, now: r.now, changed: r.leadershipChanged}
+	leaseCtx, stopLease := context.WithCancel(ctx)
+	defer stopLease()
+	var bg sync.WaitGroup
+	bg.Add(2)
+	go func() { defer bg.Done(); r.lease.run(leaseCtx) }()
+	go func() { defer bg.Done(); r.follow(leaseCtx) }()
+
+	c := cron.New(cron.WithParser(CronParser), cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger)))
+	if _, err := c.AddFunc(r.cfg.Schedule, r.Tick); err != nil {
+		return fmt.Errorf("refresher: schedule: %w", err)
+	}
+	c.Start()
+	r.readyOnce.Do(func() { close(r.ready) })
+	r.log.Info("refresher running", "replica", r.id, "apps", len(r.apps), "bucket", r.cfg.Bucket, "schedule", r.cfg.Schedule)
+
+	r.loop(ctx)
+
+	<-c.Stop().Done()
+	r.stopService()
+	// Let refreshes in flight store what they fetched.
+	done := make(chan struct{})
+	go func() { r.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(shutdownGrace):
+		r.log.Warn("refreshes still running at shutdown; abandoning them")
+		r.cancelRefresh()
+		<-done
+	}
+	stopLease()
+	bg.Wait()
+	relCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	r.lease.Release(relCtx)
+	cancel()
+	r.log.Info("refresher stopped", "replica", r.id)
+	return nil
+}
+
+// loop starts the refreshes that are due whenever the earliest refresh
+// moment arrives, the cron tick fires (Tick), or something changes.
+func (r *Refresher) loop(ctx context.Context) {
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		next := r.plan()
+		d := time.Hour
+		if !next.IsZero() {
+			d = max(next.Sub(r.now()), 5*time.Millisecond)
+		}
+		t.Reset(min(d, time.Hour))
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-r.wake:
+		}
+	}
+}
+
+// Tick is the cron job: it wakes the planner, which starts every refresh
+// that is due. It is safe to call at any time.
+func (r *Refresher) Tick() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// plan starts a background refresh of every app that is due and returns
+// the earliest future refresh moment (zero if none). A follower plans
+// nothing.
+func (r *Refresher) plan() time.Time {
+	if r.lease == nil || !r.lease.Held() {
+		return time.Time{}
+	}
+	now := r.now()
+	var next time.Time
+	r.mu.Lock()
+	apps := make([]*app, 0, len(r.apps))
+	for _, a := range r.apps {
+		apps = append(apps, a)
+	}
+	r.mu.Unlock()
+	for _, a := range apps {
+		due, busy := a.dueAt()
+		if busy {
+			continue
+		}
+		if !due.After(now) {
+			source := natsconf.SourceScheduled
+			if rec, _ := a.current(); rec == nil {
+				source = natsconf.SourceStartup // first token of this app
+			}
+			r.startRefresh(a, source)
+			continue
+		}
+		if next.IsZero() || due.Before(next) {
+			next = due
+		}
+	}
+	return next
+}
+
+// startRefresh runs one scheduled refresh of a in the background.
+func (r *Refresher) startRefresh(a *app, source string) {
+	f, started := a.join()
+	if !started {
+		return
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		select {
+		case r.sem <- struct{}{}:
+		case <-r.refreshCtx.Done():
+			a.finish(f, flightResult{err: r.refreshCtx.Err()})
+			return
+		}
+		defer func() { <-r.sem }()
+		res := r.refresh(r.refreshCtx, a, source, refreshNeed{})
+		a.finish(f, res)
+		r.Tick()
+	}()
+}
+
+// refreshNeed says when a stored record makes a fetch unnecessary.
+type refreshNeed struct {
+	// stale: a record with a revision greater than this makes the
+	// fetch unnecessary (passive requests).
+	stale *uint64
+	// force asks the upstream for a new token (stable_token force mode).
+	force bool
+}
+
+// satisfiedBy reports whether the stored record (rec, rev) already
+// satisfies the need, so that no fetch is made.
+func (r *Refresher) satisfiedBy(a *app, rec *natsconf.Record, rev uint64, need refreshNeed, now time.Time) bool {
+	if rec == nil || !rec.ExpiresAt.After(now) {
+		return false
+	}
+	if need.stale != nil {
+		return rev > *need.stale
+	}
+	return r.dueFor(a.cfg.Name, rec).After(now)
+}
+
+// dueFor is the refresh moment of a stored record: a pure function of the
+// record, so that every replica and every restart agrees on it.
+func (r *Refresher) dueFor(name string, rec *natsconf.Record) time.Time {
+	return r.policy.RefreshAt(rec.FetchedAt, rec.ExpiresAt, jitterDraw(name, rec.FetchedAt))
+}
+
+// jitterDraw is a deterministic draw in [0, 1) from the app name and the
+// fetch time: apps spread out, and replicas and restarts agree.
+func jitterDraw(name string, fetchedAt time.Time) float64 {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	var b [8]byte
+	n := fetchedAt.UnixNano()
+	for i := range b {
+		b[i] = byte(n >> (8 * i))
+	}
+	h.Write(b[:])
+	return float64(h.Sum64()>>11) / float64(1<<53)
+}
+
+// refresh makes sure a holds a token that satisfies need: it re-reads the
+// key, fetches from upstream only if the stored record does not satisfy
+// need, writes the result revision-checked, and publishes the event. It is
+// called inside a flight (one at a time per app).
+func (r *Refresher) refresh(ctx context.Context, a *app, source string, need refreshNeed) flightResult {
+	start := time.Now()
+	name := a.cfg.Name
+	// Read what is stored now: another replica may have written.
+	rec, rev, err := r.read(ctx, name)
+	if err != nil {
+		return r.failed(a, source, fmt.Errorf("read %s: %w", name, err), start)
+	}
+	a.adopt(rec, rev)
+	now := r.now()
+	if r.satisfiedBy(a, rec, rev, need, now) {
+		return flightResult{rec: *rec, rev: rev}
+	}
+	if err := r.lease.Confirm(ctx); err != nil {
+		return flightResult{rec: derefRec(rec), rev: rev, err: err}
+	}
+	if err := r.checkQuota(a, source); err != nil {
+		return r.failed(a, source, err, start)
+	}
+
+	fetchStart := time.Now()
+	tok, err := r.client.Fetch(ctx, a.cfg.Kind, a.cfg.APIBase, a.cfg.credentials(), need.force)
+	r.obs.UpstreamCall(name, time.Since(fetchStart), err)
+	a.countCall(r.now())
+	if err != nil {
+		return r.failed(a, source, err, start)
+	}
+	fetched := r.now().UTC()
+	if rec != nil && rec.AccessToken == tok.AccessToken && rec.ExpiresAt.After(now) {
+		// stable_token in normal mode hands back the token we already
+		// store: nothing to write, check again later.
+		a.unchanged(fetched, fetched.Add(tok.ExpiresIn), r.policy)
+		return flightResult{rec: *rec, rev: rev}
+	}
+	nrec := natsconf.Record{
+		App: name, AccessToken: tok.AccessToken,
+		FetchedAt: fetched, ExpiresAt: fetched.Add(tok.ExpiresIn),
+		Source: source,
+	}
+	nrev, err := r.write(ctx, a, nrec, rev)
+	if err != nil {
+		if errors.Is(err, ErrSuperseded) {
+			cur, crev := a.current()
+			return flightResult{rec: derefRec(cur), rev: crev}
+		}
+		return r.failed(a, source, err, start)
+	}
+	a.stored(nrec, nrev)
+	r.publish(nrec, nrev)
+	r.obs.Refreshed(name, source, nrec.ExpiresAt)
+	r.log.Info("token refreshed", "app", name, "source", source, "revision", nrev,
+		"token", Fingerprint(nrec.AccessToken), "expires_at", nrec.ExpiresAt.Format(time.RFC3339),
+		"duration", time.Since(start).Round(time.Millisecond))
+	return flightResult{rec: nrec, rev: nrev}
+}
+
+func derefRec(rec *natsconf.Record) natsconf.Record {
+	if rec == nil {
+		return natsconf.Record{}
+	}
+	return *rec
+}
+
+// failed records a failed refresh and schedules the next attempt.
+func (r *Refresher) failed(a *app, source string, err error, start time.Time) flightResult {
+	if errors.Is(err, ErrNotLeader) || errors.Is(err, context.Canceled) {
+		cur, rev := a.current()
+		return flightResult{rec: derefRec(cur), rev: rev, err: err}
+	}
+	now := r.now()
+	retry := a.failure(err, now)
+	r.obs.RefreshFailed(a.cfg.Name, source, err)
+	attrs := []any{"app", a.cfg.Name, "source", source, "err", err, "retry_in", retry.Sub(now).Round(time.Millisecond),
+		"duration", time.Since(start).Round(time.Millisecond)}
+	var we *wechat.Error
+	if errors.As(err, &we) {
+		attrs = append(attrs, "errcode", we.Code, "errmsg", we.Msg)
+		if alert := alertFor(we.Code); alert != "" {
+			attrs = append(attrs, "alert", alert)
+		}
+	}
+	r.log.Error("token refresh failed; the stored token is kept", attrs...)
+	cur, rev := a.current()
+	return flightResult{rec: derefRec(cur), rev: rev, err: err}
+}
+
+// alertFor names the operator action an upstream errcode asks for.
+func alertFor(code int) string {
+	switch code {
+	case 40164:
+		return "ip_not_whitelisted"
+	case 40001, 40125:
+		return "secret_wrong_or_rotated"
+	case 89503:
+		return "risk_control"
+	case 45009:
+		return "daily_quota_exhausted"
+	case 40013:
+		return "invalid_appid"
+	}
+	return ""
+}
+
+// read returns the stored record of name and its revision (nil, 0 if none).
+func (r *Refresher) read(ctx context.Context, name string) (*natsconf.Record, uint64, error) {
+	e, err := r.kv.Get(ctx, name)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	var rec natsconf.Record
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		r.log.Warn("stored record does not parse; it will be replaced", "app", name, "revision", e.Revision(), "err", err)
+		return nil, e.Revision(), nil
+	}
+	return &rec, e.Revision(), nil
+}
+
+// write stores rec over revision rev (0: create). On a revision conflict
+// it re-reads: if the stored token was fetched later than rec, rec is
+// dropped (ErrSuperseded: the upstream honours only the newest token);
+// otherwise the write is retried over the revision just read. A replica
+// that no longer holds the lease writes nothing (ErrNotLeader).
+func (r *Refresher) write(ctx context.Context, a *app, rec natsconf.Record, rev uint64) (uint64, error) {
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return 0, err
+	}
+	for attempt := 0; attempt < 5; attempt++ {
+		if !r.lease.Held() {
+			return 0, ErrNotLeader
+		}
+		var nrev uint64
+		if rev == 0 {
+			nrev, err = r.kv.Create(ctx, rec.App, val)
+		} else {
+			nrev, err = r.kv.Update(ctx, rec.App, val, rev)
+		}
+		if err == nil {
+			return nrev, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return 0, fmt.Errorf("write %s: %w", rec.App, err)
+		}
+		r.obs.WriteConflict(rec.App)
+		cur, crev, rerr := r.read(ctx, rec.App)
+		if rerr != nil {
+			return 0, fmt.Errorf("write %s: re-read after conflict: %w", rec.App, rerr)
+		}
+		a.adopt(cur, crev)
+		if cur != nil && !cur.FetchedAt.Before(rec.FetchedAt) {
+			r.log.Info("a newer token was stored first; dropping ours", "app", rec.App, "revision", crev)
+			return 0, ErrSuperseded
+		}
+		rev = crev
+	}
+	return 0, fmt.Errorf("write %s: too many revision conflicts", rec.App)
+}
+
+// publish sends the token.updated event. It carries no token.
+func (r *Refresher) publish(rec natsconf.Record, rev uint64) {
+	ev, _ := json.Marshal(natsconf.Event{App: rec.App, Revision: rev, ExpiresAt: rec.ExpiresAt, FetchedAt: rec.FetchedAt, Source: rec.Source})
+	if err := r.nc.Publish(natsconf.UpdatedSubject(rec.App), ev); err != nil {
+		r.log.Warn("publish event failed", "app", rec.App, "err", err)
+	}
+}
+
+// loadAll reads every configured app's stored record, so that a restart
+// reuses still-valid tokens instead of fetching (and invalidating) them.
+func (r *Refresher) loadAll(ctx context.Context) error {
+	recs, err := r.snapshot(ctx)
+	if err != nil {
+		return fmt.Errorf("refresher: load stored tokens: %w", err)
+	}
+	now := r.now()
+	for name, a := range r.apps {
+		s, ok := recs[name]
+		if !ok {
+			continue
+		}
+		a.adopt(s.rec, s.rev)
+		if s.rec != nil {
+			r.log.Info("stored token found", "app", name, "revision", s.rev,
+				"valid", s.rec.ExpiresAt.After(now), "refresh_at", r.dueFor(name, s.rec).Format(time.RFC3339))
+			r.obs.Refreshed(name, "", s.rec.ExpiresAt)
+		}
+	}
+	return nil
+}
+
+type storedRec struct {
+	rec *natsconf.Record
+	rev uint64
+}
+
+// snapshot reads the latest value of every key with one ordered consumer
+// (a fresh watcher delivers each key's last value, then a nil marker).
+func (r *Refresher) snapshot(ctx context.Context) (map[string]storedRec, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	w, err := r.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, err
+	}
+	defer w.Stop()
+	out := map[string]storedRec{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, errors.New("watcher closed")
+			}
+			if e == nil {
+				return out, nil
+			}
+			var rec natsconf.Record
+			if json.Unmarshal(e.Value(), &rec) != nil {
+				out[e.Key()] = storedRec{rev: e.Revision()}
+				continue
+			}
+			out[e.Key()] = storedRec{rec: &rec, rev: e.Revision()}
+		}
+	}
+}
+
+// follow keeps every replica's view of the bucket warm, so that a
+// follower that becomes leader does not fetch a token that is still
+// valid. On gaining the lease the leader also re-reads everything
+// (loadAll) in case this watcher stalled.
+func (r *Refresher) follow(ctx context.Context) {
+	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	var last uint64
+	for ctx.Err() == nil {
+		var opts []jetstream.WatchOpt
+		if last > 0 {
+			opts = append(opts, jetstream.ResumeFromRevision(last+1))
+		}
+		w, err := r.kv.WatchAll(ctx, opts...)
+		if err != nil {
+			if !sleepCtx(ctx, bo.Next()) {
+				return
+			}
+			continue
+		}
+		for e := range w.Updates() {
+			if e == nil {
+				continue
+			}
+			bo.Reset()
+			last = e.Revision()
+			r.mu.Lock()
+			a := r.apps[e.Key()]
+			r.mu.Unlock()
+			if a == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			var rec natsconf.Record
+			if json.Unmarshal(e.Value(), &rec) == nil {
+				if a.adopt(&rec, e.Revision()) {
+					r.obs.Refreshed(a.cfg.Name, "", rec.ExpiresAt)
+				}
+			}
+		}
+		_ = w.Stop()
+		if !sleepCtx(ctx, bo.Next()) {
+			return
+		}
+	}
+}
+
+// leadershipChanged starts or stops the leader's work.
+func (r *Refresher) leadershipChanged(leader bool) {
+	r.obs.Leader(leader)
+	if !leader {
+		r.stopService()
+		return
+	}
+	// Re-read everything: the follower's watch may have stalled.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if err := r.loadAll(ctx); err != nil {
+		r.log.Warn("reload on leadership failed; refreshes re-read each key", "err", err)
+	}
+	cancel()
+	if err := r.startService(); err != nil {
+		r.log.Error("cannot serve token.refresh", "err", err)
+	}
+	r.Tick()
+}
+
+// Leader reports whether this replica holds the lease.
+func (r *Refresher) Leader() bool { return r.lease != nil && r.lease.Held() }
+
+// Status describes one app, for tokenctl status and /readyz.
+type Status struct {
+	App        string    `json:"app"`
+	Revision   uint64    `json:"revision"`
+	Source     string    `json:"source,omitempty"`
+	FetchedAt  time.Time `json:"fetched_at,omitzero"`
+	ExpiresAt  time.Time `json:"expires_at,omitzero"`
+	RefreshAt  time.Time `json:"refresh_at,omitzero"`
+	Valid      bool      `json:"valid"`
+	LastError  string    `json:"last_error,omitempty"`
+	LastErrAt  time.Time `json:"last_error_at,omitzero"`
+	Failures   int       `json:"failures,omitempty"`
+	CallsToday int       `json:"calls_today"`
+}
+
+// Statuses returns the status of every app, sorted by name.
+func (r *Refresher) Statuses() []Status {
+	now := r.now()
+	r.mu.Lock()
+	names := append([]string(nil), r.order...)
+	r.mu.Unlock()
+	out := make([]Status, 0, len(names))
+	for _, n := range names {
+		r.mu.Lock()
+		a := r.apps[n]
+		r.mu.Unlock()
+		if a == nil {
+			continue
+		}
+		out = append(out, a.status(now))
+	}
+	return out
+}
+
+// appDay is WeChat's day (China Standard Time, UTC+8) of t, as yyyymmdd:
+// the daily quota resets at midnight in Beijing.
+func appDay(t time.Time) int {
+	t = t.In(cst)
+	y, m, d := t.Date()
+	return y*10000 + int(m)*100 + d
+}
+
+// cst is China Standard Time (no daylight saving), built without tzdata.
+var cst = time.FixedZone("CST", 8*3600)
+
+// nextQuotaReset returns the next midnight in China Standard Time.
+func nextQuotaReset(t time.Time) time.Time {
+	t = t.In(cst)
+	y, m, d := t.Date()
+	return time.Date(y, m, d+1, 0, 0, 0, 0, cst)
+}
+
+var _ = math.MaxInt

@@ -1,0 +1,239 @@
+package refresher
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
+)
+
+// Version is reported by the micro service's INFO.
+var Version = "0.1.0"
+
+// requestTimeout bounds how long a refresh request waits for its fetch.
+const requestTimeout = 30 * time.Second
+
+// startService registers the token.refresh micro service. Only the leader
+// serves it (micro endpoints join one queue group, so every registered
+// replica would receive requests); a request that arrives during a
+// handover gets "no responders" and is retried by the client.
+func (r *Refresher) startService() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.svc != nil || r.closed {
+		return nil
+	}
+	svc, err := micro.AddService(r.nc, micro.Config{
+		Name:        natsconf.ServiceName,
+		Version:     Version,
+		Description: "tokenkeeper passive token refresh",
+		Metadata:    map[string]string{"replica": r.id, "bucket": r.cfg.Bucket},
+	})
+	if err != nil {
+		return err
+	}
+	err = svc.AddEndpoint("refresh", micro.HandlerFunc(r.handleRefresh),
+		micro.WithEndpointSubject(natsconf.RefreshPrefix+"*"),
+		// A refresh storm must not drop requests at the client's pending
+		// limits (default 64 MB / 512 k msgs is fine; keep it explicit).
+		micro.WithEndpointPendingLimits(-1, -1))
+	if err != nil {
+		_ = svc.Stop()
+		return err
+	}
+	r.svc = svc
+	return nil
+}
+
+func (r *Refresher) stopService() {
+	r.mu.Lock()
+	svc := r.svc
+	r.svc = nil
+	r.mu.Unlock()
+	if svc != nil {
+		_ = svc.Stop()
+	}
+}
+
+// RequestError is a refresh request's failure: the code and message of
+// the micro error reply.
+type RequestError struct {
+	Code    int
+	Message string
+	Err     error
+}
+
+func (e *RequestError) Error() string { return e.Message }
+func (e *RequestError) Unwrap() error { return e.Err }
+
+func badRequest(format string, args ...any) *RequestError {
+	return &RequestError{Code: natsconf.CodeBadRequest, Message: fmt.Sprintf(format, args...)}
+}
+
+// ParseRefreshRequest parses a token.refresh request body: empty (or
+// JSON null, or {}) means no stale revision. It never panics.
+func ParseRefreshRequest(body []byte) (*uint64, error) {
+	if len(body) > natsconf.MaxRequestBody {
+		return nil, badRequest("request body of %d bytes is over the limit of %d", len(body), natsconf.MaxRequestBody)
+	}
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 || string(body) == "null" {
+		return nil, nil
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(body, &raw); err != nil {
+		return nil, badRequest(`request body is not a JSON object: %v (want {"stale_revision": N} or empty)`, err)
+	}
+	v, ok := raw["stale_revision"]
+	if !ok || string(v) == "null" {
+		return nil, nil
+	}
+	n, err := strconv.ParseUint(string(v), 10, 64)
+	if err != nil {
+		return nil, badRequest("stale_revision must be a non-negative integer, got %s", truncate(string(v), 40))
+	}
+	return &n, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+func (r *Refresher) handleRefresh(req micro.Request) {
+	// Requests are delivered one at a time; the work runs off the
+	// subscription's goroutine so that one slow fetch does not hold up
+	// the replies that need none.
+	go func() {
+		name := strings.TrimPrefix(req.Subject(), natsconf.RefreshPrefix)
+		stale, err := ParseRefreshRequest(req.Data())
+		var rep natsconf.RefreshReply
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+			rep, err = r.Refresh(ctx, name, stale)
+			cancel()
+		}
+		if err != nil {
+			re := requestError(err)
+			r.obs.PassiveRequest(name, strconv.Itoa(re.Code))
+			body, _ := json.Marshal(natsconf.ErrorReply{Error: natsconf.ErrorDetail{Code: re.Code, Message: re.Message}})
+			_ = req.Error(strconv.Itoa(re.Code), re.Message, body)
+			return
+		}
+		r.obs.PassiveRequest(name, "ok")
+		_ = req.RespondJSON(rep)
+	}()
+}
+
+// requestError maps an error to its reply code and message. Messages
+// never carry secrets: upstream errors are already scrubbed.
+func requestError(err error) *RequestError {
+	var re *RequestError
+	if errors.As(err, &re) {
+		return re
+	}
+	code := natsconf.CodeUpstream
+	switch {
+	case errors.Is(err, ErrUnknownApp):
+		code = natsconf.CodeNotFound
+	case errors.Is(err, ErrNotLeader), errors.Is(err, ErrClosed), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		code = natsconf.CodeUnavailable
+	case errors.Is(err, ErrQuotaReserved), errors.Is(err, wechat.ErrQuotaExceeded), errors.Is(err, wechat.ErrRateLimited):
+		code = natsconf.CodeTooMany
+	}
+	return &RequestError{Code: code, Message: err.Error(), Err: err}
+}
+
+// Refresh answers a refresh request for app: with stale nil it returns a
+// valid token (fetching only if none is stored or it expired); with stale
+// N it returns the stored record if its revision is newer than N, and
+// otherwise makes one upstream fetch that every concurrent caller shares.
+// Forced fetches of one app happen at most once per passive_min_interval
+// (for wechat-stable apps at least 30 s apart and 20 a day); inside that
+// window the stored record is returned. Only the leader fetches; on a
+// follower Refresh returns ErrNotLeader unless the stored record already
+// answers the request. ctx bounds the wait, not the fetch: a fetch that
+// has started is completed and stored.
+func (r *Refresher) Refresh(ctx context.Context, name string, stale *uint64) (natsconf.RefreshReply, error) {
+	r.mu.Lock()
+	a := r.apps[name]
+	closed := r.closed
+	r.mu.Unlock()
+	if a == nil {
+		return natsconf.RefreshReply{}, fmt.Errorf("%w %q", ErrUnknownApp, name)
+	}
+	if closed || r.refreshCtx == nil {
+		return natsconf.RefreshReply{}, ErrClosed
+	}
+	for range 3 {
+		rec, rev := a.current()
+		now := r.now()
+		valid := rec != nil && rec.ExpiresAt.After(now)
+		if valid && (stale == nil || rev > *stale) {
+			return reply(rec, rev), nil
+		}
+		if !r.lease.Held() {
+			return natsconf.RefreshReply{}, ErrNotLeader
+		}
+		// A forced refresh only when the stored token is still valid and
+		// was rejected; a missing or expired one is simply fetched.
+		forced := valid && stale != nil
+		f, started, limited := a.joinOrStart(now, forced, r.passiveMinFor(a))
+		if limited {
+			return reply(rec, rev), nil
+		}
+		if started {
+			need := refreshNeed{stale: stale, force: forced && a.takeStableForce(now)}
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				res := r.refresh(r.refreshCtx, a, natsconf.SourcePassive, need)
+				a.finish(f, res)
+				r.Tick()
+			}()
+		}
+		select {
+		case <-ctx.Done():
+			return natsconf.RefreshReply{}, ctx.Err()
+		case <-f.done:
+		}
+		res := f.res
+		if res.err != nil {
+			return natsconf.RefreshReply{}, res.err
+		}
+		if res.rec.AccessToken != "" && (stale == nil || res.rev > *stale) {
+			return reply(&res.rec, res.rev), nil
+		}
+		// We joined a flight that did not answer our need (a scheduled
+		// refresh that found nothing to do): go round once more.
+	}
+	rec, rev := a.current()
+	if rec == nil {
+		return natsconf.RefreshReply{}, &RequestError{Code: natsconf.CodeUnavailable, Message: "no token stored yet"}
+	}
+	return reply(rec, rev), nil
+}
+
+// passiveMinFor is the least time between forced refreshes of a: for
+// wechat-stable apps never under WeChat's 30 s between force_refresh calls.
+func (r *Refresher) passiveMinFor(a *app) time.Duration {
+	if a.cfg.Kind == wechat.KindStable {
+		return max(r.passiveMin, stableForceInterval)
+	}
+	return r.passiveMin
+}
+
+func reply(rec *natsconf.Record, rev uint64) natsconf.RefreshReply {
+	return natsconf.RefreshReply{Record: *rec, Revision: rev}
+}
