@@ -14,19 +14,19 @@ import (
 type app struct {
 	cfg AppConfig
 
-	mu       sync.Mutex
-	rec      *natsconf.Record // last record seen (nil: none, or unparseable)
-	rev      uint64           // its revision (0: no key)
-	due      time.Time        // next refresh moment (zero: now)
-	retryAt  time.Time        // not before this, after a failure
-	failures int              // consecutive failures
-	lastErr  error
-	lastErrAt time.Time
-	flight   *flight
-	lastForced time.Time
-	day      int // appDay of calls
-	calls    int // upstream calls on day
-	policy   *Policy
+	mu          sync.Mutex
+	rec         *natsconf.Record // last record seen (nil: none, or unparseable)
+	rev         uint64           // its revision (0: no key)
+	due         time.Time        // next refresh moment (zero: now)
+	retryAt     time.Time        // not before this, after a failure
+	failures    int              // consecutive failures
+	lastErr     error
+	lastErrAt   time.Time
+	flight      *flight
+	lastForced  time.Time
+	day         int // appDay of calls
+	calls       int // upstream calls on day
+	policy      *Policy
 	forceDay    int // appDay of forcedToday
 	forcedToday int // stable_token force_refresh calls today
 }

@@ -33,17 +33,17 @@ import (
 // Refresher owns every upstream fetch of the configured apps. Create it
 // with New and run it with Run; it is safe for concurrent use.
 type Refresher struct {
-	cfg    *Config
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	kv     jetstream.KeyValue
-	client *wechat.Client
-	log    *slog.Logger
-	now    func() time.Time
-	id     string
-	policy Policy
+	cfg        *Config
+	nc         *nats.Conn
+	js         jetstream.JetStream
+	kv         jetstream.KeyValue
+	client     *wechat.Client
+	log        *slog.Logger
+	now        func() time.Time
+	id         string
+	policy     Policy
 	passiveMin time.Duration
-	obs    Observer
+	obs        Observer
 
 	mu      sync.Mutex
 	apps    map[string]*app

@@ -214,5 +214,6 @@ func (s *SyncBuffer) String() string {
 }
 
 // Contains reports whether sub was written.
-func (s *SyncBuffer) Contains(sub string) bool { return bytes.Contains([]byte(s.String()), []byte(sub)) }
-
+func (s *SyncBuffer) Contains(sub string) bool {
+	return bytes.Contains([]byte(s.String()), []byte(sub))
+}
