@@ -1,0 +1,4 @@
+package natsconf
+
+// CheckServerVersion exposes checkServerVersion to the external tests.
+var CheckServerVersion = checkServerVersion
