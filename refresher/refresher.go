@@ -383,6 +383,10 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 		return r.failed(a, source, err, start)
 	}
 
+	// fetched_at is when the request was sent: the token was issued after
+	// it, so expires_at computed from it is never late, and when two
+	// fetches race, the one sent later (the newest upstream) wins.
+	fetched := r.now().UTC()
 	fetchStart := time.Now()
 	tok, err := r.client.Fetch(ctx, a.cfg.Kind, a.cfg.APIBase, a.cfg.credentials(), need.force)
 	r.obs.UpstreamCall(name, time.Since(fetchStart), err)
@@ -390,7 +394,6 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 	if err != nil {
 		return r.failed(a, source, err, start)
 	}
-	fetched := r.now().UTC()
 	if rec != nil && rec.AccessToken == tok.AccessToken && rec.ExpiresAt.After(now) {
 		// stable_token in normal mode hands back the token we already
 		// store: nothing to write, check again later.
