@@ -498,6 +498,8 @@ func (r *Refresher) write(ctx context.Context, a *app, rec natsconf.Record, rev 
 	}
 	for attempt := 0; attempt < 5; attempt++ {
 		if !r.lease.Held() {
+			// Fenced: the lease may be someone else's by now.
+			r.log.Warn("lease lost during the fetch; the fetched token is discarded", "app", rec.App, "token", Fingerprint(rec.AccessToken))
 			return 0, ErrNotLeader
 		}
 		var nrev uint64

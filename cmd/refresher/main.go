@@ -36,6 +36,7 @@ func main() {
 func run(args []string) error {
 	fs := flag.NewFlagSet("refresher", flag.ContinueOnError)
 	configPath := fs.String("config", "", "YAML config file (none: run the self-contained demo)")
+	replicaID := fs.String("replica-id", os.Getenv("TOKENKEEPER_REPLICA_ID"), "name of this replica in the leader lease (default host-pid-random; env TOKENKEEPER_REPLICA_ID)")
 	demoListen := fs.String("demo-listen", "127.0.0.1:4222", "demo only: address of the embedded NATS server")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -75,7 +76,11 @@ func run(args []string) error {
 		log.Info("embedded NATS server running", "url", conn.Server.ClientURL(), "store_dir", cfg.NATS.Embedded.StoreDir)
 	}
 
-	r, err := refresher.New(cfg, conn.NC, refresher.WithLogger(log))
+	opts := []refresher.Option{refresher.WithLogger(log)}
+	if *replicaID != "" {
+		opts = append(opts, refresher.WithReplicaID(*replicaID))
+	}
+	r, err := refresher.New(cfg, conn.NC, opts...)
 	if err != nil {
 		return err
 	}
