@@ -156,21 +156,22 @@ func (r *Replica) Kill() {
 // Record reads app's record from the bucket (ok false if there is none).
 func (e *Env) Record(bucket, app string) (rec natsconf.Record, rev uint64, ok bool) {
 	e.T.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	kv, err := e.JS.KeyValue(ctx, bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		return rec, 0, false
-	}
 	if err != nil {
-		e.T.Fatalf("harness: bucket %s: %v", bucket, err)
+		// Not there yet, or the cluster is electing a leader: not fatal,
+		// callers poll.
+		e.T.Logf("harness: bucket %s: %v", bucket, err)
+		return rec, 0, false
 	}
 	ent, err := kv.Get(ctx, app)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return rec, 0, false
 	}
 	if err != nil {
-		e.T.Fatalf("harness: get %s: %v", app, err)
+		e.T.Logf("harness: get %s: %v", app, err)
+		return rec, 0, false
 	}
 	if err := json.Unmarshal(ent.Value(), &rec); err != nil {
 		e.T.Fatalf("harness: record of %s does not parse: %v (%q)", app, err, ent.Value())
