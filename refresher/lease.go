@@ -46,6 +46,8 @@ type lease struct {
 	// gained or lost.
 	changed func(leader bool)
 
+	renewMu sync.Mutex // serialises renewals
+
 	mu       sync.Mutex
 	held     bool
 	rev      uint64
@@ -66,6 +68,14 @@ func (l *lease) Held() bool {
 	return l.heldLocked()
 }
 
+// holder reports whether this replica believes it took the lease and has
+// not seen it lost (its trust window may have run out).
+func (l *lease) holder() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.held
+}
+
 func (l *lease) heldLocked() bool {
 	return l.held && time.Since(l.renewed) < l.trustFor()
 }
@@ -84,8 +94,15 @@ func (l *lease) Leader() string {
 // nil only if this replica held the lease at the moment of the write.
 // Call it before every upstream fetch.
 func (l *lease) Confirm(ctx context.Context) error {
-	if !l.Held() {
+	l.mu.Lock()
+	held, fresh := l.heldLocked(), time.Since(l.renewed) < l.ttl/8
+	l.mu.Unlock()
+	switch {
+	case !held:
 		return ErrNotLeader
+	case fresh:
+		// Renewed a moment ago: a burst of fetches shares one CAS.
+		return nil
 	}
 	return l.renew(ctx)
 }
@@ -96,7 +113,15 @@ func (l *lease) value(acquired time.Time) []byte {
 }
 
 func (l *lease) renew(ctx context.Context) error {
+	// One CAS at a time: two renewals of the same revision would make the
+	// holder conflict with itself.
+	l.renewMu.Lock()
+	defer l.renewMu.Unlock()
 	l.mu.Lock()
+	if !l.held {
+		l.mu.Unlock()
+		return ErrNotLeader
+	}
 	rev, acquired := l.rev, l.acquired
 	l.mu.Unlock()
 	sent := time.Now()
@@ -115,10 +140,13 @@ func (l *lease) renew(ctx context.Context) error {
 		}
 		return err
 	}
-	if l.rev != rev || !l.held {
-		// Lost (and maybe re-acquired) while the CAS was in flight: the
-		// CAS succeeded against rev, so we do hold it now.
+	if !l.held {
+		// Our trust ran out while the CAS was in flight, but the CAS
+		// succeeded against our revision: we hold the lease again.
 		l.held = true
+		if l.changed != nil {
+			go l.changed(true)
+		}
 	}
 	l.rev = newRev
 	l.renewed = sent
@@ -192,7 +220,7 @@ func (l *lease) run(ctx context.Context) {
 	defer t.Stop()
 	for {
 		var d time.Duration
-		if l.Held() {
+		if l.holder() {
 			d = renewEvery
 		} else {
 			d = poll
@@ -204,7 +232,10 @@ func (l *lease) run(ctx context.Context) {
 		case <-wake:
 		case <-t.C:
 		}
-		if l.Held() {
+		if l.holder() {
+			// Renew even when our trust ran out (a slow NATS): the CAS
+			// tells whether we still hold it, and a mismatch makes us
+			// step down for good.
 			if err := l.renew(ctx); err != nil && !errors.Is(err, ErrNotLeader) && ctx.Err() == nil {
 				l.log.Warn("lease renewal failed; retrying", "err", err)
 			}

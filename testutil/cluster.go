@@ -35,6 +35,16 @@ type Cluster struct {
 // ready (see WaitReady). It is shut down in t.Cleanup.
 func NewCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return NewClusterFrom(t, n, nil)
+}
+
+// NewClusterFrom is NewCluster with each node's options starting from
+// base(i) (for instance a config file loaded with server.ProcessConfigFile)
+// instead of zero. The cluster still sets what makes it run in-process:
+// host, ports, routes, cluster name, store directory, no signals, no log;
+// a server name from base is kept.
+func NewClusterFrom(t testing.TB, n int, base func(i int) *server.Options) *Cluster {
+	t.Helper()
 	if n < 1 {
 		t.Fatalf("testutil: NewCluster: n = %d, want >= 1", n)
 	}
@@ -46,21 +56,20 @@ func NewCluster(t testing.TB, n int) *Cluster {
 	}
 	c := &Cluster{t: t, name: name, opts: make([]*server.Options, n), servers: make([]*server.Server, n)}
 	for i := range n {
-		c.opts[i] = &server.Options{
-			ServerName: fmt.Sprintf("%s-n%d", name, i),
-			Host:       "127.0.0.1",
-			Port:       ports[i],
-			JetStream:  true,
-			StoreDir:   t.TempDir(),
-			NoSigs:     true,
-			NoLog:      true,
-			Cluster: server.ClusterOpts{
-				Name: name,
-				Host: "127.0.0.1",
-				Port: ports[n+i],
-			},
-			Routes: server.RoutesFromStr(strings.Join(routes, ",")),
+		o := &server.Options{}
+		if base != nil {
+			o = base(i)
 		}
+		if o.ServerName == "" {
+			o.ServerName = fmt.Sprintf("%s-n%d", name, i)
+		}
+		o.Host, o.Port = "127.0.0.1", ports[i]
+		o.HTTPHost, o.HTTPPort = "", 0
+		o.JetStream, o.StoreDir = true, t.TempDir()
+		o.NoSigs, o.NoLog = true, true
+		o.Cluster.Name, o.Cluster.Host, o.Cluster.Port = name, "127.0.0.1", ports[n+i]
+		o.Routes = server.RoutesFromStr(strings.Join(routes, ","))
+		c.opts[i] = o
 	}
 	t.Cleanup(c.Shutdown)
 	// Start every node before waiting for any: routes connect in any order.
