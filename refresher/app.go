@@ -248,6 +248,7 @@ func (a *app) status(now time.Time) Status {
 	}
 	if a.lastErr != nil {
 		s.LastError = a.lastErr.Error()
+		s.RetryAt = a.retryAt
 	}
 	if appDay(now) == a.day {
 		s.CallsToday = a.calls

@@ -37,6 +37,7 @@ type Refresher struct {
 	nc         *nats.Conn
 	js         jetstream.JetStream
 	kv         jetstream.KeyValue
+	stateKV    jetstream.KeyValue
 	client     *wechat.Client
 	log        *slog.Logger
 	now        func() time.Time
@@ -185,8 +186,18 @@ func (r *Refresher) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	r.stateKV, err = natsconf.EnsureBucket(ctx, r.js, natsconf.BucketConfig{
+		Name: StateBucket(r.cfg.Bucket), Replicas: r.cfg.Replicas, History: 1,
+		Description: "tokenkeeper per-app state: upstream calls today, last error",
+	})
+	if err != nil {
+		return err
+	}
 	if err := r.loadAll(ctx); err != nil {
 		return err
+	}
+	if err := r.loadStates(ctx); err != nil {
+		return fmt.Errorf("refresher: load app states: %w", err)
 	}
 
 	r.refreshCtx, r.cancelRefresh = context.WithCancel(context.WithoutCancel(ctx))
@@ -392,8 +403,11 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 	r.obs.UpstreamCall(name, time.Since(fetchStart), err)
 	a.countCall(r.now())
 	if err != nil {
-		return r.failed(a, source, err, start)
+		res := r.failed(a, source, err, start)
+		r.saveState(ctx, a)
+		return res
 	}
+	defer r.saveState(ctx, a)
 	if rec != nil && rec.AccessToken == tok.AccessToken && rec.ExpiresAt.After(now) {
 		// stable_token in normal mode hands back the token we already
 		// store: nothing to write, check again later.
@@ -654,6 +668,9 @@ func (r *Refresher) leadershipChanged(leader bool) {
 	if err := r.loadAll(ctx); err != nil {
 		r.log.Warn("reload on leadership failed; refreshes re-read each key", "err", err)
 	}
+	if err := r.loadStates(ctx); err != nil {
+		r.log.Warn("reloading app states on leadership failed", "err", err)
+	}
 	cancel()
 	if err := r.startService(); err != nil {
 		r.log.Error("cannot serve token.refresh", "err", err)
@@ -672,6 +689,7 @@ type Status struct {
 	FetchedAt  time.Time `json:"fetched_at,omitzero"`
 	ExpiresAt  time.Time `json:"expires_at,omitzero"`
 	RefreshAt  time.Time `json:"refresh_at,omitzero"`
+	RetryAt    time.Time `json:"retry_at,omitzero"` // after a failure: not before this
 	Valid      bool      `json:"valid"`
 	LastError  string    `json:"last_error,omitempty"`
 	LastErrAt  time.Time `json:"last_error_at,omitzero"`

@@ -1,0 +1,84 @@
+package refresher_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/testutil"
+	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
+	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
+)
+
+// TestQuotaReserveAndRestart: forced refreshes stop at 90 % of the daily
+// quota (the rest is kept for scheduled refreshes), the count is kept in
+// KV across a restart, and 45009 stops fetching until WeChat's midnight.
+func TestQuotaReserveAndRestart(t *testing.T) {
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour, DailyQuota: 10}})
+	app := e.App("mp")
+	app.DailyQuota = 10
+	cfg := e.Config(app)
+	rep := e.Start(cfg)
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+
+	var refused error
+	for i := 0; i < 20 && refused == nil; i++ {
+		got, err := rep.R.Refresh(context.Background(), "mp", &rev)
+		if err != nil {
+			refused = err
+			break
+		}
+		rev = got.Revision
+	}
+	if !errors.Is(refused, refresher.ErrQuotaReserved) {
+		t.Fatalf("forced refreshes were not stopped by the quota reserve: %v", refused)
+	}
+	if used := e.Sim.QuotaUsed(app.AppID); used != 9 {
+		t.Fatalf("upstream calls when forced refreshes stopped = %d, want 9 (90%% of 10)", used)
+	}
+	if st := rep.R.Statuses()[0]; st.CallsToday != 9 {
+		t.Fatalf("status calls_today = %d, want 9", st.CallsToday)
+	}
+	if err := rep.Stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A new process remembers today's calls.
+	rep2 := e.Start(cfg)
+	if st := rep2.R.Statuses()[0]; st.CallsToday != 9 {
+		t.Fatalf("after restart calls_today = %d, want 9 (kept in KV)", st.CallsToday)
+	}
+	testutil.WaitFor(t, 5*time.Second, rep2.R.Leader, "no leader")
+	if _, err := rep2.R.Refresh(context.Background(), "mp", &rev); !errors.Is(err, refresher.ErrQuotaReserved) {
+		t.Fatalf("after restart a forced refresh = %v, want ErrQuotaReserved", err)
+	}
+}
+
+func TestQuotaExhaustedWaitsForMidnight(t *testing.T) {
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	app := e.App("mp")
+	e.Sim.SetFault(wechatsim.Fault{Errcode: 45009})
+	rep := e.Start(e.Config(app))
+	testutil.WaitFor(t, 5*time.Second, func() bool { return rep.R.Statuses()[0].Failures > 0 }, "no failure")
+	st := rep.R.Statuses()[0]
+	cst := time.FixedZone("CST", 8*3600)
+	now := time.Now().In(cst)
+	midnight := time.Date(now.Year(), now.Month(), now.Day()+1, 0, 0, 0, 0, cst)
+	if st.RetryAt.Before(midnight) || st.RetryAt.After(midnight.Add(2*time.Minute)) {
+		t.Fatalf("after 45009 next attempt at %v, want just after %v (WeChat's midnight)", st.RetryAt, midnight)
+	}
+	calls := e.Sim.Calls(app.AppID)
+	for range 3 {
+		rep.R.Tick()
+	}
+	// Ticks must not call upstream again (watch for a second).
+	if testutil.Eventually(time.Second, func() bool { return e.Sim.Calls(app.AppID) != calls }) {
+		t.Fatalf("the refresher kept calling after 45009")
+	}
+	if !e.Logs.Contains("alert=daily_quota_exhausted") {
+		t.Error("45009 did not raise its alert in the log")
+	}
+}
