@@ -55,6 +55,10 @@ type Record struct {
 	ExpiresAt   time.Time `json:"expires_at"`
 	FetchedAt   time.Time `json:"fetched_at"`
 	Source      string    `json:"source"`
+	// AppID is the upstream app the token belongs to (added in v1.1; may
+	// be empty in records written before). A refresher whose config names
+	// another appid for this app does not reuse the token.
+	AppID string `json:"appid,omitempty"`
 }
 
 // Event is the payload of token.updated.<app>. It never carries the token.

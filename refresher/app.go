@@ -12,6 +12,9 @@ import (
 
 // app is the refresher's state of one configured app.
 type app struct {
+	name string // immutable: the KV key
+
+	// cfg is guarded by mu (Reload replaces it); read it with config().
 	cfg AppConfig
 
 	mu          sync.Mutex
@@ -42,6 +45,25 @@ type flightResult struct {
 	rec natsconf.Record
 	rev uint64
 	err error
+}
+
+// owns reports whether rec is a token of this app's upstream appid
+// (records without an appid predate the field and are trusted).
+func (a *app) owns(rec *natsconf.Record) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ownsLocked(rec)
+}
+
+func (a *app) ownsLocked(rec *natsconf.Record) bool {
+	return rec.AppID == "" || rec.AppID == a.cfg.AppID
+}
+
+// config returns the app's current configuration.
+func (a *app) config() AppConfig {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg
 }
 
 // join returns the refresh in flight, or starts one (started true): the
@@ -96,11 +118,11 @@ func (a *app) joinOrStart(now time.Time, forced bool, minGap time.Duration) (f *
 // force mode (20 a day); past that, normal mode is used. For classic apps
 // every fetch issues a new token anyway.
 func (a *app) takeStableForce(now time.Time) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.cfg.Kind != wechat.KindStable {
 		return true
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	if d := appDay(now); d != a.forceDay {
 		a.forceDay, a.forcedToday = d, 0
 	}
@@ -138,10 +160,10 @@ func (a *app) adopt(rec *natsconf.Record, rev uint64) bool {
 	}
 	changed := a.rec == nil || rec == nil || a.rec.AccessToken != rec.AccessToken
 	a.rec, a.rev = rec, rev
-	if rec == nil {
-		a.due = time.Time{}
+	if rec == nil || !a.ownsLocked(rec) {
+		a.due = time.Time{} // nothing usable: fetch now
 	} else {
-		a.due = a.policy.RefreshAt(rec.FetchedAt, rec.ExpiresAt, jitterDraw(a.cfg.Name, rec.FetchedAt))
+		a.due = a.policy.RefreshAt(rec.FetchedAt, rec.ExpiresAt, jitterDraw(a.name, rec.FetchedAt))
 		if changed {
 			// Someone stored a new token: whatever failed before is moot.
 			a.retryAt, a.failures = time.Time{}, 0
@@ -163,7 +185,7 @@ func (a *app) stored(rec natsconf.Record, rev uint64) {
 func (a *app) unchanged(fetched, expires time.Time, p Policy) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.due = p.RefreshAt(fetched, expires, jitterDraw(a.cfg.Name, fetched))
+	a.due = p.RefreshAt(fetched, expires, jitterDraw(a.name, fetched))
 	a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
 }
 
@@ -237,7 +259,7 @@ func (a *app) callsToday(now time.Time) int {
 func (a *app) status(now time.Time) Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	s := Status{App: a.cfg.Name, Revision: a.rev, Failures: a.failures, LastErrAt: a.lastErrAt}
+	s := Status{App: a.name, Revision: a.rev, Failures: a.failures, LastErrAt: a.lastErrAt}
 	if a.rec != nil {
 		s.Source, s.FetchedAt, s.ExpiresAt = a.rec.Source, a.rec.FetchedAt, a.rec.ExpiresAt
 		s.Valid = a.rec.ExpiresAt.After(now)

@@ -12,10 +12,10 @@ const DefaultDailyQuota = 2000
 // at 80 %.
 func (r *Refresher) checkQuota(a *app, source string) error {
 	used := a.callsToday(r.now())
-	quota := a.cfg.dailyQuota()
-	r.obs.QuotaUsed(a.cfg.Name, used)
+	quota := a.config().dailyQuota()
+	r.obs.QuotaUsed(a.name, used)
 	if used*10 >= quota*8 {
-		r.log.Warn("upstream quota mostly used today", "app", a.cfg.Name, "used", used, "quota", quota)
+		r.log.Warn("upstream quota mostly used today", "app", a.name, "used", used, "quota", quota)
 	}
 	if source != "scheduled" && source != "startup" && used*10 >= quota*9 {
 		return fmt.Errorf("%w (%d of %d calls used)", ErrQuotaReserved, used, quota)

@@ -19,6 +19,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -43,7 +44,7 @@ type Refresher struct {
 	now        func() time.Time
 	id         string
 	policy     Policy
-	passiveMin time.Duration
+	passiveMin atomic.Int64 // passive_min_interval (Reload changes it)
 	obs        Observer
 
 	mu      sync.Mutex
@@ -114,19 +115,19 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Refresher, error) {
 		return nil, fmt.Errorf("refresher: jetstream: %w", err)
 	}
 	r := &Refresher{
-		cfg:        cfg,
-		nc:         nc,
-		js:         js,
-		log:        slog.Default(),
-		now:        time.Now,
-		policy:     cfg.RefreshPolicy(),
-		passiveMin: cfg.MinPassiveInterval(),
-		obs:        nopObserver{},
-		apps:       map[string]*app{},
-		wake:       make(chan struct{}, 1),
-		sem:        make(chan struct{}, 16),
-		ready:      make(chan struct{}),
+		cfg:    cfg,
+		nc:     nc,
+		js:     js,
+		log:    slog.Default(),
+		now:    time.Now,
+		policy: cfg.RefreshPolicy(),
+		obs:    nopObserver{},
+		apps:   map[string]*app{},
+		wake:   make(chan struct{}, 1),
+		sem:    make(chan struct{}, 16),
+		ready:  make(chan struct{}),
 	}
+	r.passiveMin.Store(int64(cfg.MinPassiveInterval()))
 	for _, o := range opts {
 		o(r)
 	}
@@ -138,7 +139,7 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Refresher, error) {
 		r.id = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), nats.NewInbox()[len(nats.InboxPrefix):][:6])
 	}
 	for _, ac := range cfg.Apps {
-		r.apps[ac.Name] = &app{cfg: ac, policy: &r.policy}
+		r.apps[ac.Name] = &app{name: ac.Name, cfg: ac, policy: &r.policy}
 		r.order = append(r.order, ac.Name)
 	}
 	sort.Strings(r.order)
@@ -341,13 +342,13 @@ type refreshNeed struct {
 // satisfiedBy reports whether the stored record (rec, rev) already
 // satisfies the need, so that no fetch is made.
 func (r *Refresher) satisfiedBy(a *app, rec *natsconf.Record, rev uint64, need refreshNeed, now time.Time) bool {
-	if rec == nil || !rec.ExpiresAt.After(now) {
+	if rec == nil || !rec.ExpiresAt.After(now) || !a.owns(rec) {
 		return false
 	}
 	if need.stale != nil {
 		return rev > *need.stale
 	}
-	return r.dueFor(a.cfg.Name, rec).After(now)
+	return r.dueFor(a.name, rec).After(now)
 }
 
 // dueFor is the refresh moment of a stored record: a pure function of the
@@ -376,7 +377,7 @@ func jitterDraw(name string, fetchedAt time.Time) float64 {
 // called inside a flight (one at a time per app).
 func (r *Refresher) refresh(ctx context.Context, a *app, source string, need refreshNeed) flightResult {
 	start := time.Now()
-	name := a.cfg.Name
+	name := a.name
 	// Read what is stored now: another replica may have written.
 	rec, rev, err := r.read(ctx, name)
 	if err != nil {
@@ -399,7 +400,8 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 	// fetches race, the one sent later (the newest upstream) wins.
 	fetched := r.now().UTC()
 	fetchStart := time.Now()
-	tok, err := r.client.Fetch(ctx, a.cfg.Kind, a.cfg.APIBase, a.cfg.credentials(), need.force)
+	cfg := a.config()
+	tok, err := r.client.Fetch(ctx, cfg.Kind, cfg.APIBase, cfg.credentials(), need.force)
 	r.obs.UpstreamCall(name, time.Since(fetchStart), err)
 	a.countCall(r.now())
 	if err != nil {
@@ -415,7 +417,7 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 		return flightResult{rec: *rec, rev: rev}
 	}
 	nrec := natsconf.Record{
-		App: name, AccessToken: tok.AccessToken,
+		App: name, AppID: cfg.AppID, AccessToken: tok.AccessToken,
 		FetchedAt: fetched, ExpiresAt: fetched.Add(tok.ExpiresIn),
 		Source: source,
 	}
@@ -451,8 +453,8 @@ func (r *Refresher) failed(a *app, source string, err error, start time.Time) fl
 	}
 	now := r.now()
 	retry := a.failure(err, now)
-	r.obs.RefreshFailed(a.cfg.Name, source, err)
-	attrs := []any{"app", a.cfg.Name, "source", source, "err", err, "retry_in", retry.Sub(now).Round(time.Millisecond),
+	r.obs.RefreshFailed(a.name, source, err)
+	attrs := []any{"app", a.name, "source", source, "err", err, "retry_in", retry.Sub(now).Round(time.Millisecond),
 		"duration", time.Since(start).Round(time.Millisecond)}
 	var we *wechat.Error
 	if errors.As(err, &we) {
@@ -559,7 +561,13 @@ func (r *Refresher) loadAll(ctx context.Context) error {
 		return fmt.Errorf("refresher: load stored tokens: %w", err)
 	}
 	now := r.now()
+	r.mu.Lock()
+	apps := make(map[string]*app, len(r.apps))
 	for name, a := range r.apps {
+		apps[name] = a
+	}
+	r.mu.Unlock()
+	for name, a := range apps {
 		s, ok := recs[name]
 		if !ok {
 			continue
@@ -645,7 +653,7 @@ func (r *Refresher) follow(ctx context.Context) {
 			var rec natsconf.Record
 			if json.Unmarshal(e.Value(), &rec) == nil {
 				if a.adopt(&rec, e.Revision()) {
-					r.obs.Refreshed(a.cfg.Name, "", rec.ExpiresAt)
+					r.obs.Refreshed(a.name, "", rec.ExpiresAt)
 				}
 			}
 		}

@@ -179,7 +179,7 @@ func (r *Refresher) Refresh(ctx context.Context, name string, stale *uint64) (na
 	for range 3 {
 		rec, rev := a.current()
 		now := r.now()
-		valid := rec != nil && rec.ExpiresAt.After(now)
+		valid := rec != nil && rec.ExpiresAt.After(now) && a.owns(rec)
 		if valid && (stale == nil || rev > *stale) {
 			return reply(rec, rev), nil
 		}
@@ -228,10 +228,11 @@ func (r *Refresher) Refresh(ctx context.Context, name string, stale *uint64) (na
 // passiveMinFor is the least time between forced refreshes of a: for
 // wechat-stable apps never under WeChat's 30 s between force_refresh calls.
 func (r *Refresher) passiveMinFor(a *app) time.Duration {
-	if a.cfg.Kind == wechat.KindStable {
-		return max(r.passiveMin, stableForceInterval)
+	d := time.Duration(r.passiveMin.Load())
+	if a.config().Kind == wechat.KindStable {
+		return max(d, stableForceInterval)
 	}
-	return r.passiveMin
+	return d
 }
 
 func reply(rec *natsconf.Record, rev uint64) natsconf.RefreshReply {

@@ -39,7 +39,7 @@ type AppState struct {
 func (a *app) state(now time.Time, replica string) AppState {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	s := AppState{App: a.cfg.Name, Day: appDay(now), Quota: a.cfg.dailyQuota(), Failures: a.failures,
+	s := AppState{App: a.name, Day: appDay(now), Quota: a.cfg.dailyQuota(), Failures: a.failures,
 		LastErrorAt: a.lastErrAt, Replica: replica, UpdatedAt: now.UTC()}
 	if a.day == s.Day {
 		s.Calls = a.calls
@@ -83,12 +83,12 @@ func (r *Refresher) saveState(ctx context.Context, a *app) {
 		return
 	}
 	s := a.state(r.now(), r.id)
-	r.obs.QuotaUsed(a.cfg.Name, s.Calls)
+	r.obs.QuotaUsed(a.name, s.Calls)
 	b, _ := json.Marshal(s)
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if _, err := r.stateKV.Put(ctx, a.cfg.Name, b); err != nil {
-		r.log.Warn("saving app state failed", "app", a.cfg.Name, "err", err)
+	if _, err := r.stateKV.Put(ctx, a.name, b); err != nil {
+		r.log.Warn("saving app state failed", "app", a.name, "err", err)
 	}
 }
 
@@ -125,7 +125,7 @@ func (r *Refresher) loadStates(ctx context.Context) error {
 			r.mu.Unlock()
 			if a != nil {
 				a.restore(s, now)
-				r.obs.QuotaUsed(a.cfg.Name, a.callsToday(now))
+				r.obs.QuotaUsed(a.name, a.callsToday(now))
 			}
 		}
 	}

@@ -93,7 +93,34 @@ func run(args []string) error {
 			}
 		}()
 	}
+	if *configPath != "" {
+		go reloadOnHUP(ctx, r, *configPath, log)
+	}
 	return r.Run(ctx)
+}
+
+// reloadOnHUP re-reads the config file on every SIGHUP and applies it:
+// apps added, removed, secrets rotated, without dropping tokens. A config
+// that does not load is reported and changes nothing.
+func reloadOnHUP(ctx context.Context, r *refresher.Refresher, path string, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		cfg, err := refresher.LoadConfig(path)
+		if err != nil {
+			log.Error("SIGHUP: config not reloaded", "err", err)
+			continue
+		}
+		if _, err := r.Reload(cfg); err != nil {
+			log.Error("SIGHUP: config not reloaded", "err", err)
+		}
+	}
 }
 
 // demoConfig starts the WeChat emulator in-process and returns a config
