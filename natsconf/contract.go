@@ -25,6 +25,11 @@ const (
 	MaxRequestBody = 1024
 )
 
+// SourceHeader is an optional header of a token.refresh request: the
+// value "manual" (tokenctl refresh) records the write as manual instead of
+// passive.
+const SourceHeader = "Tokenkeeper-Source"
+
 // Sources say why a record was written.
 const (
 	SourceStartup   = "startup"

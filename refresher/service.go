@@ -121,7 +121,11 @@ func (r *Refresher) handleRefresh(req micro.Request) {
 		var rep natsconf.RefreshReply
 		if err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-			rep, err = r.Refresh(ctx, name, stale)
+			source := natsconf.SourcePassive
+			if req.Headers().Get(natsconf.SourceHeader) == natsconf.SourceManual {
+				source = natsconf.SourceManual
+			}
+			rep, err = r.refreshAs(ctx, name, stale, source)
 			cancel()
 		}
 		if err != nil {
@@ -166,6 +170,10 @@ func requestError(err error) *RequestError {
 // answers the request. ctx bounds the wait, not the fetch: a fetch that
 // has started is completed and stored.
 func (r *Refresher) Refresh(ctx context.Context, name string, stale *uint64) (natsconf.RefreshReply, error) {
+	return r.refreshAs(ctx, name, stale, natsconf.SourcePassive)
+}
+
+func (r *Refresher) refreshAs(ctx context.Context, name string, stale *uint64, source string) (natsconf.RefreshReply, error) {
 	r.mu.Lock()
 	a := r.apps[name]
 	closed := r.closed
@@ -198,7 +206,7 @@ func (r *Refresher) Refresh(ctx context.Context, name string, stale *uint64) (na
 			r.wg.Add(1)
 			go func() {
 				defer r.wg.Done()
-				res := r.refresh(r.refreshCtx, a, natsconf.SourcePassive, need)
+				res := r.refresh(r.refreshCtx, a, source, need)
 				a.finish(f, res)
 				r.Tick()
 			}()
