@@ -170,7 +170,10 @@ func (h *health) readiness() Readiness {
 		add(Check{Name: CheckBucket, Reason: "not checked: NATS is not connected"})
 	default:
 		if err := h.probeBucket(); err != nil {
-			add(Check{Name: CheckBucket, Reason: fmt.Sprintf("bucket %s: %v", r.cfg.Bucket, err)})
+			r.mu.Lock() // Reload swaps r.cfg
+			bucket := r.cfg.Bucket
+			r.mu.Unlock()
+			add(Check{Name: CheckBucket, Reason: fmt.Sprintf("bucket %s: %v", bucket, err)})
 		} else {
 			add(Check{Name: CheckBucket, OK: true})
 		}
@@ -192,8 +195,11 @@ func appCheck(s Status) Check {
 		c.Reason = "token expired at " + s.ExpiresAt.UTC().Format(time.RFC3339)
 	}
 	if s.LastError != "" {
-		last := fmt.Sprintf("last error at %s (%d in a row): %s",
-			s.LastErrAt.UTC().Format(time.RFC3339), s.Failures, s.LastError)
+		last := "last error at " + s.LastErrAt.UTC().Format(time.RFC3339)
+		if s.Failures > 1 {
+			last += fmt.Sprintf(" (%d in a row)", s.Failures)
+		}
+		last += ": " + s.LastError
 		if c.Reason == "" {
 			c.Reason = last
 		} else {

@@ -258,6 +258,23 @@ func (m *Metrics) PassiveRequest(app, outcome string) {
 	m.passive.WithLabelValues(app, outcome).Inc()
 }
 
+// Forget deletes every series of app, for an app removed from the
+// configuration (Reload): otherwise its expiry gauge would keep counting
+// down and fire expiry alerts for an app nobody serves any more.
+func (m *Metrics) Forget(app string) {
+	m.mu.Lock()
+	delete(m.expires, app)
+	m.mu.Unlock()
+	l := prometheus.Labels{"app": app}
+	m.refreshes.DeletePartialMatch(l)
+	m.upstreamErrors.DeletePartialMatch(l)
+	m.upstreamDuration.DeletePartialMatch(l)
+	m.quotaUsed.DeletePartialMatch(l)
+	m.conflicts.DeletePartialMatch(l)
+	m.passive.DeletePartialMatch(l)
+	m.alerts.DeletePartialMatch(l)
+}
+
 // QuotaUsed implements Observer.
 func (m *Metrics) QuotaUsed(app string, calls int) {
 	m.quotaUsed.WithLabelValues(app).Set(float64(calls))
