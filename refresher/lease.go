@@ -42,11 +42,13 @@ type lease struct {
 	ttl time.Duration
 	log *slog.Logger
 
-	// changed is called (from the lease goroutine) when leadership is
+	// changed is called, in order and from one goroutine (report), when
+	// leadership is
 	// gained or lost.
 	changed func(leader bool)
 
-	renewMu sync.Mutex // serialises renewals
+	renewMu    sync.Mutex // serialises renewals
+	wakeReport chan struct{}
 
 	mu       sync.Mutex
 	held     bool
@@ -144,9 +146,7 @@ func (l *lease) renew(ctx context.Context) error {
 		// Our trust ran out while the CAS was in flight, but the CAS
 		// succeeded against our revision: we hold the lease again.
 		l.held = true
-		if l.changed != nil {
-			go l.changed(true)
-		}
+		l.notify()
 	}
 	l.rev = newRev
 	l.renewed = sent
@@ -160,9 +160,7 @@ func (l *lease) loseLocked(why string) {
 	}
 	l.held = false
 	l.log.Warn("lost leadership", "replica", l.id, "reason", why)
-	if l.changed != nil {
-		go l.changed(false)
-	}
+	l.notify()
 }
 
 // tryAcquire takes the lease if nobody holds it.
@@ -180,9 +178,7 @@ func (l *lease) tryAcquire(ctx context.Context) bool {
 	l.held, l.rev, l.renewed, l.acquired, l.leaderID = true, rev, sent, acquired, l.id
 	l.mu.Unlock()
 	l.log.Info("acquired leadership", "replica", l.id, "lease_ttl", l.ttl)
-	if l.changed != nil {
-		l.changed(true)
-	}
+	l.notify()
 	return true
 }
 
@@ -206,6 +202,34 @@ func (l *lease) Release(ctx context.Context) {
 	l.log.Info("released leadership", "replica", l.id)
 }
 
+// notify wakes report.
+func (l *lease) notify() {
+	select {
+	case l.wakeReport <- struct{}{}:
+	default:
+	}
+}
+
+// report calls changed whenever the held state differs from what it last
+// reported: in order, from one goroutine, quick flips coalesced into the
+// final state. When ctx ends it reports nothing more (Release does).
+func (l *lease) report(ctx context.Context) {
+	last := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.wakeReport:
+		}
+		if cur := l.holder(); cur != last {
+			last = cur
+			if l.changed != nil {
+				l.changed(cur)
+			}
+		}
+	}
+}
+
 // run keeps the lease: a leader renews every ttl/4; a follower tries to
 // acquire whenever the key is deleted or expires (seen by a watcher) and,
 // as a safety net against a stalled watcher, every poll interval.
@@ -214,6 +238,9 @@ func (l *lease) run(ctx context.Context) {
 	renewEvery := l.ttl / 4
 	wake := make(chan struct{}, 1)
 	go l.watch(ctx, wake)
+	reported := make(chan struct{})
+	go func() { defer close(reported); l.report(ctx) }()
+	defer func() { <-reported }()
 
 	l.tryAcquire(ctx)
 	t := time.NewTimer(0)

@@ -19,7 +19,7 @@ func newTestLease(t *testing.T, url, id string, ttl time.Duration) *lease {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &lease{kv: kv, id: id, ttl: ttl, now: time.Now, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	return &lease{kv: kv, id: id, ttl: ttl, now: time.Now, wakeReport: make(chan struct{}, 1), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 }
 
 // Concurrent renewals by the holder must never make it conflict with

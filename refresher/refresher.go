@@ -204,7 +204,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 	r.refreshCtx, r.cancelRefresh = context.WithCancel(context.WithoutCancel(ctx))
 	defer r.cancelRefresh()
 
-	r.lease = &lease{kv: leaseKV, id: r.id, ttl: r.cfg.LeaseTTL, log: r.log, now: r.now, changed: r.leadershipChanged}
+	r.lease = &lease{kv: leaseKV, id: r.id, ttl: r.cfg.LeaseTTL, log: r.log, now: r.now, changed: r.leadershipChanged, wakeReport: make(chan struct{}, 1)}
 	leaseCtx, stopLease := context.WithCancel(ctx)
 	defer stopLease()
 	var bg sync.WaitGroup

@@ -81,6 +81,11 @@ func (r *Refresher) Reload(cfg *Config) (needRestart []string, err error) {
 
 	r.log.Info("config reloaded", "added", added, "removed", removed, "changed", changed, "secret_rotated", rotated,
 		"passive_min_interval", cfg.MinPassiveInterval())
+	if f, ok := r.obs.(interface{ Forget(app string) }); ok {
+		for _, name := range removed {
+			f.Forget(name)
+		}
+	}
 	if len(removed) > 0 {
 		r.log.Info("removed apps are no longer refreshed; their records stay in the bucket until they expire", "apps", removed)
 	}

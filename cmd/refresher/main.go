@@ -21,6 +21,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
@@ -76,7 +79,9 @@ func run(args []string) error {
 		log.Info("embedded NATS server running", "url", conn.Server.ClientURL(), "store_dir", cfg.NATS.Embedded.StoreDir)
 	}
 
-	opts := []refresher.Option{refresher.WithLogger(log)}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	opts := []refresher.Option{refresher.WithLogger(log), refresher.WithObserver(refresher.NewMetrics(reg))}
 	if *replicaID != "" {
 		opts = append(opts, refresher.WithReplicaID(*replicaID))
 	}
@@ -84,17 +89,41 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	if *configPath == "" {
+	httpAddr := ""
+	if cfg.HTTP.Listen != "" {
+		// Listen before running, so that a taken port fails the start.
+		ln, err := net.Listen("tcp", cfg.HTTP.Listen)
+		if err != nil && *configPath == "" {
+			// The demo must start anywhere: take any free port.
+			ln, err = net.Listen("tcp", "127.0.0.1:0")
+		}
+		if err != nil {
+			return fmt.Errorf("http.listen: %w", err)
+		}
+		srv := &http.Server{Handler: refresher.NewHTTPHandler(r, reg), ReadHeaderTimeout: 5 * time.Second}
 		go func() {
-			select {
-			case <-r.Ready():
-				printDemoHelp(cfg, conn.Server.ClientURL())
-			case <-ctx.Done():
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("http server stopped", "err", err)
 			}
+		}()
+		httpAddr = ln.Addr().String()
+		log.Info("serving /metrics /healthz /readyz /status", "addr", httpAddr)
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = srv.Shutdown(sctx)
+			cancel()
 		}()
 	}
 	if *configPath != "" {
 		go reloadOnHUP(ctx, r, *configPath, log)
+	} else {
+		go func() {
+			select {
+			case <-r.Ready():
+				printDemoHelp(cfg, conn.Server.ClientURL(), httpAddr)
+			case <-ctx.Done():
+			}
+		}()
 	}
 	return r.Run(ctx)
 }
@@ -149,6 +178,7 @@ func demoConfig(listen string) (*refresher.Config, func(), error) {
 	cfg := &refresher.Config{
 		NATS:               natsconf.Options{Embedded: natsconf.EmbeddedOptions{Listen: listen, StoreDir: store}},
 		Schedule:           "@every 5s",
+		HTTP:               refresher.HTTPConfig{Listen: "127.0.0.1:8080"},
 		LeaseTTL:           3 * time.Second,
 		PassiveMinInterval: &passive,
 		Policy:             refresher.PolicyConfig{MinLeft: &minLeft},
@@ -168,7 +198,7 @@ func demoConfig(listen string) (*refresher.Config, func(), error) {
 	return cfg, cleanup, nil
 }
 
-func printDemoHelp(cfg *refresher.Config, url string) {
+func printDemoHelp(cfg *refresher.Config, url, httpAddr string) {
 	fmt.Fprintf(os.Stderr, `
 tokenkeeper demo: embedded NATS at %s, the WeChat emulator as upstream.
 Apps demo-mp (classic /cgi-bin/token) and demo-mini (stable_token) get
@@ -179,8 +209,9 @@ Look at the tokens from another terminal:
   go run ./cmd/tokenctl --nats %s watch demo-mp
   go run ./cmd/tokenctl --nats %s refresh demo-mp
 or with the nats CLI:  nats --server %s kv get %s demo-mp
+Metrics and health:    curl http://%s/status   (/metrics /readyz /healthz)
 
 Ctrl-C stops it.
 
-`, url, url, url, url, url, cfg.Bucket)
+`, url, url, url, url, url, cfg.Bucket, httpAddr)
 }
