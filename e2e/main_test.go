@@ -61,8 +61,12 @@ type proc struct {
 func writeConfig(t testing.TB, url string, leaseTTL time.Duration, extra string, apps ...refresher.AppConfig) string {
 	t.Helper()
 	var b strings.Builder
-	fmt.Fprintf(&b, "nats:\n  url: %q\nreplicas: %d\nschedule: \"@every 1s\"\nlease_ttl: %s\npassive_min_interval: 0s\nrefresh: {min_left: 0s}\nlog: {level: debug}\n%s\napps:\n",
-		url, replicasFor(url), leaseTTL, extra)
+	refresh := "refresh: {min_left: 0s}\n"
+	if strings.Contains(extra, "refresh:") {
+		refresh = ""
+	}
+	fmt.Fprintf(&b, "nats:\n  url: %q\nreplicas: %d\nschedule: \"@every 1s\"\nlease_ttl: %s\npassive_min_interval: 0s\n%slog: {level: debug}\n%s\napps:\n",
+		url, replicasFor(url), leaseTTL, refresh, extra)
 	for _, a := range apps {
 		fmt.Fprintf(&b, "  - {name: %s, kind: %s, appid: %s, api_base: %q, secret_env: %s}\n", a.Name, a.Kind, a.AppID, a.APIBase, secretEnv(a.AppID))
 	}

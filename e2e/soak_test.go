@@ -1,0 +1,218 @@
+package e2e_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/subscriber"
+	"github.com/tokenkeeper/tokenkeeper/testutil"
+	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
+	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
+)
+
+// TestSoak is the test that matters: compressed time (tokens live 8 s,
+// the previous token dies 3 s after a new one), three refresher processes
+// on a 3-node NATS cluster, a business client that follows the KV with a
+// subscriber.Source and calls WeChat's getcallbackip every 50 ms, and a
+// requester of token.refresh every 200 ms — while the leader is SIGKILLed,
+// another replica SIGTERMed, and a NATS node stopped and restarted.
+//
+// It asserts: zero business calls with a token upstream had invalidated,
+// zero duplicate fetches (every token upstream issued was stored), never
+// two fetches at once, and every refresh request answered within
+// lease_ttl + 2 s.
+func TestSoak(t *testing.T) {
+	const (
+		life  = 8 * time.Second
+		grace = 3 * time.Second
+		ttl   = 2 * time.Second
+		phase = 7 * time.Second
+	)
+	c := testutil.NewCluster(t, 3)
+	e := harness.New(t, harness.Options{URL: c.URLs(), Sim: wechatsim.Options{ExpiresIn: life, Grace: grace}})
+	app := e.App("mp")
+	// Refresh at half the lifetime: 4 s of margin covers a crash failover
+	// (lease_ttl + 1 s) even when the crash comes just before a refresh.
+	cfg := writeConfig(t, c.URLs(), ttl, "refresh: {at: 0.5, jitter: 0.1, min_left: 0s}", app)
+	procs := []*proc{startProc(t, cfg, "r1", app), startProc(t, cfg, "r2", app), startProc(t, cfg, "r3", app)}
+	e.WaitRecord(20*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+
+	// The business client: its own connection, a Source, plain calls
+	// (no RoundTripper retry: every rejection upstream counts).
+	bnc, err := nats.Connect(c.URLs(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(bnc.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	src, err := subscriber.NewSource(ctx, bnc, "mp", subscriber.WithPollInterval(500*time.Millisecond))
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = src.Close() })
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var calls, noToken, clientRejected atomic.Int64
+	wg.Add(1)
+	go func() { // business calls every 50 ms
+		defer wg.Done()
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			tok, err := src.AccessToken()
+			if err != nil {
+				noToken.Add(1)
+				continue
+			}
+			resp, err := http.Get(e.SimURL + "/cgi-bin/getcallbackip?access_token=" + url.QueryEscape(tok))
+			if err != nil {
+				t.Errorf("business call: %v", err)
+				continue
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			calls.Add(1)
+			if strings.Contains(string(body), "errcode") {
+				clientRejected.Add(1)
+				t.Logf("business call rejected at revision %d: %s", src.Revision(), body)
+			}
+		}
+	}()
+
+	var requests atomic.Int64
+	var worstReply atomic.Int64
+	wg.Add(1)
+	go func() { // refresh requests every 200 ms, each retried until answered
+		defer wg.Done()
+		rnc, err := nats.Connect(c.URLs(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer rnc.Close()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			start := time.Now()
+			for {
+				m, err := rnc.Request(natsconf.RefreshSubject("mp"), nil, time.Second)
+				if err == nil && m.Header.Get("Nats-Service-Error-Code") == "" {
+					var rep natsconf.RefreshReply
+					if json.Unmarshal(m.Data, &rep) == nil && rep.AccessToken != "" {
+						break
+					}
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			requests.Add(1)
+			if d := int64(time.Since(start)); d > worstReply.Load() {
+				worstReply.Store(d)
+			}
+		}
+	}()
+
+	leader := func() *proc {
+		var id string
+		testutil.WaitFor(t, ttl+10*time.Second, func() bool { id = leaseHolder(t, e.JS); return byID(procs, id) != nil }, "no leader")
+		return byID(procs, id)
+	}
+	wait := func(d time.Duration) {
+		select {
+		case <-time.After(d):
+		case <-stop:
+		}
+	}
+
+	wait(phase)
+	victim := leader()
+	t.Logf("SIGKILL leader %s", victim.id)
+	victim.signal(syscall.SIGKILL)
+	wait(phase)
+	procs = append(procs, startProc(t, cfg, victim.id+"-restarted", app))
+
+	wait(phase)
+	term := leader()
+	t.Logf("SIGTERM leader %s", term.id)
+	term.signal(syscall.SIGTERM)
+	wait(phase)
+
+	node := c.StreamLeader("$G", "KV_"+natsconf.DefaultBucket)
+	t.Logf("stop NATS node %d (leader of the bucket's stream)", node)
+	c.StopNode(node)
+	wait(phase)
+	c.RestartNode(node)
+	t.Logf("NATS node %d back", node)
+	wait(phase)
+
+	close(stop)
+	wg.Wait()
+	for _, p := range procs {
+		p.signal(syscall.SIGTERM)
+	}
+	for _, p := range procs {
+		if !p.exited() {
+			p.wait(20 * time.Second)
+		}
+	}
+
+	ok, rejected := e.Sim.BusinessCalls()
+	refreshed := 0
+	for _, p := range procs {
+		refreshed += strings.Count(p.out.String(), `msg="token refreshed"`)
+	}
+	issued := e.Sim.Issued(app.AppID)
+	t.Logf("business calls: %d ok, %d rejected upstream; %d moments without a valid token", ok, rejected, noToken.Load())
+	t.Logf("upstream: %d tokens issued, %d stored; max concurrent fetches %d", issued, refreshed, e.Sim.MaxConcurrentFetches(app.AppID))
+	t.Logf("refresh requests: %d answered, slowest %v", requests.Load(), time.Duration(worstReply.Load()).Round(time.Millisecond))
+
+	if rejected != 0 || clientRejected.Load() != 0 {
+		t.Errorf("%d business calls used a token upstream had invalidated or expired", rejected)
+	}
+	if calls.Load() < 300 || int64(ok) != calls.Load() {
+		t.Errorf("business calls: %d made, %d ok upstream", calls.Load(), ok)
+	}
+	if noToken.Load() != 0 {
+		t.Errorf("the business client had no valid token %d times", noToken.Load())
+	}
+	if issued != refreshed {
+		t.Errorf("upstream issued %d tokens but %d were stored: duplicate fetches", issued, refreshed)
+	}
+	if m := e.Sim.MaxConcurrentFetches(app.AppID); m != 1 {
+		t.Errorf("max concurrent fetches %d, want 1", m)
+	}
+	if issued < 8 {
+		t.Errorf("only %d tokens issued: refreshing stalled", issued)
+	}
+	if requests.Load() < 50 {
+		t.Errorf("only %d refresh requests answered", requests.Load())
+	}
+	if w := time.Duration(worstReply.Load()); w > ttl+2*time.Second {
+		t.Errorf("a refresh request waited %v for an answer, want ≤ lease_ttl+2s", w)
+	}
+}
