@@ -196,13 +196,6 @@ func (a *app) current() (*natsconf.Record, uint64) {
 	return a.rec, a.rev
 }
 
-// Retry pacing after a failed refresh.
-const (
-	retryMin          = time.Second      // transient errors: 1 s, doubling…
-	retryMax          = time.Minute      // …up to a minute
-	permanentRetryMin = time.Minute      // configuration/policy errors: 1 min…
-	permanentRetryMax = 10 * time.Minute // …up to 10 minutes, never hammered
-)
 
 // failure records a failed refresh and returns when to try again.
 func (a *app) failure(err error, now time.Time) time.Time {
@@ -216,11 +209,11 @@ func (a *app) failure(err error, now time.Time) time.Time {
 		a.retryAt = nextQuotaReset(now).Add(time.Duration(rand.N(int64(time.Minute))))
 		return a.retryAt
 	case errors.Is(err, ErrQuotaReserved):
-		d = permanentRetryMin
+		d = a.policy.PermanentRetryMin
 	case wechat.IsRetryable(err):
-		d = expo(retryMin, retryMax, a.failures)
+		d = expo(a.policy.RetryMin, 60*a.policy.RetryMin, a.failures)
 	default:
-		d = expo(permanentRetryMin, permanentRetryMax, a.failures)
+		d = expo(a.policy.PermanentRetryMin, 10*a.policy.PermanentRetryMin, a.failures)
 	}
 	// ±20 % jitter so that failing apps do not retry in step.
 	d = time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))

@@ -67,6 +67,12 @@ type PolicyConfig struct {
 	// MinLeft is the least lifetime left at the refresh moment
 	// (default 60s; see Policy.MinLeft).
 	MinLeft *time.Duration `yaml:"min_left"`
+	// Retry is the first pause after a transient upstream failure
+	// (default 1s; doubles up to 60×).
+	Retry time.Duration `yaml:"retry"`
+	// PermanentRetry is the first pause after a configuration or policy
+	// error such as 40164 (default 1m; doubles up to 10×).
+	PermanentRetry time.Duration `yaml:"permanent_retry"`
 }
 
 // AppConfig is one entry of apps:.
@@ -206,6 +212,12 @@ func (c *Config) RefreshPolicy() Policy {
 	}
 	if c.Policy.MinLeft != nil {
 		p.MinLeft = *c.Policy.MinLeft
+	}
+	if c.Policy.Retry != 0 {
+		p.RetryMin = c.Policy.Retry
+	}
+	if c.Policy.PermanentRetry != 0 {
+		p.PermanentRetryMin = c.Policy.PermanentRetry
 	}
 	return p
 }

@@ -91,3 +91,35 @@ func TestQuotaExhaustedWaitsForMidnight(t *testing.T) {
 		t.Error("45009 did not raise its alert in the log")
 	}
 }
+
+// TestAlertPolitePaceAndRecovery: 40164 (IP not on the allow list) raises
+// its own log line and alert, is retried at a polite, growing pace, and a
+// fixed allow list recovers without a restart.
+func TestAlertPolitePaceAndRecovery(t *testing.T) {
+	var tokenCalls atomic.Int64
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour, OnCall: func(c wechatsim.Call) {
+		if c.Path == wechatsim.PathToken {
+			tokenCalls.Add(1)
+		}
+	}}})
+	app := e.App("mp")
+	e.Sim.SetFault(wechatsim.Fault{Errcode: 40164})
+	cfg := e.Config(app)
+	cfg.Policy.PermanentRetry = 500 * time.Millisecond // 0.5 s, 1 s, 2 s …
+	rep := e.Start(cfg)
+	testutil.WaitFor(t, 5*time.Second, func() bool { return rep.R.Statuses()[0].Failures >= 2 }, "no retry after 40164")
+	start := time.Now()
+	testutil.WaitFor(t, 10*time.Second, func() bool { return rep.R.Statuses()[0].Failures >= 4 }, "retries stopped")
+	// Failures 2→4 take the 1 s and 2 s pauses (±20 %): about 2.4 s at least.
+	if d := time.Since(start); d < 2*time.Second {
+		t.Fatalf("retries 3 and 4 came %v after retry 2: not polite", d)
+	}
+	if n := tokenCalls.Load(); n > 6 {
+		t.Fatalf("%d token calls for 4 failures: hammering", n)
+	}
+	if !e.Logs.Contains("ALERT ip_not_whitelisted") {
+		t.Error("no distinct ALERT line for 40164")
+	}
+	e.Sim.SetFault(wechatsim.Fault{}) // the allow list is fixed
+	e.WaitRecord(15*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+}

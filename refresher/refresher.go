@@ -464,6 +464,11 @@ func (r *Refresher) failed(a *app, source string, err error, start time.Time) fl
 		}
 	}
 	r.log.Error("token refresh failed; the stored token is kept", attrs...)
+	if we != nil {
+		if msg := alertMessage(we.Code); msg != "" {
+			r.log.Error(msg, "app", a.name, "alert", alertFor(we.Code), "errcode", we.Code, "retry_in", retry.Sub(now).Round(time.Second))
+		}
+	}
 	cur, rev := a.current()
 	return flightResult{rec: derefRec(cur), rev: rev, err: err}
 }
@@ -481,6 +486,24 @@ func alertFor(code int) string {
 		return "daily_quota_exhausted"
 	case 40013:
 		return "invalid_appid"
+	}
+	return ""
+}
+
+// alertMessage is the distinct log message of an alert-worthy errcode,
+// saying what the operator has to do.
+func alertMessage(code int) string {
+	switch code {
+	case 40164:
+		return "ALERT ip_not_whitelisted: this server's IP is not on the app's IP allow list; add it in the WeChat console (retrying politely until then)"
+	case 40001, 40125:
+		return "ALERT secret_wrong_or_rotated: WeChat refuses the AppSecret; put the current secret in the config and send SIGHUP"
+	case 89503:
+		return "ALERT risk_control: WeChat's risk control holds calls from this IP until an administrator confirms it in the WeChat console"
+	case 45009:
+		return "ALERT daily_quota_exhausted: the day's token quota is used up; no fetch until midnight UTC+8 (or reset the quota in the console)"
+	case 40013:
+		return "ALERT invalid_appid: WeChat does not know this appid; fix apps[].appid"
 	}
 	return ""
 }

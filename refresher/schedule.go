@@ -22,10 +22,19 @@ type Policy struct {
 	// ones are never refreshed at the last instant; it never moves the
 	// moment earlier than a quarter of the lifetime. Default 60 s.
 	MinLeft time.Duration
+	// RetryMin is the first pause after a transient upstream failure
+	// (errcode -1, 5xx, timeouts); it doubles up to 60 × RetryMin.
+	// Default 1 s.
+	RetryMin time.Duration
+	// PermanentRetryMin is the first pause after a configuration or policy
+	// error (40001, 40164, 89503 …); it doubles up to 10 ×
+	// PermanentRetryMin, so that a fixed allow list or secret recovers
+	// without a restart and WeChat is not hammered meanwhile. Default 1 m.
+	PermanentRetryMin time.Duration
 }
 
 // DefaultPolicy is the policy used when the config sets none.
-var DefaultPolicy = Policy{At: 2.0 / 3.0, Jitter: 0.1, MinLeft: time.Minute}
+var DefaultPolicy = Policy{At: 2.0 / 3.0, Jitter: 0.1, MinLeft: time.Minute, RetryMin: time.Second, PermanentRetryMin: time.Minute}
 
 // Validate reports a policy that cannot give a moment inside the lifetime.
 func (p Policy) Validate() error {
@@ -40,6 +49,9 @@ func (p Policy) Validate() error {
 	}
 	if p.MinLeft < 0 {
 		return fmt.Errorf("min_left: %s is negative", p.MinLeft)
+	}
+	if p.RetryMin < 0 || p.PermanentRetryMin < 0 {
+		return fmt.Errorf("retry pauses must not be negative")
 	}
 	return nil
 }
