@@ -196,7 +196,6 @@ func (a *app) current() (*natsconf.Record, uint64) {
 	return a.rec, a.rev
 }
 
-
 // failure records a failed refresh and returns when to try again.
 func (a *app) failure(err error, now time.Time) time.Time {
 	a.mu.Lock()
