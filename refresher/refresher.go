@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
-	"math"
 	"os"
 	"sort"
 	"sync"
@@ -765,4 +764,3 @@ func nextQuotaReset(t time.Time) time.Time {
 	return time.Date(y, m, d+1, 0, 0, 0, 0, cst)
 }
 
-var _ = math.MaxInt
