@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -114,14 +115,19 @@ func (a AppConfig) credentials() wechat.Credentials {
 
 // ConfigError lists every problem found in a configuration.
 type ConfigError struct {
+	File     string // the file, when loaded by LoadConfig
 	Problems []string
 }
 
 func (e *ConfigError) Error() string {
-	if len(e.Problems) == 1 {
-		return "config: " + e.Problems[0]
+	where := "config"
+	if e.File != "" {
+		where = "config " + e.File
 	}
-	return fmt.Sprintf("config: %d problems:\n  %s", len(e.Problems), strings.Join(e.Problems, "\n  "))
+	if len(e.Problems) == 1 {
+		return where + ": " + e.Problems[0]
+	}
+	return fmt.Sprintf("%s: %d problems:\n  %s", where, len(e.Problems), strings.Join(e.Problems, "\n  "))
 }
 
 // LoadConfig reads, defaults and validates the YAML file at path. Secrets
@@ -132,7 +138,12 @@ func LoadConfig(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	return ParseConfig(data)
+	cfg, err := ParseConfig(data)
+	var ce *ConfigError
+	if errors.As(err, &ce) {
+		ce.File = path
+	}
+	return cfg, err
 }
 
 // ParseConfig is LoadConfig for YAML already in memory. Unknown keys are
@@ -142,7 +153,7 @@ func ParseConfig(data []byte) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return nil, &ConfigError{Problems: []string{yamlProblem(err)}}
+		return nil, &ConfigError{Problems: yamlProblems(err)}
 	}
 	c.SetDefaults()
 	if err := c.Validate(); err != nil {
@@ -151,12 +162,21 @@ func ParseConfig(data []byte) (*Config, error) {
 	return &c, nil
 }
 
-func yamlProblem(err error) string {
+var unknownFieldRE = regexp.MustCompile(`field (\S+) not found in type \S+`)
+
+// yamlProblems turns a YAML decoding error into the config's words, one
+// problem a line: `line 3: unknown key "schedul"` instead of Go type
+// names.
+func yamlProblems(err error) []string {
 	var te *yaml.TypeError
+	msgs := []string{strings.TrimPrefix(err.Error(), "yaml: ")}
 	if errors.As(err, &te) {
-		return strings.Join(te.Errors, "; ")
+		msgs = te.Errors
 	}
-	return err.Error()
+	for i, m := range msgs {
+		msgs[i] = unknownFieldRE.ReplaceAllString(strings.TrimSpace(m), `unknown key "$1"`)
+	}
+	return msgs
 }
 
 // SetDefaults fills in every unset key with its default.

@@ -30,13 +30,16 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "refresher:", err)
 		os.Exit(1)
 	}
 }
 
-func run(args []string) error {
+// run runs the daemon until ctx is done.
+func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("refresher", flag.ContinueOnError)
 	configPath := fs.String("config", "", "YAML config file (none: run the self-contained demo)")
 	replicaID := fs.String("replica-id", os.Getenv("TOKENKEEPER_REPLICA_ID"), "name of this replica in the leader lease (default host-pid-random; env TOKENKEEPER_REPLICA_ID)")
@@ -47,9 +50,6 @@ func run(args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q (did you mean --config FILE?)", fs.Args())
 	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 
 	var cfg *refresher.Config
 	var cleanup func()

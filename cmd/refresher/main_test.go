@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/testutil"
+)
+
+// TestDemo runs the README's first command (on a free port instead of
+// 4222) and reads the tokens the way an outside client would: a plain
+// nats.go connection to the embedded server, KV bucket tokens, key
+// demo-mp; then watches it being refreshed.
+func TestDemo(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"--demo-listen", addr}) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("demo: %v", err)
+		}
+	}()
+
+	var nc *nats.Conn
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		nc, err = nats.Connect("nats://" + addr)
+		return err == nil
+	}, "the demo's NATS server did not come up on %s", addr)
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	var rec natsconf.Record
+	for _, app := range []string{"demo-mp", "demo-mini"} {
+		testutil.WaitFor(t, 10*time.Second, func() bool {
+			kv, err := js.KeyValue(context.Background(), "tokens")
+			if err != nil {
+				return false
+			}
+			e, err := kv.Get(context.Background(), app)
+			if err != nil {
+				return false
+			}
+			return json.Unmarshal(e.Value(), &rec) == nil && rec.AccessToken != ""
+		}, "no token for %s in tokens", app)
+		if life := rec.ExpiresAt.Sub(rec.FetchedAt); life != 30*time.Second {
+			t.Errorf("%s: lifetime %v, want the demo's 30s", app, life)
+		}
+	}
+	// demo-mp is refreshed after about 20 s (2/3 of 30 s).
+	sub, err := nc.SubscribeSync(natsconf.UpdatedSubject("demo-mp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := sub.NextMsg(30 * time.Second)
+	if err != nil {
+		t.Fatalf("no refresh event within 30s: %v", err)
+	}
+	var ev natsconf.Event
+	if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Source != natsconf.SourceScheduled {
+		t.Fatalf("event %s: %v", m.Data, err)
+	}
+	t.Logf("demo refreshed demo-mp at revision %d", ev.Revision)
+}

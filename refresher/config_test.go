@@ -1,0 +1,154 @@
+package refresher_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/refresher"
+)
+
+func TestParseConfigDefaults(t *testing.T) {
+	t.Setenv("MP_SECRET", "  s3cret\n")
+	cfg, err := refresher.ParseConfig([]byte(`
+apps:
+  - name: mp-main
+    appid: wx0123456789abcdef
+    secret_env: MP_SECRET
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Bucket != "tokens" || cfg.Replicas != 1 || cfg.Schedule != "@every 30s" || cfg.LeaseTTL != 10*time.Second ||
+		cfg.MinPassiveInterval() != 30*time.Second || cfg.NATS.URL != "" {
+		t.Errorf("defaults: %+v", cfg)
+	}
+	a := cfg.Apps[0]
+	if a.Kind != "wechat" || a.APIBase != "https://api.weixin.qq.com" || a.Secret() != "s3cret" {
+		t.Errorf("app defaults: kind %q base %q secret trimmed %v", a.Kind, a.APIBase, a.Secret() == "s3cret")
+	}
+	if p := cfg.RefreshPolicy(); p != refresher.DefaultPolicy {
+		t.Errorf("policy %+v, want the default", p)
+	}
+}
+
+func TestParseConfigZeroPassiveIntervalAllowed(t *testing.T) {
+	t.Setenv("S", "x")
+	cfg, err := refresher.ParseConfig([]byte("passive_min_interval: 0s\napps: [{name: a, appid: wx1, secret_env: S}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MinPassiveInterval() != 0 {
+		t.Fatalf("passive_min_interval 0 became %v", cfg.MinPassiveInterval())
+	}
+}
+
+func TestParseConfigSecretFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(p, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := refresher.ParseConfig([]byte("apps: [{name: a, appid: wx1, secret_file: " + p + "}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Apps[0].Secret() != "from-file" {
+		t.Fatal("secret_file not read")
+	}
+}
+
+// TestConfigReportsEveryProblem: one bad config, every problem named with
+// its app and key, in one error.
+func TestConfigReportsEveryProblem(t *testing.T) {
+	t.Setenv("SET", "x")
+	_, err := refresher.ParseConfig([]byte(`
+schedule: "every thirty seconds"
+lease_ttl: 500ms
+replicas: 9
+log: {format: xml}
+apps:
+  - {name: mp-main, appid: wx1, secret_env: SET}
+  - {name: mp-main, appid: wx2, secret_env: SET}
+  - {name: "bad name!", appid: wx3, secret_env: SET}
+  - {name: kindless, kind: alipay, appid: wx4, secret_env: SET}
+  - {name: nosecret, appid: wx5}
+  - {name: unsetenv, appid: wx6, secret_env: NOT_SET_ANYWHERE_42}
+  - {name: both, appid: wx7, secret_env: SET, secret_file: /x}
+  - {name: noappid, secret_env: SET}
+  - {name: badbase, appid: wx8, secret_env: SET, api_base: "ftp://x"}
+`))
+	var ce *refresher.ConfigError
+	if !errors.As(err, &ce) {
+		t.Fatalf("err = %v, want a *ConfigError", err)
+	}
+	want := []string{
+		`schedule: "every thirty seconds" does not parse`,
+		"lease_ttl: 500ms is too short",
+		"replicas: 9 is out of range",
+		`log.format: "xml"`,
+		"apps[1] (mp-main).name: duplicate of apps[0]",
+		`apps[2] (bad name!).name: "bad name!" is not a valid app name`,
+		`apps[3] (kindless).kind: unknown kind "alipay"`,
+		"apps[4] (nosecret).secret_env: missing",
+		"apps[5] (unsetenv).secret_env: environment variable NOT_SET_ANYWHERE_42 is not set",
+		"apps[6] (both).secret_env/secret_file: set only one",
+		"apps[7] (noappid).appid: missing",
+		`apps[8] (badbase).api_base: "ftp://x" is not an http(s) URL`,
+	}
+	msg := err.Error()
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			t.Errorf("error does not say %q:\n%s", w, msg)
+		}
+	}
+	if len(ce.Problems) != len(want) {
+		t.Errorf("%d problems reported, want %d:\n%s", len(ce.Problems), len(want), msg)
+	}
+}
+
+func TestConfigUnknownKeyNamed(t *testing.T) {
+	_, err := refresher.ParseConfig([]byte("schedul: '@every 1s'\n"))
+	if err == nil || !strings.Contains(err.Error(), `line 1: unknown key "schedul"`) {
+		t.Fatalf("err = %v, want it to name the unknown key and its line", err)
+	}
+}
+
+func TestConfigUnknownKeyAndBadYAML(t *testing.T) {
+	for name, text := range map[string]string{
+		"typo":      "schedul: '@every 1s'\n",
+		"bad yaml":  "apps: [\n",
+		"bad type":  "replicas: three\n",
+		"bad dur":   "lease_ttl: ten\n",
+		"no apps":   "bucket: tokens\n",
+		"empty doc": "",
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := refresher.ParseConfig([]byte(text)); err == nil {
+				t.Fatalf("config %q accepted", text)
+			}
+		})
+	}
+}
+
+func TestConfigNeverPrintsSecret(t *testing.T) {
+	t.Setenv("S", "S3CR3T-value")
+	cfg, err := refresher.ParseConfig([]byte("apps: [{name: a, appid: wx1, secret_env: S}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{cfg.Apps[0].String(), cfg.Apps[0].GoString()} {
+		if strings.Contains(s, "S3CR3T") {
+			t.Fatalf("AppConfig prints its secret: %s", s)
+		}
+	}
+}
+
+func TestLoadConfigMissingFile(t *testing.T) {
+	_, err := refresher.LoadConfig(filepath.Join(t.TempDir(), "nope.yaml"))
+	if err == nil || !strings.Contains(err.Error(), "nope.yaml") {
+		t.Fatalf("err = %v, want one naming the file", err)
+	}
+}
