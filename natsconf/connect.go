@@ -291,8 +291,11 @@ func wipe(b []byte) {
 	}
 }
 
-// redactURLs returns the URL list with passwords in user info replaced.
-func redactURLs(list string) string {
+// RedactURLs returns the comma-separated URL list with any user info (a
+// password, a token, a user name) replaced by "xxxxx"; an unparseable
+// entry that could carry user info is replaced whole. Use it before a URL
+// list goes into a log line or an error.
+func RedactURLs(list string) string {
 	parts := strings.Split(list, ",")
 	for i, p := range parts {
 		p = strings.TrimSpace(p)
@@ -405,7 +408,7 @@ func Connect(ctx context.Context, o Options, extra ...nats.Option) (*Conn, error
 	nc, err := dial(ctx, servers, opts)
 	if err != nil {
 		c.Close()
-		return nil, fmt.Errorf("%w at %s: %w%s", ErrConnect, redactURLs(servers), err, o.hint(err))
+		return nil, fmt.Errorf("%w at %s: %w%s", ErrConnect, RedactURLs(servers), err, o.hint(err))
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 	"sync"
 
@@ -73,7 +72,7 @@ func (c *cli) connect(ctx context.Context, onAsync func(error), extra ...nats.Op
 // at URL: why", with passwords and tokens removed from the URL and the
 // config keys of natsconf's hints written as tokenctl's flags.
 func (c *cli) connectError(servers string, err error) error {
-	where := redactURLs(servers)
+	where := natsconf.RedactURLs(servers)
 	var why string
 	switch {
 	case errors.Is(err, natsconf.ErrInvalidOptions):
@@ -100,34 +99,6 @@ func (c *cli) connectError(servers string, err error) error {
 		why = flagNames.Replace(msg)
 	}
 	return fmt.Errorf("cannot connect to NATS at %s: %s", where, why)
-}
-
-// redactURLs returns the comma-separated URL list with any user info (a
-// password, a token, a user name) replaced by "xxxxx". Unparseable entries
-// that could carry user info are replaced whole.
-func redactURLs(list string) string {
-	parts := strings.Split(list, ",")
-	for i, p := range parts {
-		p = strings.TrimSpace(p)
-		parts[i] = p
-		if !strings.Contains(p, "@") {
-			continue
-		}
-		s := p
-		if !strings.Contains(s, "://") {
-			s = "nats://" + s
-		}
-		u, err := url.Parse(s)
-		if err != nil {
-			parts[i] = "<invalid url>"
-			continue
-		}
-		if u.User != nil {
-			u.User = url.User("xxxxx")
-		}
-		parts[i] = u.String()
-	}
-	return strings.Join(parts, ",")
 }
 
 // withTimeout bounds one request by --timeout.

@@ -636,7 +636,7 @@ func TestRedactURLs(t *testing.T) {
 		"nats://ops:p%zz@d:4222":                      "<invalid url>",
 		"nats://a:4222,nats://u:p@b:4222,nats://c:42": "nats://a:4222,nats://xxxxx@b:4222,nats://c:42",
 	} {
-		if got := redactURLs(in); got != want {
+		if got := natsconf.RedactURLs(in); got != want {
 			t.Errorf("redactURLs(%q) = %q, want %q", in, got, want)
 		}
 	}
