@@ -1,0 +1,123 @@
+package subscriber_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/subscriber"
+)
+
+// A service gets its app's token from the tokens bucket. Here an embedded
+// nats-server stands in for the cluster and the record is written by hand
+// (the refresher's job).
+func Example() {
+	dir, err := os.MkdirTemp("", "tokenkeeper-example")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+	srv, err := natsconf.StartEmbedded(natsconf.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: dir})
+	if err != nil {
+		panic(err)
+	}
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		panic(err)
+	}
+	defer nc.Close()
+
+	// What the refresher does: store the app's record.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	js, _ := jetstream.New(nc)
+	kv, err := natsconf.EnsureBucket(ctx, js, natsconf.BucketConfig{Name: natsconf.DefaultBucket})
+	if err != nil {
+		panic(err)
+	}
+	rec, _ := json.Marshal(natsconf.Record{
+		App: "mp-main", AccessToken: "ACCESS_TOKEN_FROM_WECHAT", Source: natsconf.SourceManual,
+		FetchedAt: time.Now(), ExpiresAt: time.Now().Add(2 * time.Hour),
+	})
+	if _, err := kv.Put(ctx, "mp-main", rec); err != nil {
+		panic(err)
+	}
+
+	// What a service does: one Source per app, for the life of the process.
+	src, err := subscriber.NewSource(ctx, nc, "mp-main")
+	if err != nil {
+		panic(err)
+	}
+	defer src.Close()
+
+	tok, err := src.Token()
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("app:", tok.App, "revision:", tok.Revision, "valid:", tok.Valid())
+	// Never print the token itself; its fingerprint identifies it in logs.
+	fmt.Println("fingerprint:", subscriber.Fingerprint(tok.AccessToken))
+	// Output:
+	// app: mp-main revision: 1 valid: true
+	// fingerprint: 246f7066
+}
+
+// WeChat API clients send every request through the Source's
+// RoundTripper: it sets access_token and retries once, with a refreshed
+// token, when WeChat answers 40001, 40014 or 42001.
+func ExampleSource_RoundTripper() {
+	var src *subscriber.Source // from NewSource
+	if src == nil {
+		return
+	}
+	client := &http.Client{Transport: src.RoundTripper(http.DefaultTransport), Timeout: 10 * time.Second}
+	resp, err := client.Get("https://api.weixin.qq.com/cgi-bin/getcallbackip")
+	if err != nil {
+		return
+	}
+	defer resp.Body.Close()
+}
+
+// Refresh after upstream rejected a token, when not using the
+// RoundTripper: pass the revision of the token that was rejected.
+// Concurrent callers share one request, and a token that is already newer
+// is returned at once.
+func ExampleSource_Refresh() {
+	var src *subscriber.Source // from NewSource
+	if src == nil {
+		return
+	}
+	tok, _ := src.Token()
+	// ... upstream answered errcode 40001 for tok ...
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	fresh, err := src.Refresh(ctx, tok.Revision)
+	if err != nil {
+		return
+	}
+	_ = fresh.AccessToken
+}
+
+// Follow every update, e.g. to warm a cache.
+func ExampleSource_Listen() {
+	var src *subscriber.Source // from NewSource
+	if src == nil {
+		return
+	}
+	l := src.Listen()
+	for {
+		tok, err := l.Next(context.Background())
+		if err != nil {
+			return // subscriber.ErrClosed after Close
+		}
+		fmt.Println("new token", tok) // prints app, revision, fingerprint
+	}
+}

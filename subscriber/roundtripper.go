@@ -1,0 +1,223 @@
+package subscriber
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
+)
+
+// MaxPeek is the largest response body Transport inspects for a WeChat
+// errcode. Error answers are tiny; a larger body is passed on untouched.
+const MaxPeek = 64 << 10
+
+// Transport is an http.RoundTripper for WeChat business APIs. It sets
+// access_token=<the Source's token> in the query of every request
+// (replacing any access_token already there) and sends it with Base. If
+// the answer is a JSON body (at most MaxPeek bytes) with errcode 40001,
+// 40014 or 42001 — upstream rejected the token — it calls
+// Source.Refresh(ctx, revision used) and sends the request once more with
+// the new token, so that the caller never sees that first rejection.
+//
+// The retry happens only when the request can be sent again: it has no
+// body, or req.GetBody is set (http.NewRequest sets it for
+// *bytes.Buffer, *bytes.Reader and *strings.Reader bodies). Otherwise the
+// rejection is returned as it came (after Refresh, so that the next call
+// gets a new token); so it is when Refresh fails or brings no new token. The body of every response returned is intact:
+// what was peeked at is put back in front of the rest.
+//
+// The token never appears in logs or in errors Transport returns (they
+// carry its fingerprint instead), and the Response's Request is the
+// caller's request, without the token. The request's context bounds
+// Refresh. A request made while the Source's token is expired first asks
+// for a new one (Refresh) and fails if none comes.
+//
+// Use it only for hosts that should receive the token. Safe for
+// concurrent use, like the Source and Base it uses.
+type Transport struct {
+	// Source provides the token; required.
+	Source *Source
+	// Base sends the requests; nil means http.DefaultTransport.
+	Base http.RoundTripper
+}
+
+// RoundTripper returns a Transport that sets s's token on every request
+// sent through base (nil: http.DefaultTransport) and retries once when
+// upstream rejects it. See Transport.
+func (s *Source) RoundTripper(base http.RoundTripper) http.RoundTripper {
+	return &Transport{Source: s, Base: base}
+}
+
+func (t *Transport) base() http.RoundTripper {
+	if t.Base != nil {
+		return t.Base
+	}
+	return http.DefaultTransport
+}
+
+// RoundTrip implements http.RoundTripper; see Transport. It does not
+// modify req and always closes its body.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	s := t.Source
+	if s == nil || req.URL == nil {
+		closeBody(req)
+		return nil, fmt.Errorf("%w: Transport without a Source, or a request without a URL", ErrInvalidArgument)
+	}
+	ctx := req.Context()
+	tok, err := s.Token()
+	if errors.Is(err, ErrExpired) {
+		tok, err = s.Refresh(ctx, tok.Revision)
+	}
+	if err != nil {
+		closeBody(req)
+		return nil, fmt.Errorf("subscriber: no valid token for %s: %w", s.app, err)
+	}
+	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+
+	resp, err := t.base().RoundTrip(withToken(req, tok.AccessToken, req.Body))
+	if err != nil {
+		return nil, scrub(err, tok.AccessToken)
+	}
+	code, ok := peekErrcode(resp)
+	if !ok || !wechat.IsRejectedTokenCode(code) {
+		resp.Request = req
+		return resp, nil
+	}
+	log := s.log.With("path", req.URL.Path, "errcode", code, "token", tok)
+	ntok, err := s.Refresh(ctx, tok.Revision)
+	if !replayable {
+		// The token is known bad: refreshed for the next call, but this
+		// one cannot be sent again.
+		log.Warn("upstream rejected the token; the request body cannot be replayed, so the rejection is returned", "refresh_err", err)
+		resp.Request = req
+		return resp, nil
+	}
+	if err != nil || ntok.AccessToken == tok.AccessToken {
+		log.Warn("upstream rejected the token and no new one came; returning the rejection", "err", err)
+		resp.Request = req
+		return resp, nil
+	}
+	body := req.Body
+	if req.GetBody != nil && req.Body != nil && req.Body != http.NoBody {
+		if body, err = req.GetBody(); err != nil {
+			log.Warn("upstream rejected the token; GetBody failed, returning the rejection", "err", err)
+			resp.Request = req
+			return resp, nil
+		}
+	}
+	resp.Body.Close()
+	log.Info("upstream rejected the token; retrying with a refreshed one", "new_token", ntok)
+	resp, err = t.base().RoundTrip(withToken(req, ntok.AccessToken, body))
+	if err != nil {
+		return nil, scrub(err, ntok.AccessToken)
+	}
+	resp.Request = req
+	return resp, nil
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
+	}
+}
+
+// withToken returns a copy of req that carries token in its query and
+// has body as its body.
+func withToken(req *http.Request, token string, body io.ReadCloser) *http.Request {
+	r := req.Clone(req.Context())
+	r.Body = body
+	r.URL.RawQuery = setQuery(r.URL.RawQuery, "access_token", token)
+	return r
+}
+
+// setQuery replaces every key=... in the raw query by one key=value at
+// the end, leaving the other parameters exactly as they were.
+func setQuery(raw, key, value string) string {
+	var b strings.Builder
+	for part := range strings.SplitSeq(raw, "&") {
+		if part == "" {
+			continue
+		}
+		k, _, _ := strings.Cut(part, "=")
+		if uk, err := url.QueryUnescape(k); err == nil && uk == key {
+			continue
+		}
+		b.WriteString(part)
+		b.WriteByte('&')
+	}
+	b.WriteString(url.QueryEscape(key))
+	b.WriteByte('=')
+	b.WriteString(url.QueryEscape(value))
+	return b.String()
+}
+
+// peekErrcode reads up to MaxPeek bytes of a JSON-looking response body,
+// puts them back in front of the rest, and returns the body's errcode if
+// it is a complete JSON object that has one.
+func peekErrcode(resp *http.Response) (int, bool) {
+	if resp.Body == nil || resp.Body == http.NoBody {
+		return 0, false
+	}
+	if ct := strings.ToLower(resp.Header.Get("Content-Type")); ct != "" &&
+		!strings.Contains(ct, "json") && !strings.HasPrefix(ct, "text/") {
+		return 0, false // media downloads and the like: no errcode here
+	}
+	if resp.ContentLength > MaxPeek {
+		return 0, false
+	}
+	buf, err := io.ReadAll(io.LimitReader(resp.Body, MaxPeek+1))
+	resp.Body = &peekedBody{Reader: io.MultiReader(bytes.NewReader(buf), resp.Body), Closer: resp.Body}
+	if err != nil || len(buf) > MaxPeek {
+		return 0, false
+	}
+	trimmed := bytes.TrimSpace(buf)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return 0, false
+	}
+	var v struct {
+		Errcode *int `json:"errcode"`
+	}
+	if json.Unmarshal(trimmed, &v) != nil || v.Errcode == nil {
+		return 0, false
+	}
+	return *v.Errcode, true
+}
+
+// peekedBody is a response body whose start was read already.
+type peekedBody struct {
+	io.Reader
+	io.Closer
+}
+
+// scrubbedError is an error whose text had the token replaced by its
+// fingerprint.
+type scrubbedError struct {
+	err error
+	msg string
+}
+
+func (e *scrubbedError) Error() string { return e.msg }
+func (e *scrubbedError) Unwrap() error { return e.err }
+
+// scrub makes sure err's text does not contain token (a base transport
+// may print the request URL).
+func scrub(err error, token string) error {
+	if token == "" {
+		return err
+	}
+	orig := err.Error()
+	msg := orig
+	for _, enc := range []string{token, url.QueryEscape(token)} {
+		msg = strings.ReplaceAll(msg, enc, "<token "+Fingerprint(token)+">")
+	}
+	if msg == orig {
+		return err
+	}
+	return &scrubbedError{err: err, msg: msg}
+}

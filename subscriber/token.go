@@ -1,0 +1,104 @@
+package subscriber
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/natsconf"
+)
+
+// Token is an immutable snapshot of an app's record in the tokens bucket:
+// the access token, the KV revision it was stored at, and its lifetime.
+// A *Token handed out by a Source is never modified; share it freely
+// between goroutines.
+//
+// Its String, GoString and LogValue methods never print AccessToken, only
+// a fingerprint, so that a token logged by accident does not leak. (It is
+// not protected against encoding/json: don't marshal it.)
+type Token struct {
+	// App is the app name (the KV key).
+	App string
+	// AccessToken is the token to send upstream.
+	AccessToken string
+	// Revision is the KV revision of the record. Revisions of one bucket
+	// only grow (they start over only if the bucket is deleted and created
+	// anew); pass it to Source.Refresh when upstream rejects the token.
+	Revision uint64
+	// ExpiresAt is when upstream stops accepting the token.
+	ExpiresAt time.Time
+	// FetchedAt is when the refresher fetched the token.
+	FetchedAt time.Time
+	// Source says why the record was written: startup, scheduled,
+	// passive or manual (natsconf.Source*).
+	Source string
+	// AppID is the upstream (WeChat) appid the token belongs to; empty
+	// for records written before the refresher stored it.
+	AppID string
+}
+
+// Valid reports whether t is a usable token now (by time.Now): non-nil,
+// not empty and not expired. It is ValidAt(time.Now()).
+func (t *Token) Valid() bool { return t.ValidAt(time.Now()) }
+
+// ValidAt reports whether t is non-nil, not empty and not yet expired at
+// now. A token is expired from its ExpiresAt on.
+func (t *Token) ValidAt(now time.Time) bool {
+	return t != nil && t.AccessToken != "" && now.Before(t.ExpiresAt)
+}
+
+// String describes the token without revealing it:
+// "mp-main@42 (token 1a2b3c4d, expires 2025-01-02T03:04:05Z)". The
+// fingerprint is the first 8 hex digits of the token's SHA-256, the same
+// one the refresher logs.
+func (t *Token) String() string {
+	if t == nil {
+		return "<no token>"
+	}
+	return t.App + "@" + strconv.FormatUint(t.Revision, 10) +
+		" (token " + Fingerprint(t.AccessToken) + ", expires " + t.ExpiresAt.UTC().Format(time.RFC3339) + ")"
+}
+
+// GoString is String, so that %#v does not print the token either.
+func (t *Token) GoString() string { return t.String() }
+
+// LogValue makes slog log the token as app, revision, fingerprint and
+// expiry, never the token itself.
+func (t *Token) LogValue() slog.Value {
+	if t == nil {
+		return slog.StringValue("<no token>")
+	}
+	return slog.GroupValue(
+		slog.String("app", t.App),
+		slog.Uint64("revision", t.Revision),
+		slog.String("fingerprint", Fingerprint(t.AccessToken)),
+		slog.Time("expires_at", t.ExpiresAt),
+	)
+}
+
+// Fingerprint is the only form in which a token may appear in logs: the
+// first 8 hex digits of its SHA-256 ("" for an empty token). It matches
+// the fingerprint the refresher logs, so the two can be correlated.
+func Fingerprint(token string) string {
+	if token == "" {
+		return ""
+	}
+	s := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(s[:4])
+}
+
+// tokenOf makes a Token of a record stored (or replied) at rev under key
+// app.
+func tokenOf(app string, rec *natsconf.Record, rev uint64) *Token {
+	return &Token{
+		App:         app,
+		AccessToken: rec.AccessToken,
+		Revision:    rev,
+		ExpiresAt:   rec.ExpiresAt,
+		FetchedAt:   rec.FetchedAt,
+		Source:      rec.Source,
+		AppID:       rec.AppID,
+	}
+}
