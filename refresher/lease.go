@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -37,6 +38,7 @@ func LeaseBucket(bucket string) string { return bucket + "_lease" }
 // stops acting as leader before the server can hand the lease to another
 // replica, whatever the wall clocks say.
 type lease struct {
+	nc  *nats.Conn
 	kv  jetstream.KeyValue
 	id  string
 	ttl time.Duration
@@ -275,40 +277,22 @@ func (l *lease) run(ctx context.Context) {
 // watch follows the lease key: a delete, purge or expiry wakes run at
 // once, and every value updates the known leader id.
 func (l *lease) watch(ctx context.Context, wake chan<- struct{}) {
-	bo := newBackoff(100*time.Millisecond, 5*time.Second)
-	for ctx.Err() == nil {
-		w, err := l.kv.Watch(ctx, leaseKey)
-		if err != nil {
-			if !sleepCtx(ctx, bo.Next()) {
-				return
+	followKV(ctx, l.nc, l.kv, leaseKey, func(e jetstream.KeyValueEntry) {
+		if e.Operation() != jetstream.KeyValuePut {
+			l.mu.Lock()
+			l.leaderID = ""
+			l.mu.Unlock()
+			select {
+			case wake <- struct{}{}:
+			default:
 			}
-			continue
-		}
-		for e := range w.Updates() {
-			if e == nil {
-				continue
-			}
-			bo.Reset()
-			if e.Operation() != jetstream.KeyValuePut {
-				l.mu.Lock()
-				l.leaderID = ""
-				l.mu.Unlock()
-				select {
-				case wake <- struct{}{}:
-				default:
-				}
-				continue
-			}
-			var rec LeaseRecord
-			if json.Unmarshal(e.Value(), &rec) == nil {
-				l.mu.Lock()
-				l.leaderID = rec.ID
-				l.mu.Unlock()
-			}
-		}
-		_ = w.Stop()
-		if !sleepCtx(ctx, bo.Next()) {
 			return
 		}
-	}
+		var rec LeaseRecord
+		if json.Unmarshal(e.Value(), &rec) == nil {
+			l.mu.Lock()
+			l.leaderID = rec.ID
+			l.mu.Unlock()
+		}
+	})
 }

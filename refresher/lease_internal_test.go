@@ -14,12 +14,12 @@ import (
 
 func newTestLease(t *testing.T, url, id string, ttl time.Duration) *lease {
 	t.Helper()
-	_, js := testutil.Connect(t, url)
+	nc, js := testutil.Connect(t, url)
 	kv, err := natsconf.EnsureBucket(context.Background(), js, natsconf.BucketConfig{Name: "t_lease", History: 1, TTL: ttl})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &lease{kv: kv, id: id, ttl: ttl, now: time.Now, wakeReport: make(chan struct{}, 1), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	return &lease{nc: nc, kv: kv, id: id, ttl: ttl, now: time.Now, wakeReport: make(chan struct{}, 1), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 }
 
 // Concurrent renewals by the holder must never make it conflict with

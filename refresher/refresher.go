@@ -203,7 +203,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 	r.refreshCtx, r.cancelRefresh = context.WithCancel(context.WithoutCancel(ctx))
 	defer r.cancelRefresh()
 
-	r.lease = &lease{kv: leaseKV, id: r.id, ttl: r.cfg.LeaseTTL, log: r.log, now: r.now, changed: r.leadershipChanged, wakeReport: make(chan struct{}, 1)}
+	r.lease = &lease{nc: r.nc, kv: leaseKV, id: r.id, ttl: r.cfg.LeaseTTL, log: r.log, now: r.now, changed: r.leadershipChanged, wakeReport: make(chan struct{}, 1)}
 	leaseCtx, stopLease := context.WithCancel(ctx)
 	defer stopLease()
 	var bg sync.WaitGroup
@@ -646,44 +646,18 @@ func (r *Refresher) snapshot(ctx context.Context) (map[string]storedRec, error) 
 // valid. On gaining the lease the leader also re-reads everything
 // (loadAll) in case this watcher stalled.
 func (r *Refresher) follow(ctx context.Context) {
-	bo := newBackoff(100*time.Millisecond, 5*time.Second)
-	var last uint64
-	for ctx.Err() == nil {
-		var opts []jetstream.WatchOpt
-		if last > 0 {
-			opts = append(opts, jetstream.ResumeFromRevision(last+1))
-		}
-		w, err := r.kv.WatchAll(ctx, opts...)
-		if err != nil {
-			if !sleepCtx(ctx, bo.Next()) {
-				return
-			}
-			continue
-		}
-		for e := range w.Updates() {
-			if e == nil {
-				continue
-			}
-			bo.Reset()
-			last = e.Revision()
-			r.mu.Lock()
-			a := r.apps[e.Key()]
-			r.mu.Unlock()
-			if a == nil || e.Operation() != jetstream.KeyValuePut {
-				continue
-			}
-			var rec natsconf.Record
-			if json.Unmarshal(e.Value(), &rec) == nil {
-				if a.adopt(&rec, e.Revision()) {
-					r.obs.Refreshed(a.name, "", rec.ExpiresAt)
-				}
-			}
-		}
-		_ = w.Stop()
-		if !sleepCtx(ctx, bo.Next()) {
+	followKV(ctx, r.nc, r.kv, "", func(e jetstream.KeyValueEntry) {
+		r.mu.Lock()
+		a := r.apps[e.Key()]
+		r.mu.Unlock()
+		if a == nil || e.Operation() != jetstream.KeyValuePut {
 			return
 		}
-	}
+		var rec natsconf.Record
+		if json.Unmarshal(e.Value(), &rec) == nil && a.adopt(&rec, e.Revision()) {
+			r.obs.Refreshed(a.name, "", rec.ExpiresAt)
+		}
+	})
 }
 
 // leadershipChanged starts or stops the leader's work.
@@ -763,4 +737,3 @@ func nextQuotaReset(t time.Time) time.Time {
 	y, m, d := t.Date()
 	return time.Date(y, m, d+1, 0, 0, 0, 0, cst)
 }
-
