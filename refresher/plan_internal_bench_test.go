@@ -46,8 +46,7 @@ func benchRefresher(b *testing.B, n int) *Refresher {
 	}
 	now := time.Now()
 	rng := rand.New(rand.NewPCG(1, 2))
-	for i, a := range r.apps {
-		_ = i
+	for _, a := range r.apps {
 		fetched := now.Add(-time.Duration(rng.Int64N(int64(70 * time.Minute)))).UTC()
 		rec := &natsconf.Record{App: a.name, AppID: a.cfg.AppID, AccessToken: "tok-" + a.name,
 			FetchedAt: fetched, ExpiresAt: fetched.Add(2 * time.Hour), Source: natsconf.SourceScheduled}

@@ -667,6 +667,11 @@ func (r *Refresher) leadershipChanged(leader bool) {
 		r.stopService()
 		return
 	}
+	// Serve at once: a request is answered from the key itself whenever
+	// the view held here is not newer than the requester's.
+	if err := r.startService(); err != nil {
+		r.log.Error("cannot serve token.refresh", "err", err)
+	}
 	// Re-read everything: the follower's watch may have stalled.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	if err := r.loadAll(ctx); err != nil {
@@ -676,9 +681,6 @@ func (r *Refresher) leadershipChanged(leader bool) {
 		r.log.Warn("reloading app states on leadership failed", "err", err)
 	}
 	cancel()
-	if err := r.startService(); err != nil {
-		r.log.Error("cannot serve token.refresh", "err", err)
-	}
 	r.Tick()
 }
 
