@@ -165,18 +165,31 @@ func (e *Env) Record(bucket, app string) (rec natsconf.Record, rev uint64, ok bo
 		e.T.Logf("harness: bucket %s: %v", bucket, err)
 		return rec, 0, false
 	}
+	var val []byte
 	ent, err := kv.Get(ctx, app)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
 		return rec, 0, false
+	case err != nil:
+		// Direct get can answer "no responders" for a while after a
+		// cluster node is lost; ask the stream leader instead.
+		e.T.Logf("harness: direct get %s: %v; asking the stream leader", app, err)
+		st, serr := e.JS.Stream(ctx, "KV_"+bucket)
+		if serr != nil {
+			return rec, 0, false
+		}
+		m, merr := st.GetLastMsgForSubject(ctx, "$KV."+bucket+"."+app)
+		if merr != nil || len(m.Data) == 0 {
+			return rec, 0, false
+		}
+		val, rev = m.Data, m.Sequence
+	default:
+		val, rev = ent.Value(), ent.Revision()
 	}
-	if err != nil {
-		e.T.Logf("harness: get %s: %v", app, err)
-		return rec, 0, false
+	if err := json.Unmarshal(val, &rec); err != nil {
+		e.T.Fatalf("harness: record of %s does not parse: %v (%q)", app, err, val)
 	}
-	if err := json.Unmarshal(ent.Value(), &rec); err != nil {
-		e.T.Fatalf("harness: record of %s does not parse: %v (%q)", app, err, ent.Value())
-	}
-	return rec, ent.Revision(), true
+	return rec, rev, true
 }
 
 // WaitRecord waits up to d for app's record to satisfy cond and returns it.
