@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/internal/backoff"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -18,7 +20,7 @@ import (
 func followKV(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue, key string, handle func(jetstream.KeyValueEntry)) {
 	reconnects := nc.StatusChanged(nats.CONNECTED)
 	defer nc.RemoveStatusListener(reconnects)
-	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	bo := backoff.New(100*time.Millisecond, 5*time.Second)
 	var last uint64
 	for ctx.Err() == nil {
 		var opts []jetstream.WatchOpt
@@ -37,7 +39,7 @@ func followKV(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue, key str
 		}
 		if err != nil {
 			stop()
-			if !sleepCtx(ctx, bo.Next()) {
+			if !backoff.Sleep(ctx, bo.Next()) {
 				return
 			}
 			continue
@@ -64,7 +66,7 @@ func followKV(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue, key str
 			}
 		}
 		stop()
-		if !sleepCtx(ctx, bo.Next()) {
+		if !backoff.Sleep(ctx, bo.Next()) {
 			return
 		}
 	}

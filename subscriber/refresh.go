@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/tokenkeeper/tokenkeeper/internal/backoff"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
@@ -108,7 +110,7 @@ func (s *Source) Refresh(ctx context.Context, stale uint64) (*Token, error) {
 // until a valid token newer than stale arrives by other means.
 func (s *Source) fly(ctx context.Context, f *flight, stale uint64) {
 	defer s.wg.Done()
-	bo := newBackoff(s.cfg.backoffMin, s.cfg.backoffMax)
+	bo := backoff.New(s.cfg.backoffMin, s.cfg.backoffMax)
 	var tok *Token
 	var err error
 	for {
@@ -237,7 +239,7 @@ func (s *Source) askLocked() {
 // with backoff, until the Source holds a valid token or is closed.
 func (s *Source) askLoop() {
 	defer s.wg.Done()
-	bo := newBackoff(s.cfg.backoffMin, s.cfg.backoffMax)
+	bo := backoff.New(s.cfg.backoffMin, s.cfg.backoffMax)
 	for {
 		s.mu.Lock()
 		if _, ok := s.valid(); ok || s.closed || s.ctx.Err() != nil {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/internal/backoff"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -29,7 +31,7 @@ func (s *Source) watch() {
 	defer s.wg.Done()
 	reconnects := s.nc.StatusChanged(nats.CONNECTED)
 	defer s.nc.RemoveStatusListener(reconnects)
-	bo := newBackoff(s.cfg.backoffMin, s.cfg.backoffMax)
+	bo := backoff.New(s.cfg.backoffMin, s.cfg.backoffMax)
 	var kv jetstream.KeyValue
 	for s.ctx.Err() == nil {
 		if s.nc.IsClosed() {
@@ -109,7 +111,7 @@ func (s *Source) bucket() (jetstream.KeyValue, error) {
 
 // follow runs one watch of the key until it must be rebuilt, and returns
 // why.
-func (s *Source) follow(kv jetstream.KeyValue, reconnects <-chan nats.Status, bo *backoff) error {
+func (s *Source) follow(kv jetstream.KeyValue, reconnects <-chan nats.Status, bo *backoff.Backoff) error {
 	ctx, cancel := context.WithCancel(s.ctx) // owns the watch
 	defer cancel()
 	var opts []jetstream.WatchOpt

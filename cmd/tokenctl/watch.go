@@ -9,6 +9,8 @@ import (
 	"io"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/internal/backoff"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -114,7 +116,7 @@ type watchLoop struct {
 
 // run watches until ctx is done.
 func (wl *watchLoop) run(ctx context.Context) {
-	backoff := newRetry(100*time.Millisecond, 5*time.Second)
+	bo := backoff.New(100*time.Millisecond, 5*time.Second)
 	poll := time.NewTicker(watchPoll)
 	defer poll.Stop()
 	var lastErr string
@@ -134,7 +136,7 @@ func (wl *watchLoop) run(ctx context.Context) {
 				fmt.Fprintf(wl.c.stderr, "tokenctl: cannot watch %s: %v; retrying\n", wl.app, err)
 				lastErr = msg
 			}
-			if !wl.sleep(ctx, backoff.next()) {
+			if !wl.sleep(ctx, bo.Next()) {
 				return
 			}
 			continue
@@ -148,8 +150,8 @@ func (wl *watchLoop) run(ctx context.Context) {
 		}
 		fmt.Fprintf(wl.c.stderr, "tokenctl: %s; resuming the watch after revision %d\n", why, wl.last)
 		if !ended {
-			backoff.reset()
-		} else if !wl.sleep(ctx, backoff.next()) {
+			bo.Reset()
+		} else if !wl.sleep(ctx, bo.Next()) {
 			return
 		}
 	}
@@ -281,24 +283,3 @@ func writeWatchLine(w io.Writer, l watchLine, asJSON bool) {
 			head, l.Source, fmtTime(l.ExpiresAt), fmtTTL(l.ExpiresAt), l.Fingerprint)
 	}
 }
-
-// retry is a doubling backoff with an upper bound.
-type retry struct {
-	base, max, cur time.Duration
-}
-
-// newRetry returns a backoff from base, doubling up to max.
-func newRetry(base, max time.Duration) *retry { return &retry{base: base, max: max} }
-
-// next returns the next pause.
-func (r *retry) next() time.Duration {
-	if r.cur == 0 {
-		r.cur = r.base
-	} else {
-		r.cur = min(2*r.cur, r.max)
-	}
-	return r.cur
-}
-
-// reset starts again from base.
-func (r *retry) reset() { r.cur = 0 }
