@@ -169,8 +169,12 @@ func TestHealthNotReadyWhileUpstreamFails(t *testing.T) {
 
 	// The upstream recovers: ready once the next attempt stores a token.
 	e.Sim.SetFault(wechatsim.Fault{})
-	if _, err := e.NC.Request(natsconf.RefreshSubject("blocked"), nil, 5*time.Second); err != nil {
+	m, err := e.NC.Request(natsconf.RefreshSubject("blocked"), nil, 5*time.Second)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
+		t.Fatalf("refresh after recovery answered %s: %s", code, m.Data)
 	}
 	testutil.WaitFor(t, 5*time.Second, func() bool { c, _ := healthReadiness(t, h); return c == http.StatusOK }, "not ready after the upstream recovered")
 }
