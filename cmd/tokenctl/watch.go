@@ -136,7 +136,7 @@ func (wl *watchLoop) run(ctx context.Context) {
 				fmt.Fprintf(wl.c.stderr, "tokenctl: cannot watch %s: %v; retrying\n", wl.app, err)
 				lastErr = msg
 			}
-			if !wl.sleep(ctx, bo.Next()) {
+			if !backoff.Sleep(ctx, bo.Next()) {
 				return
 			}
 			continue
@@ -151,7 +151,7 @@ func (wl *watchLoop) run(ctx context.Context) {
 		fmt.Fprintf(wl.c.stderr, "tokenctl: %s; resuming the watch after revision %d\n", why, wl.last)
 		if !ended {
 			bo.Reset()
-		} else if !wl.sleep(ctx, bo.Next()) {
+		} else if !backoff.Sleep(ctx, bo.Next()) {
 			return
 		}
 	}
@@ -207,18 +207,6 @@ func (wl *watchLoop) storedRevision(ctx context.Context) uint64 {
 		return 0
 	}
 	return e.Revision()
-}
-
-// sleep waits d or until ctx is done; it reports whether d passed.
-func (wl *watchLoop) sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // watchLine is one update in --json output.
