@@ -1,0 +1,48 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSmoke runs the in-process scenarios with tiny sizes: they must
+// finish, print their table and measure what they claim (one fetch per
+// storm). scale and failover build cmd/refresher and take longer; run them
+// by hand (docs/benchmarks.md).
+func TestSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, args := range [][]string{
+		{"propagation", "-n", "1,3", "-writes", "3", "-refreshes", "1", "-gap", "1ms"},
+		{"storm", "-conns", "3", "-requests", "12", "-latency", "20ms", "-slack", "10s", "-mode", "both"},
+		{"cost", "-lifetime", "2s", "-days", "0.01", "-replicas", "2", "-call-every", "10s"},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			var out bytes.Buffer
+			if err := run(ctx, args, &out); err != nil {
+				t.Fatalf("tokenbench %s: %v\n%s", strings.Join(args, " "), err, out.String())
+			}
+			s := out.String()
+			if !strings.Contains(s, "| ") || !strings.Contains(s, "machine: ") {
+				t.Fatalf("no results table:\n%s", s)
+			}
+			if args[0] == "storm" && strings.Contains(s, "MISSED") {
+				t.Fatalf("a storm made more than one upstream fetch or failed requests:\n%s", s)
+			}
+			t.Log("\n" + s)
+		})
+	}
+}
+
+func TestUnknownScenario(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"nope"}, &out); err == nil || !strings.Contains(out.String(), "usage") {
+		t.Fatalf("want usage and an error, got %v:\n%s", err, out.String())
+	}
+}
