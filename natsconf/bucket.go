@@ -50,6 +50,11 @@ type BucketConfig struct {
 	// Minimum 1 s. With History > 1 the server raises per-key TTLs shorter
 	// than LimitMarkerTTL to it: keep History 1 for short per-key TTLs.
 	LimitMarkerTTL time.Duration
+	// MaxConsumers is the most consumers (watchers: every Source, every
+	// refresher replica, every tokenctl watch) the bucket's stream
+	// allows. 0 leaves the server's default, which nats-server 2.12+
+	// sets to 1000 per stream; a positive value is set on the stream.
+	MaxConsumers int
 }
 
 var bucketNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
@@ -122,6 +127,9 @@ func EnsureBucket(ctx context.Context, js jetstream.JetStream, cfg BucketConfig)
 	backoff := 50 * time.Millisecond
 	for {
 		kv, err := ensureOnce(ctx, js, kvc)
+		if err == nil && cfg.MaxConsumers > 0 {
+			err = ensureMaxConsumers(ctx, js, cfg.Name, cfg.MaxConsumers)
+		}
 		if err == nil {
 			return kv, nil
 		}
@@ -245,4 +253,23 @@ func parseVersion(v string) (major, minor int, ok bool) {
 	major, ok1 := num(parts[0])
 	minor, ok2 := num(parts[1])
 	return major, minor, ok1 && ok2
+}
+
+// ensureMaxConsumers sets max_consumers of bucket's stream to n unless it
+// is n already. The KV API always writes -1, which nats-server counts as
+// "not set" and replaces with its default of 1000 consumers per stream.
+func ensureMaxConsumers(ctx context.Context, js jetstream.JetStream, bucket string, n int) error {
+	ctx, cancel := context.WithTimeout(ctx, ensureAttemptTimeout)
+	defer cancel()
+	st, err := js.Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		return err
+	}
+	sc := st.CachedInfo().Config
+	if sc.MaxConsumers == n {
+		return nil
+	}
+	sc.MaxConsumers = n
+	_, err = js.UpdateStream(ctx, sc)
+	return err
 }

@@ -1,6 +1,7 @@
 package refresher
 
 import (
+	"encoding/json"
 	"errors"
 	"math/rand/v2"
 	"sync"
@@ -30,8 +31,10 @@ type app struct {
 	day         int // appDay of calls
 	calls       int // upstream calls on day
 	policy      *Policy
-	forceDay    int // appDay of forcedToday
-	forcedToday int // stable_token force_refresh calls today
+	forceDay    int  // appDay of forcedToday
+	forcedToday int  // stable_token force_refresh calls today
+	saving      bool // a state saver runs (saveLater)
+	saveDirty   bool // the state changed since the saver last wrote it
 }
 
 // flight is one refresh in progress; everyone who needs the app's token
@@ -39,6 +42,30 @@ type app struct {
 type flight struct {
 	done chan struct{}
 	res  flightResult
+
+	// waiters are token.refresh requests parked on this flight without a
+	// goroutine each; finish answers them from one goroutine.
+	wmu      sync.Mutex
+	finished bool
+	waiters  []func(res flightResult, enc func() []byte)
+}
+
+// park adds a waiter unless the flight has finished.
+func (f *flight) park(w func(res flightResult, enc func() []byte)) bool {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	if f.finished {
+		return false
+	}
+	f.waiters = append(f.waiters, w)
+	return true
+}
+
+// inFlight returns the refresh in flight, if any.
+func (a *app) inFlight() *flight {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.flight
 }
 
 type flightResult struct {
@@ -86,6 +113,25 @@ func (a *app) finish(f *flight, res flightResult) {
 	a.mu.Unlock()
 	f.res = res
 	close(f.done)
+	f.wmu.Lock()
+	f.finished = true
+	ws := f.waiters
+	f.waiters = nil
+	f.wmu.Unlock()
+	if len(ws) > 0 {
+		go func() {
+			var b []byte
+			enc := func() []byte {
+				if b == nil {
+					b, _ = json.Marshal(natsconf.RefreshReply{Record: res.rec, Revision: res.rev})
+				}
+				return b
+			}
+			for _, w := range ws {
+				w(res, enc)
+			}
+		}()
+	}
 }
 
 // WeChat's limits on stable_token force_refresh.

@@ -61,6 +61,9 @@ type Refresher struct {
 	wg            sync.WaitGroup
 	wake          chan struct{}
 	sem           chan struct{}
+	qmu           sync.Mutex
+	queue         []queued
+	timerAt       atomic.Int64 // when the loop's timer fires next (unix ns)
 	ready         chan struct{}
 	readyOnce     sync.Once
 }
@@ -172,7 +175,8 @@ func (r *Refresher) Run(ctx context.Context) error {
 
 	kv, err := natsconf.EnsureBucket(ctx, r.js, natsconf.BucketConfig{
 		Name: r.cfg.Bucket, Replicas: r.cfg.Replicas, History: 1,
-		Description: "tokenkeeper access tokens, one key per app",
+		Description:  "tokenkeeper access tokens, one key per app",
+		MaxConsumers: 1_000_000, // one per watching service; the server's default is 1000
 	})
 	if err != nil {
 		return err
@@ -253,7 +257,9 @@ func (r *Refresher) loop(ctx context.Context) {
 		if !next.IsZero() {
 			d = max(next.Sub(r.now()), 5*time.Millisecond)
 		}
-		t.Reset(min(d, time.Hour))
+		d = min(d, time.Hour)
+		r.timerAt.Store(r.now().Add(d).UnixNano())
+		t.Reset(d)
 		select {
 		case <-ctx.Done():
 			return
@@ -307,26 +313,62 @@ func (r *Refresher) plan() time.Time {
 	return next
 }
 
-// startRefresh runs one scheduled refresh of a in the background.
+// queued is a scheduled refresh waiting for a free slot.
+type queued struct {
+	a      *app
+	f      *flight
+	source string
+}
+
+// startRefresh queues one scheduled refresh of a; pump starts it when one
+// of the WithConcurrency slots is free. No goroutine waits meanwhile.
 func (r *Refresher) startRefresh(a *app, source string) {
 	f, started := a.join()
 	if !started {
 		return
 	}
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
+	r.qmu.Lock()
+	r.queue = append(r.queue, queued{a, f, source})
+	r.qmu.Unlock()
+	r.pump()
+}
+
+// pump starts queued refreshes while slots are free.
+func (r *Refresher) pump() {
+	for {
 		select {
 		case r.sem <- struct{}{}:
-		case <-r.refreshCtx.Done():
-			a.finish(f, flightResult{err: r.refreshCtx.Err()})
+		default:
 			return
 		}
-		defer func() { <-r.sem }()
-		res := r.refresh(r.refreshCtx, a, source, refreshNeed{})
-		a.finish(f, res)
-		r.Tick()
-	}()
+		r.qmu.Lock()
+		if len(r.queue) == 0 {
+			r.qmu.Unlock()
+			<-r.sem
+			return
+		}
+		q := r.queue[0]
+		r.queue[0] = queued{}
+		r.queue = r.queue[1:]
+		r.qmu.Unlock()
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			var res flightResult
+			if err := r.refreshCtx.Err(); err != nil {
+				res = flightResult{err: err}
+			} else {
+				res = r.refresh(r.refreshCtx, q.a, q.source, refreshNeed{})
+			}
+			q.a.finish(q.f, res)
+			<-r.sem
+			r.pump()
+			// Re-plan only if this app is now due before the loop's timer.
+			if due, _ := q.a.dueAt(); due.UnixNano() < r.timerAt.Load() {
+				r.Tick()
+			}
+		}()
+	}
 }
 
 // refreshNeed says when a stored record makes a fetch unnecessary.
@@ -405,10 +447,12 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 	a.countCall(r.now())
 	if err != nil {
 		res := r.failed(a, source, err, start)
-		r.saveState(ctx, a)
+		r.saveLater(a)
 		return res
 	}
-	defer r.saveState(ctx, a)
+	// The state write is not on the reply's path: one saver per app
+	// writes it, in order, after the flight's waiters have their answer.
+	defer r.saveLater(a)
 	if rec != nil && rec.AccessToken == tok.AccessToken && rec.ExpiresAt.After(now) {
 		// stable_token in normal mode hands back the token we already
 		// store: nothing to write, check again later.
@@ -738,4 +782,32 @@ func nextQuotaReset(t time.Time) time.Time {
 	t = t.In(cst)
 	y, m, d := t.Date()
 	return time.Date(y, m, d+1, 0, 0, 0, 0, cst)
+}
+
+// saveLater writes a's state from a goroutine of its own, one at a time
+// per app, so that state writes stay in order; Run waits for it.
+func (r *Refresher) saveLater(a *app) {
+	a.mu.Lock()
+	a.saveDirty = true
+	if a.saving {
+		a.mu.Unlock()
+		return
+	}
+	a.saving = true
+	a.mu.Unlock()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		for {
+			a.mu.Lock()
+			if !a.saveDirty {
+				a.saving = false
+				a.mu.Unlock()
+				return
+			}
+			a.saveDirty = false
+			a.mu.Unlock()
+			r.saveState(context.WithoutCancel(r.refreshCtx), a)
+		}
+	}()
 }

@@ -333,3 +333,18 @@ func TestSecretsNeverLeak(t *testing.T) {
 		t.Error("the token's fingerprint is not logged")
 	}
 }
+
+// TestBucketAllowsManyWatchers: the refresher lifts the server's default
+// of 1000 consumers per stream on the token bucket, so the 1001st
+// watching service still gets a watch (docs/benchmarks.md, propagation).
+func TestBucketAllowsManyWatchers(t *testing.T) {
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	e.Start(e.Config(e.App("mp")))
+	st, err := e.JS.Stream(context.Background(), "KV_"+natsconf.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := st.CachedInfo().Config.MaxConsumers; n < 100000 {
+		t.Fatalf("token bucket's stream allows %d consumers, want ≥ 100000", n)
+	}
+}

@@ -112,6 +112,41 @@ func truncate(s string, n int) string {
 }
 
 func (r *Refresher) handleRefresh(req micro.Request) {
+	// Fast paths without a goroutine: the stored record answers, or a
+	// refresh of the stale revision is in flight and the request parks
+	// on it (one goroutine answers every parked request, with one
+	// encoding of the reply).
+	name := strings.TrimPrefix(req.Subject(), natsconf.RefreshPrefix)
+	if stale, err := ParseRefreshRequest(req.Data()); err == nil && req.Headers().Get(natsconf.SourceHeader) == "" {
+		r.mu.Lock()
+		a := r.apps[name]
+		r.mu.Unlock()
+		if a != nil && r.lease != nil && r.lease.Held() {
+			rec, rev := a.current()
+			if rec != nil && rec.ExpiresAt.After(r.now()) && a.owns(rec) && (stale == nil || rev > *stale) {
+				r.obs.PassiveRequest(name, "ok")
+				_ = req.RespondJSON(reply(rec, rev))
+				return
+			}
+			if f := a.inFlight(); f != nil && rec != nil && stale != nil && rev == *stale {
+				if f.park(func(res flightResult, enc func() []byte) {
+					if res.err == nil && res.rec.AccessToken != "" && res.rev > *stale {
+						r.obs.PassiveRequest(name, "ok")
+						_ = req.Respond(enc())
+						return
+					}
+					r.handleSlow(req)
+				}) {
+					return
+				}
+			}
+		}
+	}
+	r.handleSlow(req)
+}
+
+// handleSlow answers a request from a goroutine of its own.
+func (r *Refresher) handleSlow(req micro.Request) {
 	// Requests are delivered one at a time; the work runs off the
 	// subscription's goroutine so that one slow fetch does not hold up
 	// the replies that need none.

@@ -79,6 +79,12 @@ func (s *Source) watch() {
 			s.log.Warn("bucket disappeared; looking for it again", "err", err)
 			kv = nil
 			s.found(nil)
+		case errors.Is(err, jetstream.ErrMaximumConsumersLimit):
+			// Not transient: every watcher is a consumer of the bucket's
+			// stream. Until one is free, only the poll keeps this Source
+			// current.
+			s.log.Error("the bucket's stream has no consumer left for this watch; updates arrive only by polling until one is free (run a current refresher: it raises the stream's max_consumers)",
+				"err", err, "poll_interval", s.cfg.poll)
 		default:
 			s.log.Info("watch ended; rebuilding it", "err", err, "revision", s.Revision())
 		}

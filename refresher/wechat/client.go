@@ -61,7 +61,15 @@ func New(opts ...Option) *Client {
 
 // defaultHTTPClient sends with http.DefaultTransport and never follows
 // redirects.
-var defaultHTTPClient = noRedirects(&http.Client{})
+var defaultHTTPClient = noRedirects(&http.Client{Transport: defaultTransport()})
+
+// defaultTransport is http.DefaultTransport keeping enough idle
+// connections per host for the refresher's concurrent fetches.
+func defaultTransport() http.RoundTripper {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 64
+	return t
+}
 
 // request is one prepared token request, rebuilt for every attempt.
 type request struct {
