@@ -74,6 +74,10 @@ type PolicyConfig struct {
 	// PermanentRetry is the first pause after a configuration or policy
 	// error such as 40164 (default 1m; doubles up to 10×).
 	PermanentRetry time.Duration `yaml:"permanent_retry"`
+	// Concurrency is how many apps are fetched at once (default 16). With
+	// many apps and a slow upstream, startup takes apps × latency ÷
+	// concurrency.
+	Concurrency int `yaml:"concurrency"`
 }
 
 // AppConfig is one entry of apps:.
@@ -280,6 +284,9 @@ func (c *Config) Validate() error {
 	}
 	if d := c.MinPassiveInterval(); d < 0 {
 		add("passive_min_interval: %s is negative", d)
+	}
+	if c.Policy.Concurrency < 0 || c.Policy.Concurrency > 1024 {
+		add("refresh.concurrency: %d is out of range (1 to 1024)", c.Policy.Concurrency)
 	}
 	if err := c.RefreshPolicy().Validate(); err != nil {
 		add("refresh: %v", err)

@@ -88,7 +88,8 @@ func WithReplicaID(id string) Option { return func(r *Refresher) { r.id = id } }
 // WithObserver sets the receiver of metrics events (default none).
 func WithObserver(o Observer) Option { return func(r *Refresher) { r.obs = o } }
 
-// WithConcurrency bounds how many apps are refreshed at once (default 16).
+// WithConcurrency bounds how many apps are refreshed at once (default 16,
+// or refresh.concurrency of the config).
 func WithConcurrency(n int) Option {
 	return func(r *Refresher) {
 		if n > 0 {
@@ -130,6 +131,9 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Refresher, error) {
 		ready:  make(chan struct{}),
 	}
 	r.passiveMin.Store(int64(cfg.MinPassiveInterval()))
+	if n := cfg.Policy.Concurrency; n > 0 {
+		r.sem = make(chan struct{}, n)
+	}
 	for _, o := range opts {
 		o(r)
 	}
