@@ -32,6 +32,9 @@ func TestSmoke(t *testing.T) {
 			if !strings.Contains(s, "| ") || !strings.Contains(s, "machine: ") {
 				t.Fatalf("no results table:\n%s", s)
 			}
+			if args[0] == "propagation" && !strings.Contains(s, "max_consumers 1000000;") {
+				t.Fatalf("the refresher did not raise the tokens stream's max_consumers (nats-server's default of 1000 would cap the watching Sources):\n%s", s)
+			}
 			if args[0] == "storm" && strings.Contains(s, "MISSED") {
 				t.Fatalf("a storm made more than one upstream fetch or failed requests:\n%s", s)
 			}

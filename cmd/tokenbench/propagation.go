@@ -37,7 +37,7 @@ func runPropagation(ctx context.Context, args []string, out io.Writer) error {
 	gap := fs.Duration("gap", 20*time.Millisecond, "pause between writes")
 	perWrite := fs.Duration("write-timeout", 10*time.Second, "how long to wait for every Source to hold one write")
 	target := fs.Duration("target", 20*time.Millisecond, "p99 target for N = the largest N")
-	maxConsumers := fs.Int("max-consumers", 0, "if > 0, set the tokens stream's max_consumers to this (nats-server 2.12+ limits a stream to 1000 consumers unless the stream or account sets a limit; every Source's watch is one)")
+	maxConsumers := fs.Int("max-consumers", 0, "if > 0, override the tokens stream's max_consumers after the refresher has set it (the refresher sets 1000000; 1000 reproduces nats-server 2.12+'s default per stream, which applied before the refresher set a limit: every Source's watch is one consumer)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -87,6 +87,10 @@ func runPropagation(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 	}
+	mc, err := streamMaxConsumers(ctx, js, natsconf.DefaultBucket)
+	if err != nil {
+		return err
+	}
 	// A separate watcher learns the server's timestamp of every write.
 	stamps := newStamps()
 	wctx, stopWatch := context.WithCancel(ctx)
@@ -104,7 +108,7 @@ func runPropagation(ctx context.Context, args []string, out io.Writer) error {
 	}()
 
 	header(out, "Propagation: KV write → every one of N Sources",
-		fmt.Sprintf("embedded nats-server on 127.0.0.1 (TCP), one connection per Source, default Source options; %d direct kv.Update writes and %d refreshes through the refresher per N, %s apart; latency from the server's timestamp of the stored message to the OnUpdate callback", *writes, *refreshes, *gap))
+		fmt.Sprintf("embedded nats-server on 127.0.0.1 (TCP), one connection per Source, default Source options; tokens stream max_consumers %s; %d direct kv.Update writes and %d refreshes through the refresher per N, %s apart; latency from the server's timestamp of the stored message to the OnUpdate callback", mc, *writes, *refreshes, *gap))
 	t := newTable("N Sources", "writer", "writes", "all N hold it: p50", "p99", "max", "one Source: p50", "p99", "max", "deliveries > 1 s", "lost", "CPU per write")
 	var lastP99 time.Duration
 	for _, n := range sizes {
@@ -188,6 +192,21 @@ func setMaxConsumers(ctx context.Context, js jetstream.JetStream, bucket string,
 	cfg.MaxConsumers = n
 	_, err = js.UpdateStream(ctx, cfg)
 	return err
+}
+
+// streamMaxConsumers describes max_consumers of bucket's stream as the
+// server applies it: -1 (not set) means nats-server 2.12+'s default of
+// 1000 per stream.
+func streamMaxConsumers(ctx context.Context, js jetstream.JetStream, bucket string) (string, error) {
+	st, err := js.Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		return "", err
+	}
+	n := st.CachedInfo().Config.MaxConsumers
+	if n <= 0 {
+		return fmt.Sprintf("%d (not set: the server's default, 1000 per stream)", n), nil
+	}
+	return strconv.Itoa(n), nil
 }
 
 func ptr[T any](v T) *T { return &v }

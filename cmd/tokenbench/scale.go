@@ -39,9 +39,17 @@ func runScale(ctx context.Context, args []string, out io.Writer) error {
 	bin := fs.String("refresher-bin", "", "refresher binary (default: go build ./cmd/refresher)")
 	rssTarget := fs.Int64("rss-target-mib", 256, "RSS target in MiB")
 	heapAt = fs.String("heap-profile", "", "with -inproc: write a heap profile to this file when half of the tokens are stored (the startup's peak)")
+	concurrency := fs.Int("concurrency", 0, "refresh.concurrency of the generated config: fetches at once (0: the refresher's default, 16)")
 	inproc := fs.Bool("inproc", false, "run the refresher inside tokenbench instead (for -cpuprofile/-memprofile; CPU and RSS then include NATS and the emulator)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *concurrency < 0 {
+		return fmt.Errorf("-concurrency: %d is negative", *concurrency)
+	}
+	conc := "concurrency 16 (the default)"
+	if *concurrency > 0 {
+		conc = fmt.Sprintf("refresh.concurrency %d", *concurrency)
 	}
 	var sizes []int
 	for _, s := range strings.Split(*appsFlag, ",") {
@@ -64,12 +72,12 @@ func runScale(ctx context.Context, args []string, out io.Writer) error {
 	}
 
 	header(out, "Scale of one refresher process",
-		fmt.Sprintf("cmd/refresher as a process (default settings: schedule @every 30s, concurrency 16, lease_ttl 10s, http on, log info), embedded nats-server and emulator (7200 s tokens, latency %s) in tokenbench; steady state measured over %s; CPU and memory from /proc/<pid>", *latency, *window))
+		fmt.Sprintf("cmd/refresher as a process (default settings: schedule @every 30s, %s, lease_ttl 10s, http on, log info), embedded nats-server and emulator (7200 s tokens, latency %s) in tokenbench; steady state measured over %s; CPU and memory from /proc/<pid>", conc, *latency, *window))
 	t := newTable("apps", "exec → running", "exec → all tokens", "refreshes/s", "startup CPU", "CPU per app", "peak RSS (VmHWM)",
 		"steady CPU", "steady RSS", "upstream TCP conns", "SIGTERM → exit", "RSS ≤ target")
 	var notes []string
 	for _, n := range sizes {
-		r, err := scaleOnce(ctx, refBin, tmp, n, *latency, *window, *startupLimit)
+		r, err := scaleOnce(ctx, refBin, tmp, n, *concurrency, *latency, *window, *startupLimit)
 		if err != nil {
 			t.print(out)
 			return fmt.Errorf("apps=%d: %w", n, err)
@@ -103,7 +111,7 @@ type scaleResult struct {
 	peakStacks, peakHeap int64
 }
 
-func scaleOnce(ctx context.Context, bin, tmp string, n int, latency, window, startupLimit time.Duration) (scaleResult, error) {
+func scaleOnce(ctx context.Context, bin, tmp string, n, concurrency int, latency, window, startupLimit time.Duration) (scaleResult, error) {
 	var res scaleResult
 	w, err := newWorld(wechatsim.Options{})
 	if err != nil {
@@ -114,7 +122,11 @@ func scaleOnce(ctx context.Context, bin, tmp string, n int, latency, window, sta
 		w.sim.SetFault(wechatsim.Fault{Latency: latency})
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "nats: {url: %q}\nhttp: {listen: \"127.0.0.1:0\"}\nlog: {level: info}\napps:\n", w.url)
+	fmt.Fprintf(&b, "nats: {url: %q}\nhttp: {listen: \"127.0.0.1:0\"}\nlog: {level: info}\n", w.url)
+	if concurrency > 0 {
+		fmt.Fprintf(&b, "refresh: {concurrency: %d}\n", concurrency)
+	}
+	b.WriteString("apps:\n")
 	for i := range n {
 		name := fmt.Sprintf("app-%07d", i)
 		appid := "wx" + name

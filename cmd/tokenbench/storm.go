@@ -40,7 +40,7 @@ func runStorm(ctx context.Context, args []string, out io.Writer) error {
 	mode := fs.String("mode", "all", "raw (nc.Request from this process), raw-proc (nc.Request from a child process: the clients do not share this process's scheduler), source (Source.Refresh), both (raw, source) or all")
 	timeout := fs.Duration("timeout", 30*time.Second, "bound of one request")
 	slack := fs.Duration("slack", 50*time.Millisecond, "target: p99 ≤ latency + slack")
-	maxConsumers := fs.Int("max-consumers", 0, "if > 0, set the tokens stream's max_consumers (see propagation -h); source mode holds one watch per connection")
+	maxConsumers := fs.Int("max-consumers", 0, "if > 0, override the tokens stream's max_consumers after the refresher has set it (1000000; see propagation -h); source mode holds one watch per connection")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -92,6 +92,10 @@ func runStorm(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 	}
+	mc, err := streamMaxConsumers(ctx, js, natsconf.DefaultBucket)
+	if err != nil {
+		return err
+	}
 
 	cs := make([]*nats.Conn, *conns)
 	defer func() {
@@ -109,7 +113,7 @@ func runStorm(ctx context.Context, args []string, out io.Writer) error {
 	}
 
 	header(out, "Refresh storm: concurrent refresh requests for one stale revision",
-		fmt.Sprintf("%d requests from %d connections, all released at once; emulator latency %s; embedded nats-server on 127.0.0.1; refresher in-process (passive_min_interval 0)", *requests, *conns, *latency))
+		fmt.Sprintf("%d requests from %d connections, all released at once; emulator latency %s; embedded nats-server on 127.0.0.1; refresher in-process (passive_min_interval 0); tokens stream max_consumers %s", *requests, *conns, *latency, mc))
 	t := newTable("mode", "requests", "upstream fetches", "reply p50", "p99", "max", "errors", "last sent at", "upstream call", "first reply at", "last reply at", "fetches = 1", "p99 ≤ latency + slack")
 	allOK := true
 	for _, m := range modes {
