@@ -79,7 +79,7 @@ func (s *Source) watch() {
 			s.log.Warn("bucket disappeared; looking for it again", "err", err)
 			kv = nil
 			s.found(nil)
-		case errors.Is(err, jetstream.ErrMaximumConsumersLimit):
+		case isConsumerLimit(err):
 			// Not transient: every watcher is a consumer of the bucket's
 			// stream. Until one is free, only the poll keeps this Source
 			// current.
@@ -208,4 +208,15 @@ func (s *Source) decode(val []byte, rev uint64) (*Token, error) {
 		return nil, errors.New("record has no access_token")
 	}
 	return tokenOf(s.app, &rec, rev), nil
+}
+
+// isConsumerLimit reports a watch refused because the bucket's stream has
+// no consumer left. nats.go builds KV watchers with its older API, whose
+// error is a *nats.APIError, so match the server's error code too.
+func isConsumerLimit(err error) bool {
+	if errors.Is(err, jetstream.ErrMaximumConsumersLimit) {
+		return true
+	}
+	var ae *nats.APIError
+	return errors.As(err, &ae) && ae.ErrorCode == nats.ErrorCode(jetstream.JSErrCodeMaximumConsumersLimit)
 }
