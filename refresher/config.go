@@ -285,8 +285,8 @@ func (c *Config) Validate() error {
 	if d := c.MinPassiveInterval(); d < 0 {
 		add("passive_min_interval: %s is negative", d)
 	}
-	if c.Policy.Concurrency < 0 || c.Policy.Concurrency > 1024 {
-		add("refresh.concurrency: %d is out of range (1 to 1024)", c.Policy.Concurrency)
+	if c.Policy.Concurrency < 0 || c.Policy.Concurrency > 256 {
+		add("refresh.concurrency: %d is out of range (1 to 256)", c.Policy.Concurrency)
 	}
 	if err := c.RefreshPolicy().Validate(); err != nil {
 		add("refresh: %v", err)

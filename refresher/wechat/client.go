@@ -67,7 +67,7 @@ var defaultHTTPClient = noRedirects(&http.Client{Transport: defaultTransport()})
 // connections per host for the refresher's concurrent fetches.
 func defaultTransport() http.RoundTripper {
 	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.MaxIdleConnsPerHost = 64
+	t.MaxIdleConnsPerHost = 256 // refresh.concurrency is at most 256
 	return t
 }
 
