@@ -618,3 +618,58 @@ func readProc(pid int) (procSample, error) {
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
+
+// oneApp is a world with one app, its refresher running in-process and
+// its first token stored: the start of the propagation and storm runs.
+type oneApp struct {
+	w   *world
+	app refresher.AppConfig
+	nc  *nats.Conn // the bench's own connection
+	js  jetstream.JetStream
+	kv  jetstream.KeyValue
+	// maxConsumers describes the token stream's max_consumers as the run
+	// sees it, for the report header.
+	maxConsumers string
+}
+
+// startOneApp builds a oneApp for app with passive_min_interval 0 (so that
+// one run's forced refresh is not answered from the previous one's rate
+// limit). maxConsumers > 0 overrides the limit the refresher set on the
+// token stream. Close it with w.close.
+func startOneApp(ctx context.Context, app, connName string, maxConsumers int) (*oneApp, error) {
+	w, err := newWorld(wechatsim.Options{})
+	if err != nil {
+		return nil, err
+	}
+	o := &oneApp{w: w}
+	fail := func(err error) (*oneApp, error) { w.close(); return nil, err }
+	o.app = w.addApp(app)
+	zero := time.Duration(0)
+	cfg, err := w.config([]refresher.AppConfig{o.app}, func(c *refresher.Config) { c.PassiveMinInterval = &zero })
+	if err != nil {
+		return fail(err)
+	}
+	if _, err := w.startRefresher(ctx, cfg); err != nil {
+		return fail(err)
+	}
+	if o.nc, err = w.connect(connName); err != nil {
+		return fail(err)
+	}
+	w.onClose(o.nc.Close)
+	o.js, _ = jetstream.New(o.nc)
+	if o.kv, err = tokensKV(ctx, o.js, natsconf.DefaultBucket); err != nil {
+		return fail(err)
+	}
+	if _, err := waitRecord(ctx, o.kv, app, 0); err != nil {
+		return fail(err)
+	}
+	if maxConsumers > 0 {
+		if err := setMaxConsumers(ctx, o.js, natsconf.DefaultBucket, maxConsumers); err != nil {
+			return fail(err)
+		}
+	}
+	if o.maxConsumers, err = streamMaxConsumers(ctx, o.js, natsconf.DefaultBucket); err != nil {
+		return fail(err)
+	}
+	return o, nil
+}

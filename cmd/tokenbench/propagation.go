@@ -18,9 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/subscriber"
-	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
 )
 
 // runPropagation measures how long a KV write takes to reach every one of
@@ -54,43 +52,14 @@ func runPropagation(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("open-file limit %d is below the %d this run needs (client and server ends of each connection); raise ulimit -n", limit, need)
 	}
 
-	w, err := newWorld(wechatsim.Options{})
-	if err != nil {
-		return err
-	}
-	defer w.close()
 	const app = "prop"
-	ac := w.addApp(app)
-	zero := time.Duration(0)
-	cfg, err := w.config([]refresher.AppConfig{ac}, func(c *refresher.Config) { c.PassiveMinInterval = &zero })
+	one, err := startOneApp(ctx, app, "tokenbench-writer", *maxConsumers)
 	if err != nil {
 		return err
 	}
-	if _, err := w.startRefresher(ctx, cfg); err != nil {
-		return err
-	}
-	nc, err := w.connect("tokenbench-writer")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	kv, err := tokensKV(ctx, js, natsconf.DefaultBucket)
-	if err != nil {
-		return err
-	}
-	if _, err := waitRecord(ctx, kv, app, 0); err != nil {
-		return err
-	}
-	if *maxConsumers > 0 {
-		if err := setMaxConsumers(ctx, js, natsconf.DefaultBucket, *maxConsumers); err != nil {
-			return err
-		}
-	}
-	mc, err := streamMaxConsumers(ctx, js, natsconf.DefaultBucket)
-	if err != nil {
-		return err
-	}
+	w := one.w
+	defer w.close()
+	nc, kv, mc := one.nc, one.kv, one.maxConsumers
 	// A separate watcher learns the server's timestamp of every write.
 	stamps := newStamps()
 	wctx, stopWatch := context.WithCancel(ctx)

@@ -17,10 +17,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/subscriber"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
 )
@@ -56,46 +54,14 @@ func runStorm(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("open-file limit %d is below the %d this run needs; raise ulimit -n", limit, 2**conns+200)
 	}
 
-	w, err := newWorld(wechatsim.Options{})
-	if err != nil {
-		return err
-	}
-	defer w.close()
 	const app = "storm"
-	ac := w.addApp(app)
-	// passive_min_interval 0 so that the second mode's storm is not
-	// answered from the first one's rate limit; one storm is one forced
-	// refresh whatever the interval.
-	zero := time.Duration(0)
-	cfg, err := w.config([]refresher.AppConfig{ac}, func(c *refresher.Config) { c.PassiveMinInterval = &zero })
+	one, err := startOneApp(ctx, app, "tokenbench-storm", *maxConsumers)
 	if err != nil {
 		return err
 	}
-	if _, err := w.startRefresher(ctx, cfg); err != nil {
-		return err
-	}
-	nc, err := w.connect("tokenbench-storm")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	kv, err := tokensKV(ctx, js, natsconf.DefaultBucket)
-	if err != nil {
-		return err
-	}
-	if _, err := waitRecord(ctx, kv, app, 0); err != nil {
-		return err
-	}
-	if *maxConsumers > 0 {
-		if err := setMaxConsumers(ctx, js, natsconf.DefaultBucket, *maxConsumers); err != nil {
-			return err
-		}
-	}
-	mc, err := streamMaxConsumers(ctx, js, natsconf.DefaultBucket)
-	if err != nil {
-		return err
-	}
+	w := one.w
+	defer w.close()
+	kv, mc, ac := one.kv, one.maxConsumers, one.app
 
 	cs := make([]*nats.Conn, *conns)
 	defer func() {
