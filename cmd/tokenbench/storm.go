@@ -153,41 +153,26 @@ type timeline struct {
 // of failed or stale replies.
 func rawStorm(ctx context.Context, cs []*nats.Conn, app string, stale uint64, n int, timeout time.Duration) ([]time.Duration, int, timeline) {
 	body, _ := json.Marshal(natsconf.RefreshRequest{StaleRevision: &stale})
-	lats := make([]time.Duration, n)
-	sent, got := make([]time.Time, n), make([]time.Time, n)
-	var errs atomic.Int64
-	start := make(chan struct{})
-	rctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var ready, done sync.WaitGroup
-	for i := range n {
-		ready.Add(1)
-		done.Add(1)
-		go func() {
-			defer done.Done()
-			nc := cs[i%len(cs)]
-			ready.Done()
-			<-start
-			sent[i] = time.Now()
-			m, err := nc.RequestWithContext(rctx, natsconf.RefreshSubject(app), body)
-			got[i] = time.Now()
-			lats[i] = got[i].Sub(sent[i])
-			var rep natsconf.RefreshReply
-			if err != nil || json.Unmarshal(m.Data, &rep) != nil || rep.Revision <= stale {
-				errs.Add(1)
-			}
-		}()
-	}
-	ready.Wait()
-	t0 := time.Now()
-	close(start)
-	done.Wait()
-	return lats, int(errs.Load()), timelineOf(t0, sent, got)
+	return releaseAtOnce(ctx, n, timeout, func(ctx context.Context, i int) bool {
+		m, err := cs[i%len(cs)].RequestWithContext(ctx, natsconf.RefreshSubject(app), body)
+		var rep natsconf.RefreshReply
+		return err == nil && json.Unmarshal(m.Data, &rep) == nil && rep.Revision > stale
+	})
 }
 
 // sourceStorm calls Refresh(stale) n times at once, spread over the
 // Sources, and returns every call's latency and the number of failures.
 func sourceStorm(ctx context.Context, srcs []*subscriber.Source, stale uint64, n int, timeout time.Duration) ([]time.Duration, int, timeline) {
+	return releaseAtOnce(ctx, n, timeout, func(ctx context.Context, i int) bool {
+		tok, err := srcs[i%len(srcs)].Refresh(ctx, stale)
+		return err == nil && tok.Revision > stale
+	})
+}
+
+// releaseAtOnce starts n goroutines, releases them together, and times
+// each call(ctx, i) (bounded by timeout); it returns every latency, the
+// number of calls that reported failure, and the timeline of the storm.
+func releaseAtOnce(ctx context.Context, n int, timeout time.Duration, call func(ctx context.Context, i int) bool) ([]time.Duration, int, timeline) {
 	lats := make([]time.Duration, n)
 	sent, got := make([]time.Time, n), make([]time.Time, n)
 	var errs atomic.Int64
@@ -200,14 +185,13 @@ func sourceStorm(ctx context.Context, srcs []*subscriber.Source, stale uint64, n
 		done.Add(1)
 		go func() {
 			defer done.Done()
-			src := srcs[i%len(srcs)]
 			ready.Done()
 			<-start
 			sent[i] = time.Now()
-			tok, err := src.Refresh(rctx, stale)
+			ok := call(rctx, i)
 			got[i] = time.Now()
 			lats[i] = got[i].Sub(sent[i])
-			if err != nil || tok.Revision <= stale {
+			if !ok {
 				errs.Add(1)
 			}
 		}()
