@@ -225,60 +225,6 @@ func TestConcurrentReadsWhileUpdating(t *testing.T) {
 	readers.Wait()
 }
 
-func BenchmarkToken(b *testing.B) {
-	s := testutil.RunServer(b)
-	nc, js := testutil.Connect(b, s.ClientURL())
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	kv, err := natsconf.EnsureBucket(ctx, js, natsconf.BucketConfig{Name: natsconf.DefaultBucket})
-	if err != nil {
-		b.Fatal(err)
-	}
-	val := []byte(`{"app":"bench","access_token":"T","expires_at":"2099-01-01T00:00:00Z","fetched_at":"2024-01-01T00:00:00Z","source":"manual"}`)
-	if _, err := kv.Put(ctx, "bench", val); err != nil {
-		b.Fatal(err)
-	}
-	src, err := subscriber.NewSource(ctx, nc, "bench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer src.Close()
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if _, err := src.Token(); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-}
-
-func BenchmarkTokenSerial(b *testing.B) {
-	s := testutil.RunServer(b)
-	nc, js := testutil.Connect(b, s.ClientURL())
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	kv, err := natsconf.EnsureBucket(ctx, js, natsconf.BucketConfig{Name: natsconf.DefaultBucket})
-	if err != nil {
-		b.Fatal(err)
-	}
-	val := []byte(`{"app":"bench","access_token":"T","expires_at":"2099-01-01T00:00:00Z","fetched_at":"2024-01-01T00:00:00Z","source":"manual"}`)
-	if _, err := kv.Put(ctx, "bench", val); err != nil {
-		b.Fatal(err)
-	}
-	src, err := subscriber.NewSource(ctx, nc, "bench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer src.Close()
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := src.Token(); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
 func TestNewSourceOnAClosedConnection(t *testing.T) {
 	s := testutil.RunServer(t)
 	nc, _ := testutil.Connect(t, s.ClientURL())
