@@ -181,7 +181,7 @@ func connectTo(t *testing.T, c *testutil.Cluster, i int) *nats.Conn {
 }
 
 // watchConsumers returns the watch consumers on mp-main's key, by name,
-// with the server name of their leader.
+// with the server name of their leader ("" on a single server).
 func watchConsumers(t *testing.T, js jetstream.JetStream) map[string]string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -193,7 +193,11 @@ func watchConsumers(t *testing.T, js jetstream.JetStream) map[string]string {
 	out := map[string]string{}
 	l := st.ListConsumers(ctx)
 	for ci := range l.Info() {
-		if ci.Config.FilterSubject == "$KV."+natsconf.DefaultBucket+".mp-main" && ci.Cluster != nil {
+		if ci.Config.FilterSubject != "$KV."+natsconf.DefaultBucket+".mp-main" {
+			continue
+		}
+		out[ci.Name] = ""
+		if ci.Cluster != nil {
 			out[ci.Name] = ci.Cluster.Leader
 		}
 	}
@@ -233,12 +237,12 @@ func TestPollCatchesAStalledWatch(t *testing.T) {
 	w.start()
 	log, buf := logBuffer(t)
 	_, js := testutil.Connect(t, w.URL)
-	before := watchConsumersSingle(t, js)
+	before := watchConsumers(t, js)
 	src := newSource(t, w.NC, "mp-main", subscriber.WithLogger(log), subscriber.WithPollInterval(poll))
 	var name string
 	testutil.WaitFor(t, 5*time.Second, func() bool {
-		for n := range watchConsumersSingle(t, js) {
-			if !before[n] {
+		for n := range watchConsumers(t, js) {
+			if _, old := before[n]; !old {
 				name = n
 				return true
 			}
@@ -265,24 +269,6 @@ func TestPollCatchesAStalledWatch(t *testing.T) {
 	if !buf.Contains("the direct read found it") {
 		t.Error("the poll did not report the stalled watch")
 	}
-}
-
-func watchConsumersSingle(t *testing.T, js jetstream.JetStream) map[string]bool {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	st, err := js.Stream(ctx, "KV_"+natsconf.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]bool{}
-	l := st.ListConsumers(ctx)
-	for ci := range l.Info() {
-		if ci.Config.FilterSubject == "$KV."+natsconf.DefaultBucket+".mp-main" {
-			out[ci.Name] = true
-		}
-	}
-	return out
 }
 
 // NewSource is called before tokenkeeper ever ran: no bucket. It starts
