@@ -11,8 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,13 +51,9 @@ func runCost(ctx context.Context, args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var reps []int
-	for _, s := range strings.Split(*replicasFlag, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 {
-			return fmt.Errorf("-replicas: %q is not a positive number", s)
-		}
-		reps = append(reps, n)
+	reps, err := positiveInts("-replicas", *replicasFlag)
+	if err != nil {
+		return err
 	}
 	if *lifetime < 2*time.Second || *lifetime%time.Second != 0 {
 		return errors.New("-lifetime must be whole seconds, at least 2s (expires_in is whole seconds)")

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -39,13 +38,9 @@ func runPropagation(ctx context.Context, args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var sizes []int
-	for _, s := range strings.Split(*ns, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 {
-			return fmt.Errorf("-n: %q is not a positive number", s)
-		}
-		sizes = append(sizes, n)
+	sizes, err := positiveInts("-n", *ns)
+	if err != nil {
+		return err
 	}
 	limit := raiseNoFile()
 	if need := uint64(2*sizes[len(sizes)-1] + 200); limit < need {

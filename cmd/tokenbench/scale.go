@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -51,13 +50,9 @@ func runScale(ctx context.Context, args []string, out io.Writer) error {
 	if *concurrency > 0 {
 		conc = fmt.Sprintf("refresh.concurrency %d", *concurrency)
 	}
-	var sizes []int
-	for _, s := range strings.Split(*appsFlag, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 {
-			return fmt.Errorf("-apps: %q is not a positive number", s)
-		}
-		sizes = append(sizes, n)
+	sizes, err := positiveInts("-apps", *appsFlag)
+	if err != nil {
+		return err
 	}
 	tmp, err := os.MkdirTemp("", "tokenbench-scale-")
 	if err != nil {
