@@ -86,6 +86,14 @@ func (a *app) ownsLocked(rec *natsconf.Record) bool {
 	return rec.AppID == "" || rec.AppID == a.cfg.AppID
 }
 
+// usable returns the record the app holds and whether it can be handed
+// out at now: present, not expired, and of this app's appid.
+func (a *app) usable(now time.Time) (*natsconf.Record, uint64, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.rec, a.rev, a.rec != nil && a.rec.ExpiresAt.After(now) && a.ownsLocked(a.rec)
+}
+
 // config returns the app's current configuration.
 func (a *app) config() AppConfig {
 	a.mu.Lock()

@@ -112,18 +112,27 @@ func truncate(s string, n int) string {
 }
 
 func (r *Refresher) handleRefresh(req micro.Request) {
+	name := strings.TrimPrefix(req.Subject(), natsconf.RefreshPrefix)
+	stale, err := ParseRefreshRequest(req.Data())
+	source := natsconf.SourcePassive
+	if req.Headers().Get(natsconf.SourceHeader) == natsconf.SourceManual {
+		source = natsconf.SourceManual
+	}
+	if err != nil {
+		r.replyError(req, name, err)
+		return
+	}
 	// Fast paths without a goroutine: the stored record answers, or a
 	// refresh of the stale revision is in flight and the request parks
 	// on it (one goroutine answers every parked request, with one
 	// encoding of the reply).
-	name := strings.TrimPrefix(req.Subject(), natsconf.RefreshPrefix)
-	if stale, err := ParseRefreshRequest(req.Data()); err == nil && req.Headers().Get(natsconf.SourceHeader) == "" {
+	if source == natsconf.SourcePassive {
 		r.mu.Lock()
 		a := r.apps[name]
 		r.mu.Unlock()
 		if a != nil && r.lease != nil && r.lease.Held() {
-			rec, rev := a.current()
-			if rec != nil && rec.ExpiresAt.After(r.now()) && a.owns(rec) && (stale == nil || rev > *stale) {
+			rec, rev, valid := a.usable(r.now())
+			if valid && (stale == nil || rev > *stale) {
 				r.obs.PassiveRequest(name, "ok")
 				_ = req.RespondJSON(reply(rec, rev))
 				return
@@ -135,44 +144,41 @@ func (r *Refresher) handleRefresh(req micro.Request) {
 						_ = req.Respond(enc())
 						return
 					}
-					r.handleSlow(req)
+					r.handleSlow(req, name, stale, source)
 				}) {
 					return
 				}
 			}
 		}
 	}
-	r.handleSlow(req)
+	r.handleSlow(req, name, stale, source)
 }
 
-// handleSlow answers a request from a goroutine of its own.
-func (r *Refresher) handleSlow(req micro.Request) {
+// handleSlow answers a parsed request from a goroutine of its own.
+func (r *Refresher) handleSlow(req micro.Request, name string, stale *uint64, source string) {
 	// Requests are delivered one at a time; the work runs off the
 	// subscription's goroutine so that one slow fetch does not hold up
 	// the replies that need none.
 	go func() {
-		name := strings.TrimPrefix(req.Subject(), natsconf.RefreshPrefix)
-		stale, err := ParseRefreshRequest(req.Data())
-		var rep natsconf.RefreshReply
-		if err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-			source := natsconf.SourcePassive
-			if req.Headers().Get(natsconf.SourceHeader) == natsconf.SourceManual {
-				source = natsconf.SourceManual
-			}
-			rep, err = r.refreshAs(ctx, name, stale, source)
-			cancel()
-		}
+		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+		rep, err := r.refreshAs(ctx, name, stale, source)
+		cancel()
 		if err != nil {
-			re := requestError(err)
-			r.obs.PassiveRequest(name, strconv.Itoa(re.Code))
-			body, _ := json.Marshal(natsconf.ErrorReply{Error: natsconf.ErrorDetail{Code: re.Code, Message: re.Message}})
-			_ = req.Error(strconv.Itoa(re.Code), re.Message, body)
+			r.replyError(req, name, err)
 			return
 		}
 		r.obs.PassiveRequest(name, "ok")
 		_ = req.RespondJSON(rep)
 	}()
+}
+
+// replyError sends err as a micro error reply: code and message in the
+// headers and a JSON body.
+func (r *Refresher) replyError(req micro.Request, name string, err error) {
+	re := requestError(err)
+	r.obs.PassiveRequest(name, strconv.Itoa(re.Code))
+	body, _ := json.Marshal(natsconf.ErrorReply{Error: natsconf.ErrorDetail{Code: re.Code, Message: re.Message}})
+	_ = req.Error(strconv.Itoa(re.Code), re.Message, body)
 }
 
 // requestError maps an error to its reply code and message. Messages
@@ -220,9 +226,8 @@ func (r *Refresher) refreshAs(ctx context.Context, name string, stale *uint64, s
 		return natsconf.RefreshReply{}, ErrClosed
 	}
 	for range 3 {
-		rec, rev := a.current()
 		now := r.now()
-		valid := rec != nil && rec.ExpiresAt.After(now) && a.owns(rec)
+		rec, rev, valid := a.usable(now)
 		if valid && (stale == nil || rev > *stale) {
 			return reply(rec, rev), nil
 		}
