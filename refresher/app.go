@@ -199,6 +199,11 @@ func (a *app) dueAt() (time.Time, bool) {
 	if a.flight != nil {
 		return time.Time{}, true
 	}
+	if a.pending != nil {
+		// A fetched token waits for its write: due at the retry moment,
+		// whatever the stored record's own moment is.
+		return a.retryAt, false
+	}
 	if a.retryAt.After(a.due) {
 		return a.retryAt, false
 	}

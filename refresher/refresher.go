@@ -453,14 +453,14 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 	}
 	a.adopt(rec, rev)
 	now := r.now()
-	if r.satisfiedBy(a, rec, rev, need, now) {
-		return flightResult{rec: *rec, rev: rev}
-	}
-	// A token fetched earlier whose write failed is still the newest one
+	// A token fetched earlier whose write failed is the newest one
 	// upstream issued: store it, never fetch over it (the fetch would
 	// invalidate it, and the fleet's token with it).
 	if p := a.unstored(now); p != nil {
 		return r.store(ctx, a, *p, rev, source, start)
+	}
+	if r.satisfiedBy(a, rec, rev, need, now) {
+		return flightResult{rec: *rec, rev: rev}
 	}
 	if err := r.lease.Confirm(ctx); err != nil {
 		return flightResult{rec: derefRec(rec), rev: rev, err: err}
