@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
@@ -27,7 +28,9 @@ import (
 // on a 3-node NATS cluster, a business client that follows the KV with a
 // subscriber.Source and calls WeChat's getcallbackip every 50 ms, and a
 // requester of token.refresh every 200 ms — while the leader is SIGKILLed,
-// another replica SIGTERMed, and a NATS node stopped and restarted.
+// another replica SIGTERMed, the upstream slow and failing (-1, 502), the
+// leader partitioned from NATS while its process runs (its link
+// blackholed), and a NATS node stopped and restarted.
 //
 // It asserts: zero business calls with a token upstream had invalidated,
 // zero duplicate fetches (every token upstream issued was stored), never
@@ -40,13 +43,32 @@ func TestSoak(t *testing.T) {
 		ttl   = 2 * time.Second
 		phase = 7 * time.Second
 	)
-	c := testutil.NewCluster(t, 3)
+	// Servers drop a client that stopped answering pings within about a
+	// second (the default is minutes): a partitioned leader's queue
+	// subscription then stops taking refresh requests. Clients learn no
+	// other server addresses, so each replica stays behind its proxies.
+	c := testutil.NewClusterFrom(t, 3, func(int) *server.Options {
+		return &server.Options{PingInterval: 300 * time.Millisecond, MaxPingsOut: 2, Cluster: server.ClusterOpts{NoAdvertise: true}}
+	})
 	e := harness.New(t, harness.Options{URL: c.URLs(), Sim: wechatsim.Options{ExpiresIn: life, Grace: grace}})
 	app := e.App("mp")
-	// Refresh at half the lifetime: 4 s of margin covers a crash failover
-	// (lease_ttl + 1 s) even when the crash comes just before a refresh.
-	cfg := writeConfig(t, c.URLs(), ttl, "refresh: {at: 0.5, jitter: 0.1, min_left: 0s}", app)
-	procs := []*proc{startProc(t, cfg, "r1", app), startProc(t, cfg, "r2", app), startProc(t, cfg, "r3", app)}
+	// Each replica reaches the cluster through proxies of its own, so
+	// that its link can be cut while its process runs.
+	extra := "refresh: {at: 0.5, jitter: 0.1, min_left: 0s}"
+	proxies := map[string][]*testutil.Proxy{}
+	start := func(id string) *proc {
+		var urls []string
+		for i := range c.N() {
+			px := testutil.NewProxy(t, strings.TrimPrefix(c.URL(i), "nats://"))
+			proxies[id] = append(proxies[id], px)
+			urls = append(urls, px.URL())
+		}
+		// Refresh at half the lifetime: 4 s of margin covers a crash
+		// failover (lease_ttl + 1 s) even when it comes just before a
+		// refresh.
+		return startProc(t, writeConfig(t, strings.Join(urls, ","), ttl, extra, app), id, app)
+	}
+	procs := []*proc{start("r1"), start("r2"), start("r3")}
 	e.WaitRecord(20*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
 
 	// The business client: its own connection, a Source, plain calls
@@ -154,7 +176,31 @@ func TestSoak(t *testing.T) {
 	t.Logf("SIGKILL leader %s", victim.id)
 	victim.signal(syscall.SIGKILL)
 	wait(phase)
-	procs = append(procs, startProc(t, cfg, victim.id+"-restarted", app))
+	procs = append(procs, start(victim.id+"-restarted"))
+
+	// A slow upstream, then a burst of -1 and 5xx answers.
+	t.Logf("upstream: 1.5 s latency")
+	e.Sim.SetFault(wechatsim.Fault{Latency: 1500 * time.Millisecond})
+	wait(phase)
+	t.Logf("upstream: 3 × -1, 2 × HTTP 502")
+	e.Sim.SetFault(wechatsim.Fault{Busy: 3, HTTP5xx: 2})
+	wait(phase)
+
+	// Partition the leader from NATS while its process runs, with the
+	// upstream slow so that a fetch is likely in flight.
+	e.Sim.SetFault(wechatsim.Fault{Latency: 500 * time.Millisecond})
+	cut := leader()
+	t.Logf("partition leader %s from NATS", cut.id)
+	for _, px := range proxies[cut.id] {
+		px.Blackhole()
+	}
+	wait(phase)
+	for _, px := range proxies[cut.id] {
+		px.Restore()
+	}
+	e.Sim.SetFault(wechatsim.Fault{})
+	t.Logf("partition of %s healed", cut.id)
+	wait(phase)
 
 	wait(phase)
 	term := leader()
