@@ -132,7 +132,7 @@ func (r *Refresher) handleRefresh(req micro.Request) {
 		r.mu.Unlock()
 		if a != nil && r.lease != nil && r.lease.Held() {
 			rec, rev, valid := a.usable(r.now())
-			if valid && (stale == nil || rev > *stale) {
+			if valid && answers(rev, stale) {
 				r.obs.PassiveRequest(name, "ok")
 				_ = req.RespondJSON(reply(rec, rev))
 				return
@@ -204,6 +204,8 @@ func requestError(err error) *RequestError {
 // valid token (fetching only if none is stored or it expired); with stale
 // N it returns the stored record if its revision is newer than N, and
 // otherwise makes one upstream fetch that every concurrent caller shares.
+// A stale N newer than the stored revision names no token anyone holds
+// and is answered like stale nil.
 // Forced fetches of one app happen at most once per passive_min_interval
 // (for wechat-stable apps at least 30 s apart and 20 a day); inside that
 // window the stored record is returned. Only the leader fetches; on a
@@ -228,7 +230,7 @@ func (r *Refresher) refreshAs(ctx context.Context, name string, stale *uint64, s
 	for range 3 {
 		now := r.now()
 		rec, rev, valid := a.usable(now)
-		if valid && (stale == nil || rev > *stale) {
+		if valid && answers(rev, stale) {
 			return reply(rec, rev), nil
 		}
 		if !r.lease.Held() {
@@ -260,7 +262,7 @@ func (r *Refresher) refreshAs(ctx context.Context, name string, stale *uint64, s
 		if res.err != nil {
 			return natsconf.RefreshReply{}, res.err
 		}
-		if res.rec.AccessToken != "" && (stale == nil || res.rev > *stale) {
+		if res.rec.AccessToken != "" && answers(res.rev, stale) {
 			return reply(&res.rec, res.rev), nil
 		}
 		// We joined a flight that did not answer our need (a scheduled
@@ -271,6 +273,18 @@ func (r *Refresher) refreshAs(ctx context.Context, name string, stale *uint64, s
 		return natsconf.RefreshReply{}, &RequestError{Code: natsconf.CodeUnavailable, Message: "no token stored yet"}
 	}
 	return reply(rec, rev), nil
+}
+
+// answers reports whether a valid record at revision rev answers a
+// request with stale revision stale: unless the request says that this
+// very revision was rejected. A stale revision newer than rev names no
+// token this refresher has handed out (a bogus or hostile value, or one
+// it has not seen yet): it is treated like an empty request, "give me a
+// valid token", and forces no fetch. A refresh started for it re-reads
+// the key, so a revision that really is the stored one is still
+// refreshed (satisfiedBy).
+func answers(rev uint64, stale *uint64) bool {
+	return stale == nil || rev != *stale
 }
 
 // passiveMinFor is the least time between forced refreshes of a: for
