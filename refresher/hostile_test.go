@@ -6,15 +6,23 @@ package refresher_test
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"math"
+	"math/rand/v2"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
 )
@@ -82,5 +90,154 @@ func TestStaleRevisionFromTheFutureDoesNotFetch(t *testing.T) {
 	}
 	if n := e.Sim.Calls(app.AppID); n != calls+1 {
 		t.Fatalf("%d upstream calls after rejecting the stored revision, want %d", n, calls+1)
+	}
+}
+
+// errorReply checks that m is a well-formed micro error reply with code
+// (headers and JSON body agree, the message is valid UTF-8 without
+// control characters) and returns its message.
+func errorReply(t *testing.T, m *nats.Msg, code int) string {
+	t.Helper()
+	if err := checkErrorReply(m); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Header.Get(micro.ErrorCodeHeader); got != strconv.Itoa(code) {
+		t.Fatalf("error code %q (%s), want %d", got, m.Header.Get(micro.ErrorHeader), code)
+	}
+	return m.Header.Get(micro.ErrorHeader)
+}
+
+// checkErrorReply: headers and body of an error reply agree, and the
+// message is printable, valid UTF-8.
+func checkErrorReply(m *nats.Msg) error {
+	code, msg := m.Header.Get(micro.ErrorCodeHeader), m.Header.Get(micro.ErrorHeader)
+	var er natsconf.ErrorReply
+	if err := json.Unmarshal(m.Data, &er); err != nil || strconv.Itoa(er.Error.Code) != code || er.Error.Message != msg {
+		return fmt.Errorf("error reply: headers %q %q, body %q (%v)", code, msg, m.Data, err)
+	}
+	if !utf8.ValidString(msg) || strings.ContainsFunc(msg, func(c rune) bool { return !unicode.IsPrint(c) }) {
+		return fmt.Errorf("error message %q is not printable UTF-8", msg)
+	}
+	return nil
+}
+
+// seriesCount is the number of series (label sets) in g.
+func seriesCount(t testing.TB, g prometheus.Gatherer) int {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	n := 0
+	for _, mf := range mfs {
+		n += len(mf.GetMetric())
+	}
+	return n
+}
+
+// TestNonUTF8SubjectDoesNotCrashLeader: a request whose app token is not
+// valid UTF-8 reached a Prometheus label and panicked the leader (any
+// service user could crash each new leader in turn). With the real
+// metrics observer installed, it now gets a 404 (and a bad body a 400),
+// and the leader goes on serving.
+func TestNonUTF8SubjectDoesNotCrashLeader(t *testing.T) {
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	app := e.App("mp")
+	reg := prometheus.NewRegistry()
+	rep := e.Start(e.Config(app), refresher.WithObserver(refresher.NewMetrics(reg)))
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	calls := e.Sim.Calls(app.AppID)
+
+	subj := "token.refresh.\xff\xfe"
+	for _, c := range []struct {
+		body string
+		hdr  []string
+		code int
+	}{
+		{``, nil, natsconf.CodeNotFound},
+		{`{"stale_revision": 1}`, []string{natsconf.SourceHeader, natsconf.SourceManual}, natsconf.CodeNotFound},
+		{`{"stale_revision": "\xff"}`, nil, natsconf.CodeBadRequest},
+	} {
+		errorReply(t, refreshRequest(t, e.NC, subj, c.body, c.hdr...), c.code)
+	}
+	if v, _ := metricValue(t, reg, "tokenkeeper_passive_requests_total", map[string]string{"app": refresher.UnknownAppLabel, "outcome": "404"}); v != 2 {
+		t.Errorf(`passive_requests_total{app=%q,outcome="404"} = %v, want 2`, refresher.UnknownAppLabel, v)
+	}
+
+	// Still the leader, still serving.
+	if got := okReply(t, refreshRequest(t, e.NC, natsconf.RefreshSubject("mp"), "")); got.Revision != rev {
+		t.Fatalf("after the hostile requests: revision %d, want %d", got.Revision, rev)
+	}
+	if !rep.R.Leader() {
+		t.Fatal("the replica lost its leadership")
+	}
+	if n := e.Sim.Calls(app.AppID) - calls; n != 0 {
+		t.Fatalf("%d upstream calls", n)
+	}
+}
+
+// TestUnknownAppNamesDoNotGrowMetrics: every request for a made-up app
+// name created metric series of its own (a loop over random names grew
+// the leader's memory without bound). 1000 random names now add one
+// series: app="(unknown)".
+func TestUnknownAppNamesDoNotGrowMetrics(t *testing.T) {
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	app := e.App("mp")
+	reg := prometheus.NewRegistry()
+	e.Start(e.Config(app), refresher.WithObserver(refresher.NewMetrics(reg)))
+	e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	// One request of each outcome for the configured app first, so that
+	// the count below is of series the unknown names add.
+	okReply(t, refreshRequest(t, e.NC, natsconf.RefreshSubject("mp"), ""))
+	before := seriesCount(t, reg)
+
+	const n = 1000
+	const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
+	rng := rand.New(rand.NewPCG(9, 9))
+	for i := range n {
+		name := make([]byte, 1+rng.IntN(64))
+		for j := range name {
+			name[j] = alphabet[rng.IntN(len(alphabet))]
+		}
+		if string(name) == "mp" {
+			name = append(name, 'x')
+		}
+		body := ""
+		if i%2 == 1 {
+			body = `{"stale_revision": 1}`
+		}
+		errorReply(t, refreshRequest(t, e.NC, natsconf.RefreshSubject(string(name)), body), natsconf.CodeNotFound)
+	}
+	if after := seriesCount(t, reg); after > before+1 {
+		t.Fatalf("%d requests for unknown apps grew the metrics from %d to %d series, want at most one more", n, before, after)
+	}
+	if v, _ := metricValue(t, reg, "tokenkeeper_passive_requests_total", map[string]string{"app": refresher.UnknownAppLabel, "outcome": "404"}); v != n {
+		t.Fatalf(`passive_requests_total{app=%q,outcome="404"} = %v, want %d`, refresher.UnknownAppLabel, v, n)
+	}
+}
+
+// TestMetricsSurviveInvalidLabels: Prometheus panics on a label value
+// that is not valid UTF-8; Metrics makes every label value valid itself,
+// so no caller of any Observer method can panic it.
+func TestMetricsSurviveInvalidLabels(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := refresher.NewMetrics(reg)
+	bad := "a\xffb\xfe"
+	m.UpstreamCall(bad, time.Millisecond, nil)
+	m.UpstreamCall(bad, time.Millisecond, errors.New("x"))
+	m.Refreshed(bad, bad, time.Now().Add(time.Hour))
+	m.RefreshFailed(bad, bad, errors.New("x"))
+	m.WriteConflict(bad)
+	m.PassiveRequest(bad, bad)
+	m.QuotaUsed(bad, 1)
+	if v, ok := metricValue(t, reg, "tokenkeeper_passive_requests_total", map[string]string{"app": "a\uFFFDb\uFFFD", "outcome": "a\uFFFDb\uFFFD"}); !ok || v != 1 {
+		t.Errorf("passive_requests_total of the made-valid labels = %v, %v", v, ok)
+	}
+	if _, ok := metricValue(t, reg, "tokenkeeper_token_expiry_seconds", map[string]string{"app": "a\uFFFDb\uFFFD"}); !ok {
+		t.Error("no expiry gauge for the made-valid app label")
+	}
+	m.Forget(bad)
+	if n := seriesCount(t, reg); n != 1 { // tokenkeeper_leader
+		t.Errorf("%d series after Forget, want 1", n)
 	}
 }

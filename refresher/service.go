@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/micro"
 
@@ -111,51 +113,62 @@ func truncate(s string, n int) string {
 	return s[:n] + "…"
 }
 
+// handleRefresh is the token.refresh endpoint's handler. It runs on the
+// subscription's goroutine, one request at a time.
 func (r *Refresher) handleRefresh(req micro.Request) {
+	// The name is bytes from the wire (one subject token, any bytes but
+	// '.' and white space): it is only ever looked up, never used as a
+	// label or logged as is. Observers see the configured name or
+	// UnknownAppLabel.
 	name := strings.TrimPrefix(req.Subject(), natsconf.RefreshPrefix)
+	r.mu.Lock()
+	a := r.apps[name]
+	r.mu.Unlock()
+	label := UnknownAppLabel
+	if a != nil {
+		label = a.name
+	}
 	stale, err := ParseRefreshRequest(req.Data())
+	if err != nil {
+		r.replyError(req, label, err)
+		return
+	}
+	if a == nil {
+		r.replyError(req, label, unknownApp(name))
+		return
+	}
 	source := natsconf.SourcePassive
 	if req.Headers().Get(natsconf.SourceHeader) == natsconf.SourceManual {
 		source = natsconf.SourceManual
-	}
-	if err != nil {
-		r.replyError(req, name, err)
-		return
 	}
 	// Fast paths without a goroutine: the stored record answers, or a
 	// refresh of the stale revision is in flight and the request parks
 	// on it (one goroutine answers every parked request, with one
 	// encoding of the reply).
-	if source == natsconf.SourcePassive {
-		r.mu.Lock()
-		a := r.apps[name]
-		r.mu.Unlock()
-		if a != nil && r.lease != nil && r.lease.Held() {
-			rec, rev, valid := a.usable(r.now())
-			if valid && answers(rev, stale) {
-				r.obs.PassiveRequest(name, "ok")
-				_ = req.RespondJSON(reply(rec, rev))
-				return
-			}
-			if f := a.inFlight(); f != nil && rec != nil && stale != nil && rev == *stale {
-				if f.park(func(res flightResult, enc func() []byte) {
-					if res.err == nil && res.rec.AccessToken != "" && res.rev > *stale {
-						r.obs.PassiveRequest(name, "ok")
-						_ = req.Respond(enc())
-						return
-					}
-					r.handleSlow(req, name, stale, source)
-				}) {
+	if source == natsconf.SourcePassive && r.lease != nil && r.lease.Held() {
+		rec, rev, valid := a.usable(r.now())
+		if valid && answers(rev, stale) {
+			r.replyOK(req, label, reply(rec, rev))
+			return
+		}
+		if f := a.inFlight(); f != nil && rec != nil && stale != nil && rev == *stale {
+			if f.park(func(res flightResult, enc func() []byte) {
+				if res.err == nil && res.rec.AccessToken != "" && res.rev > *stale {
+					_ = req.Respond(enc())
+					r.obs.PassiveRequest(label, "ok")
 					return
 				}
+				r.handleSlow(req, name, label, stale, source)
+			}) {
+				return
 			}
 		}
 	}
-	r.handleSlow(req, name, stale, source)
+	r.handleSlow(req, name, label, stale, source)
 }
 
 // handleSlow answers a parsed request from a goroutine of its own.
-func (r *Refresher) handleSlow(req micro.Request, name string, stale *uint64, source string) {
+func (r *Refresher) handleSlow(req micro.Request, name, label string, stale *uint64, source string) {
 	// Requests are delivered one at a time; the work runs off the
 	// subscription's goroutine so that one slow fetch does not hold up
 	// the replies that need none.
@@ -164,21 +177,53 @@ func (r *Refresher) handleSlow(req micro.Request, name string, stale *uint64, so
 		rep, err := r.refreshAs(ctx, name, stale, source)
 		cancel()
 		if err != nil {
-			r.replyError(req, name, err)
+			r.replyError(req, label, err)
 			return
 		}
-		r.obs.PassiveRequest(name, "ok")
-		_ = req.RespondJSON(rep)
+		r.replyOK(req, label, rep)
 	}()
 }
 
+// replyOK answers req with v, then tells the observer.
+func (r *Refresher) replyOK(req micro.Request, label string, v any) {
+	_ = req.RespondJSON(v)
+	r.obs.PassiveRequest(label, "ok")
+}
+
+// sanitize makes text from the wire (a subject, a panic value) fit for a
+// log line, a header or a metric label: valid UTF-8 (each run of invalid
+// bytes becomes U+FFFD), no control or other non-printable characters
+// (each becomes '?'), and at most n bytes (then "…" is appended).
+func sanitize(s string, n int) string {
+	var b strings.Builder
+	for _, c := range strings.ToValidUTF8(s, "\uFFFD") {
+		if !unicode.IsPrint(c) {
+			c = '?'
+		}
+		if b.Len()+utf8.RuneLen(c) > n {
+			b.WriteString("…")
+			break
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+// unknownApp is the error for a request naming no configured app. The
+// name is quoted (and cut), so the message stays valid UTF-8 and short.
+func unknownApp(name string) error {
+	return fmt.Errorf("%w %q", ErrUnknownApp, truncate(name, 64))
+}
+
 // replyError sends err as a micro error reply: code and message in the
-// headers and a JSON body.
-func (r *Refresher) replyError(req micro.Request, name string, err error) {
+// headers and a JSON body, then tells the observer. label is the
+// configured app or UnknownAppLabel.
+func (r *Refresher) replyError(req micro.Request, label string, err error) {
 	re := requestError(err)
-	r.obs.PassiveRequest(name, strconv.Itoa(re.Code))
-	body, _ := json.Marshal(natsconf.ErrorReply{Error: natsconf.ErrorDetail{Code: re.Code, Message: re.Message}})
-	_ = req.Error(strconv.Itoa(re.Code), re.Message, body)
+	msg := sanitize(re.Message, natsconf.MaxRequestBody)
+	body, _ := json.Marshal(natsconf.ErrorReply{Error: natsconf.ErrorDetail{Code: re.Code, Message: msg}})
+	_ = req.Error(strconv.Itoa(re.Code), msg, body)
+	r.obs.PassiveRequest(label, strconv.Itoa(re.Code))
 }
 
 // requestError maps an error to its reply code and message. Messages
@@ -222,7 +267,7 @@ func (r *Refresher) refreshAs(ctx context.Context, name string, stale *uint64, s
 	closed := r.closed
 	r.mu.Unlock()
 	if a == nil {
-		return natsconf.RefreshReply{}, fmt.Errorf("%w %q", ErrUnknownApp, name)
+		return natsconf.RefreshReply{}, unknownApp(name)
 	}
 	if closed || r.refreshCtx == nil {
 		return natsconf.RefreshReply{}, ErrClosed
