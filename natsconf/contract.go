@@ -108,7 +108,7 @@ const (
 	CodeNotFound    = 404 // unknown app
 	CodeTooMany     = 429 // quota exhausted or forced refresh limited
 	CodeUpstream    = 502 // the upstream fetch failed
-	CodeUnavailable = 503 // not leader / shutting down / no token yet
+	CodeUnavailable = 503 // not leader / shutting down / no token yet / overloaded
 )
 
 // TimeFormat is how times are written: RFC 3339 in UTC. encoding/json

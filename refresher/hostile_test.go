@@ -23,6 +23,7 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
 )
@@ -213,6 +214,100 @@ func TestUnknownAppNamesDoNotGrowMetrics(t *testing.T) {
 	}
 	if v, _ := metricValue(t, reg, "tokenkeeper_passive_requests_total", map[string]string{"app": refresher.UnknownAppLabel, "outcome": "404"}); v != n {
 		t.Fatalf(`passive_requests_total{app=%q,outcome="404"} = %v, want %d`, refresher.UnknownAppLabel, v, n)
+	}
+}
+
+// asyncReply is the outcome of an asyncRequest.
+type asyncReply struct {
+	m   *nats.Msg
+	err error
+}
+
+// asyncRequest sends a request (headers as key, value pairs) and delivers
+// its reply or error on ch.
+func asyncRequest(nc *nats.Conn, subject, body string, ch chan<- asyncReply, hdr ...string) {
+	m := nats.NewMsg(subject)
+	m.Data = []byte(body)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		m.Header.Set(hdr[i], hdr[i+1])
+	}
+	go func() {
+		rep, err := nc.RequestMsg(m, 10*time.Second)
+		ch <- asyncReply{rep, err}
+	}()
+}
+
+// TestRefreshQueueBoundedReplies503: the requests waiting for a fetch were
+// unbounded (one goroutine or parked closure each, and an unbounded
+// subscription queue in front). With a bound of 2 and a slow upstream,
+// one request runs the fetch, one parks on it, and the other 18 get a 503
+// "overloaded, retry later" at once, while the fetch is still running;
+// every request is answered, and the bound frees up afterwards.
+func TestRefreshQueueBoundedReplies503(t *testing.T) {
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	app := e.App("mp")
+	e.Start(e.Config(app), refresher.WithMaxPendingRequests(2))
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	fetches := e.Sim.Fetches(app.AppID)
+
+	e.Sim.SetFault(wechatsim.Fault{Latency: 1500 * time.Millisecond}) // under the harness client's 2 s timeout
+	subj := natsconf.RefreshSubject("mp")
+	stale := `{"stale_revision": ` + strconv.FormatUint(rev, 10) + `}`
+	const n = 20
+	replies := make(chan asyncReply, n)
+	asyncRequest(e.NC, subj, stale, replies) // takes slot 1 and starts the fetch
+	testutil.WaitFor(t, 5*time.Second, func() bool { return e.Sim.InFlight(app.AppID) == 1 }, "the forced fetch did not start")
+	for range n - 1 {
+		asyncRequest(e.NC, subj, stale, replies) // one parks (slot 2), the rest are refused
+	}
+
+	var ok, refused int
+	for range n - 2 {
+		r := <-replies
+		if r.err != nil {
+			t.Fatalf("request: %v", r.err)
+		}
+		if r.m.Header.Get(micro.ErrorCodeHeader) == "" {
+			ok++
+			continue
+		}
+		msg := errorReply(t, r.m, natsconf.CodeUnavailable)
+		if !strings.Contains(msg, "overloaded") || !strings.Contains(msg, "retry later") {
+			t.Errorf("503 message %q does not say overloaded, retry later", msg)
+		}
+		refused++
+	}
+	if f := e.Sim.Fetches(app.AppID); f != fetches || ok != 0 {
+		t.Fatalf("%d replies (%d refused) came only after the fetch: not refused at once", ok+refused, refused)
+	}
+	for range 2 {
+		r := <-replies
+		if r.err != nil {
+			t.Fatalf("request: %v", r.err)
+		}
+		if got := okReply(t, r.m); got.Revision <= rev {
+			t.Errorf("reply revision %d, want newer than %d", got.Revision, rev)
+		}
+	}
+	if refused != n-2 {
+		t.Fatalf("%d requests refused, want %d", refused, n-2)
+	}
+	if !e.Logs.Contains("token.refresh overloaded") {
+		t.Error("no overload warning logged")
+	}
+
+	// The slots are free again: two requests that need one each are served.
+	e.Sim.SetFault(wechatsim.Fault{})
+	_, rev2 := e.WaitRecord(5*time.Second, "mp", func(_ natsconf.Record, v uint64) bool { return v > rev })
+	for range 2 {
+		asyncRequest(e.NC, subj, `{"stale_revision": `+strconv.FormatUint(rev2, 10)+`}`, replies)
+	}
+	for range 2 {
+		r := <-replies
+		if r.err != nil {
+			t.Fatalf("request: %v", r.err)
+		}
+		okReply(t, r.m)
 	}
 }
 

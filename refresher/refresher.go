@@ -66,6 +66,7 @@ type Refresher struct {
 	timerAt       atomic.Int64 // when the loop's timer fires next (unix ns)
 	ready         chan struct{}
 	readyOnce     sync.Once
+	reqs          requestGate // token.refresh requests in progress (service.go)
 }
 
 // Option configures a Refresher.

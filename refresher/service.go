@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -39,15 +40,22 @@ func (r *Refresher) startService() error {
 		Version:     Version,
 		Description: "tokenkeeper passive token refresh",
 		Metadata:    map[string]string{"replica": r.id, "bucket": r.cfg.Bucket},
+		// Requests dropped at the pending limits (slow consumer) are
+		// reported here; their requesters time out and retry.
+		ErrorHandler: func(_ micro.Service, e *micro.NATSError) {
+			r.log.Warn("token.refresh service error (at the pending limits requests are dropped unanswered)",
+				"subject", sanitize(e.Subject, maxLoggedSubject), "error", sanitize(e.Description, 512))
+		},
 	})
 	if err != nil {
 		return err
 	}
 	err = svc.AddEndpoint("refresh", micro.HandlerFunc(r.handleRefresh),
 		micro.WithEndpointSubject(natsconf.RefreshPrefix+"*"),
-		// A refresh storm must not drop requests at the client's pending
-		// limits (default 64 MB / 512 k msgs is fine; keep it explicit).
-		micro.WithEndpointPendingLimits(-1, -1))
+		// Bounded: the handler never blocks, so the queue holds only a
+		// burst not handled yet; the requests in progress are bounded by
+		// r.reqs, answered with a 503 past it.
+		micro.WithEndpointPendingLimits(pendingMsgsLimit, pendingBytesLimit))
 	if err != nil {
 		_ = svc.Stop()
 		return err
@@ -113,14 +121,68 @@ func truncate(s string, n int) string {
 	return s[:n] + "…"
 }
 
+// Bounds of the token.refresh request path: no request, subject or body
+// can grow the refresher without bound.
+const (
+	// DefaultMaxPendingRequests bounds the token.refresh requests in
+	// progress off the subscription's goroutine: those answered from a
+	// goroutine of their own (a fetch, a manual request) plus those
+	// parked on a fetch in flight. Past it a request gets a 503
+	// ("overloaded, retry later") at once. It is above the 10 000
+	// concurrent requests of one stale revision that docs/benchmarks.md
+	// measures.
+	DefaultMaxPendingRequests = 16384
+	// pendingMsgsLimit and pendingBytesLimit bound the subscription's
+	// queue of requests not yet handled. The handler never blocks (the
+	// slow part runs elsewhere, or is refused with a 503), so the queue
+	// holds only a burst the handler has not reached yet; past these
+	// limits the NATS client drops requests (slow consumer), which is
+	// logged and the requesters time out and retry.
+	pendingMsgsLimit  = 65536
+	pendingBytesLimit = 64 << 20
+)
+
+// requestGate counts the token.refresh requests in progress off the
+// subscription's goroutine (DefaultMaxPendingRequests).
+type requestGate struct {
+	limit    int // 0: DefaultMaxPendingRequests
+	n        atomic.Int64
+	refused  atomic.Int64 // 503s since the last overload log line
+	loggedAt atomic.Int64 // unix ns of the last overload log line
+}
+
+func (g *requestGate) max() int64 {
+	if g.limit > 0 {
+		return int64(g.limit)
+	}
+	return DefaultMaxPendingRequests
+}
+
+// acquire takes a slot, or reports false if all are taken.
+func (g *requestGate) acquire() bool {
+	if g.n.Add(1) > g.max() {
+		g.n.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (g *requestGate) release() { g.n.Add(-1) }
+
+// withMaxPendingRequests sets the bound of requestGate (tests; n ≤ 0:
+// DefaultMaxPendingRequests).
+func withMaxPendingRequests(n int) Option { return func(r *Refresher) { r.reqs.limit = n } }
+
 // handleRefresh is the token.refresh endpoint's handler. It runs on the
-// subscription's goroutine, one request at a time.
-func (r *Refresher) handleRefresh(req micro.Request) {
+// subscription's goroutine, one request at a time, and never blocks: the
+// slow part runs elsewhere (handleSlow, flight.park) or is refused.
+func (r *Refresher) handleRefresh(q micro.Request) {
+
 	// The name is bytes from the wire (one subject token, any bytes but
 	// '.' and white space): it is only ever looked up, never used as a
 	// label or logged as is. Observers see the configured name or
 	// UnknownAppLabel.
-	name := strings.TrimPrefix(req.Subject(), natsconf.RefreshPrefix)
+	name := strings.TrimPrefix(q.Subject(), natsconf.RefreshPrefix)
 	r.mu.Lock()
 	a := r.apps[name]
 	r.mu.Unlock()
@@ -128,17 +190,17 @@ func (r *Refresher) handleRefresh(req micro.Request) {
 	if a != nil {
 		label = a.name
 	}
-	stale, err := ParseRefreshRequest(req.Data())
+	stale, err := ParseRefreshRequest(q.Data())
 	if err != nil {
-		r.replyError(req, label, err)
+		r.replyError(q, label, err)
 		return
 	}
 	if a == nil {
-		r.replyError(req, label, unknownApp(name))
+		r.replyError(q, label, unknownApp(name))
 		return
 	}
 	source := natsconf.SourcePassive
-	if req.Headers().Get(natsconf.SourceHeader) == natsconf.SourceManual {
+	if q.Headers().Get(natsconf.SourceHeader) == natsconf.SourceManual {
 		source = natsconf.SourceManual
 	}
 	// Fast paths without a goroutine: the stored record answers, or a
@@ -148,49 +210,87 @@ func (r *Refresher) handleRefresh(req micro.Request) {
 	if source == natsconf.SourcePassive && r.lease != nil && r.lease.Held() {
 		rec, rev, valid := a.usable(r.now())
 		if valid && answers(rev, stale) {
-			r.replyOK(req, label, reply(rec, rev))
+			r.replyOK(q, label, reply(rec, rev))
 			return
 		}
 		if f := a.inFlight(); f != nil && rec != nil && stale != nil && rev == *stale {
+			if !r.reqs.acquire() {
+				r.replyOverloaded(q, label)
+				return
+			}
 			if f.park(func(res flightResult, enc func() []byte) {
 				if res.err == nil && res.rec.AccessToken != "" && res.rev > *stale {
-					_ = req.Respond(enc())
+					_ = q.Respond(enc())
+					r.reqs.release()
 					r.obs.PassiveRequest(label, "ok")
 					return
 				}
-				r.handleSlow(req, name, label, stale, source)
+				r.goSlow(q, name, label, stale, source) // keeps the slot
 			}) {
 				return
 			}
+			r.reqs.release()
 		}
 	}
-	r.handleSlow(req, name, label, stale, source)
+	r.handleSlow(q, name, label, stale, source)
 }
 
-// handleSlow answers a parsed request from a goroutine of its own.
-func (r *Refresher) handleSlow(req micro.Request, name, label string, stale *uint64, source string) {
-	// Requests are delivered one at a time; the work runs off the
-	// subscription's goroutine so that one slow fetch does not hold up
-	// the replies that need none.
+// handleSlow answers a parsed request from a goroutine of its own, or
+// with a 503 if DefaultMaxPendingRequests (or the test's bound) requests
+// are in progress already.
+func (r *Refresher) handleSlow(q micro.Request, name, label string, stale *uint64, source string) {
+	if !r.reqs.acquire() {
+		r.replyOverloaded(q, label)
+		return
+	}
+	r.goSlow(q, name, label, stale, source)
+}
+
+// goSlow answers q from a goroutine of its own, which owns a slot of
+// r.reqs (taken by the caller) and gives it back. Requests are delivered
+// one at a time; the work runs off the subscription's goroutine so that
+// one slow fetch does not hold up the replies that need none.
+func (r *Refresher) goSlow(q micro.Request, name, label string, stale *uint64, source string) {
 	go func() {
+		defer r.reqs.release()
 		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+		defer cancel()
 		rep, err := r.refreshAs(ctx, name, stale, source)
-		cancel()
 		if err != nil {
-			r.replyError(req, label, err)
+			r.replyError(q, label, err)
 			return
 		}
-		r.replyOK(req, label, rep)
+		r.replyOK(q, label, rep)
 	}()
 }
 
-// replyOK answers req with v, then tells the observer.
-func (r *Refresher) replyOK(req micro.Request, label string, v any) {
-	_ = req.RespondJSON(v)
+// replyOK answers q with v, then tells the observer.
+func (r *Refresher) replyOK(q micro.Request, label string, v any) {
+	_ = q.RespondJSON(v)
 	r.obs.PassiveRequest(label, "ok")
 }
 
-// sanitize makes text from the wire (a subject, a panic value) fit for a
+// replyOverloaded answers q with a 503: too many requests are in progress.
+// A warning is logged at most every overloadLogEvery, with the number of
+// requests refused since the last one.
+func (r *Refresher) replyOverloaded(q micro.Request, label string) {
+	n := r.reqs.refused.Add(1)
+	now := time.Now().UnixNano()
+	if last := r.reqs.loggedAt.Load(); now-last >= int64(overloadLogEvery) && r.reqs.loggedAt.CompareAndSwap(last, now) {
+		r.reqs.refused.Add(-n)
+		r.log.Warn("token.refresh overloaded: requests refused with 503", "refused", n, "in_progress_limit", r.reqs.max())
+	}
+	r.replyError(q, label, &RequestError{Code: natsconf.CodeUnavailable,
+		Message: fmt.Sprintf("refresher overloaded: %d token.refresh requests are in progress already; retry later", r.reqs.max())})
+}
+
+// overloadLogEvery spaces the overload warnings.
+const overloadLogEvery = 10 * time.Second
+
+// maxLoggedSubject bounds a subject in a log line.
+const maxLoggedSubject = 128
+
+// sanitize makes text from the wire (a subject, a message) fit for a
 // log line, a header or a metric label: valid UTF-8 (each run of invalid
 // bytes becomes U+FFFD), no control or other non-printable characters
 // (each becomes '?'), and at most n bytes (then "…" is appended).
@@ -218,11 +318,11 @@ func unknownApp(name string) error {
 // replyError sends err as a micro error reply: code and message in the
 // headers and a JSON body, then tells the observer. label is the
 // configured app or UnknownAppLabel.
-func (r *Refresher) replyError(req micro.Request, label string, err error) {
+func (r *Refresher) replyError(q micro.Request, label string, err error) {
 	re := requestError(err)
 	msg := sanitize(re.Message, natsconf.MaxRequestBody)
 	body, _ := json.Marshal(natsconf.ErrorReply{Error: natsconf.ErrorDetail{Code: re.Code, Message: msg}})
-	_ = req.Error(strconv.Itoa(re.Code), msg, body)
+	_ = q.Error(strconv.Itoa(re.Code), msg, body)
 	r.obs.PassiveRequest(label, strconv.Itoa(re.Code))
 }
 
