@@ -10,8 +10,10 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode"
@@ -309,6 +311,93 @@ func TestRefreshQueueBoundedReplies503(t *testing.T) {
 		}
 		okReply(t, r.m)
 	}
+}
+
+// TestHandlerPanicRecovered: a panic anywhere in the request path (on the
+// subscription's goroutine, in a slow request's goroutine, in a request
+// parked on a fetch) killed the process. Injected through the test hook,
+// each is now recovered, logged with the subject made printable and cut,
+// answered with a 500, and gives back its slot.
+func TestHandlerPanicRecovered(t *testing.T) {
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	app := e.App("mp")
+	var panicAt atomic.Value // stage at which the hook panics
+	panicAt.Store("")
+	hook := func(stage, subject string) {
+		if stage == panicAt.Load().(string) {
+			panic("injected panic on " + subject)
+		}
+	}
+	// Bound 2: a slot leaked by each of the two panics off the
+	// subscription's goroutine would refuse the last requests.
+	e.Start(e.Config(app), refresher.WithRequestHook(hook), refresher.WithMaxPendingRequests(2))
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+
+	// On the subscription's goroutine, with a subject full of escapes,
+	// invalid UTF-8 and length.
+	hostile := "token.refresh.boom\x1b[31m\xff\xfe\x00" + strings.Repeat("x", 300)
+	panicAt.Store(refresher.StageReceive)
+	errorReply(t, refreshRequest(t, e.NC, hostile, ""), natsconf.CodeInternal)
+	want := refresher.Sanitize(hostile, refresher.MaxLoggedSubject)
+	if !strings.HasPrefix(want, "token.refresh.boom?[31m\uFFFD?x") || !strings.HasSuffix(want, "x…") || len(want) > refresher.MaxLoggedSubject+len("…") {
+		t.Fatalf("sanitised subject %q", want)
+	}
+	logs := e.Logs.String()
+	i := strings.Index(logs, "handler panicked")
+	if i < 0 {
+		t.Fatalf("no log line of the panic:\n%s", logs)
+	}
+	line := logs[i:]
+	line = line[:strings.IndexByte(line, '\n')]
+	if !strings.Contains(line, `subject="`+want+`"`) || strings.Contains(line, `\x1b`) || strings.Contains(line, `\xff`) {
+		t.Fatalf("the panic's log line does not carry the sanitised subject %q:\n%s", want, line)
+	}
+
+	// In a slow request's goroutine (a manual request takes that path).
+	panicAt.Store(refresher.StageSlow)
+	errorReply(t, refreshRequest(t, e.NC, natsconf.RefreshSubject("mp"), "", natsconf.SourceHeader, natsconf.SourceManual), natsconf.CodeInternal)
+
+	// In a request parked on a fetch: the fetch's own request is served.
+	panicAt.Store(refresher.StageParked)
+	e.Sim.SetFault(wechatsim.Fault{Latency: 500 * time.Millisecond})
+	stale := `{"stale_revision": ` + strconv.FormatUint(rev, 10) + `}`
+	replies := make(chan asyncReply, 2)
+	asyncRequest(e.NC, natsconf.RefreshSubject("mp"), stale, replies)
+	testutil.WaitFor(t, 5*time.Second, func() bool { return e.Sim.InFlight(app.AppID) == 1 }, "the forced fetch did not start")
+	asyncRequest(e.NC, natsconf.RefreshSubject("mp"), stale, replies)
+	var codes []string
+	for range 2 {
+		r := <-replies
+		if r.err != nil {
+			t.Fatalf("request: %v", r.err)
+		}
+		codes = append(codes, r.m.Header.Get(micro.ErrorCodeHeader))
+		if r.m.Header.Get(micro.ErrorCodeHeader) != "" {
+			errorReply(t, r.m, natsconf.CodeInternal)
+		}
+	}
+	slices.Sort(codes)
+	if !slices.Equal(codes, []string{"", "500"}) {
+		t.Fatalf("reply codes %q, want one ok and one 500 (the parked request)", codes)
+	}
+	if n := strings.Count(e.Logs.String(), "handler panicked"); n != 3 {
+		t.Errorf("%d panics logged, want 3", n)
+	}
+
+	// Nothing leaked: both slots serve again, and so does the fast path.
+	panicAt.Store("")
+	e.Sim.SetFault(wechatsim.Fault{})
+	for range 2 {
+		asyncRequest(e.NC, natsconf.RefreshSubject("mp"), "", replies, natsconf.SourceHeader, natsconf.SourceManual)
+	}
+	for range 2 {
+		r := <-replies
+		if r.err != nil {
+			t.Fatalf("request: %v", r.err)
+		}
+		okReply(t, r.m)
+	}
+	okReply(t, refreshRequest(t, e.NC, natsconf.RefreshSubject("mp"), ""))
 }
 
 // TestMetricsSurviveInvalidLabels: Prometheus panics on a label value

@@ -11,7 +11,9 @@ const UnknownAppLabel = "(unknown)"
 // Observer receives the refresher's events, for metrics. Methods are
 // called from many goroutines and must not block. The app passed to any
 // method is a configured app name or UnknownAppLabel, never a name taken
-// from the wire.
+// from the wire. A panic in PassiveRequest is recovered by the request
+// path (the request is answered, the refresher goes on); a panic in the
+// other methods is not.
 type Observer interface {
 	// UpstreamCall: one upstream token call (with its retries) took d.
 	UpstreamCall(app string, d time.Duration, err error)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -143,13 +144,24 @@ const (
 )
 
 // requestGate counts the token.refresh requests in progress off the
-// subscription's goroutine (DefaultMaxPendingRequests).
+// subscription's goroutine (DefaultMaxPendingRequests), and holds the test
+// hooks of the request path.
 type requestGate struct {
 	limit    int // 0: DefaultMaxPendingRequests
 	n        atomic.Int64
 	refused  atomic.Int64 // 503s since the last overload log line
 	loggedAt atomic.Int64 // unix ns of the last overload log line
+	// hook, if set (tests only), runs at each stage of the request path
+	// with the request's subject: a panic in it is a panic in the handler.
+	hook func(stage, subject string)
 }
+
+// Stages of the request path at which requestGate.hook runs.
+const (
+	stageReceive = "receive" // on the subscription's goroutine, before anything else
+	stageSlow    = "slow"    // in the goroutine of a slow request
+	stageParked  = "parked"  // in a parked request, when its flight has finished
+)
 
 func (g *requestGate) max() int64 {
 	if g.limit > 0 {
@@ -169,14 +181,51 @@ func (g *requestGate) acquire() bool {
 
 func (g *requestGate) release() { g.n.Add(-1) }
 
+func (g *requestGate) at(stage string, q *refreshReq) {
+	if g.hook != nil {
+		g.hook(stage, q.Subject())
+	}
+}
+
 // withMaxPendingRequests sets the bound of requestGate (tests; n ≤ 0:
 // DefaultMaxPendingRequests).
 func withMaxPendingRequests(n int) Option { return func(r *Refresher) { r.reqs.limit = n } }
 
+// withRequestHook sets requestGate.hook (tests).
+func withRequestHook(h func(stage, subject string)) Option {
+	return func(r *Refresher) { r.reqs.hook = h }
+}
+
+// refreshReq is a token.refresh request that remembers whether it was
+// answered, so that a recovered panic answers only a request that has no
+// answer yet.
+type refreshReq struct {
+	micro.Request
+	answered atomic.Bool
+}
+
+func (q *refreshReq) Respond(b []byte, opts ...micro.RespondOpt) error {
+	q.answered.Store(true)
+	return q.Request.Respond(b, opts...)
+}
+
+func (q *refreshReq) RespondJSON(v any, opts ...micro.RespondOpt) error {
+	q.answered.Store(true)
+	return q.Request.RespondJSON(v, opts...)
+}
+
+func (q *refreshReq) Error(code, description string, data []byte, opts ...micro.RespondOpt) error {
+	q.answered.Store(true)
+	return q.Request.Error(code, description, data, opts...)
+}
+
 // handleRefresh is the token.refresh endpoint's handler. It runs on the
 // subscription's goroutine, one request at a time, and never blocks: the
 // slow part runs elsewhere (handleSlow, flight.park) or is refused.
-func (r *Refresher) handleRefresh(q micro.Request) {
+func (r *Refresher) handleRefresh(req micro.Request) {
+	q := &refreshReq{Request: req}
+	defer r.recovered(q)
+	r.reqs.at(stageReceive, q)
 
 	// The name is bytes from the wire (one subject token, any bytes but
 	// '.' and white space): it is only ever looked up, never used as a
@@ -219,13 +268,21 @@ func (r *Refresher) handleRefresh(q micro.Request) {
 				return
 			}
 			if f.park(func(res flightResult, enc func() []byte) {
+				handedOver := false
+				defer func() {
+					if !handedOver {
+						r.reqs.release()
+					}
+				}()
+				defer r.recovered(q)
+				r.reqs.at(stageParked, q)
 				if res.err == nil && res.rec.AccessToken != "" && res.rev > *stale {
 					_ = q.Respond(enc())
-					r.reqs.release()
 					r.obs.PassiveRequest(label, "ok")
 					return
 				}
-				r.goSlow(q, name, label, stale, source) // keeps the slot
+				handedOver = true
+				r.goSlow(q, name, label, stale, source)
 			}) {
 				return
 			}
@@ -238,7 +295,7 @@ func (r *Refresher) handleRefresh(q micro.Request) {
 // handleSlow answers a parsed request from a goroutine of its own, or
 // with a 503 if DefaultMaxPendingRequests (or the test's bound) requests
 // are in progress already.
-func (r *Refresher) handleSlow(q micro.Request, name, label string, stale *uint64, source string) {
+func (r *Refresher) handleSlow(q *refreshReq, name, label string, stale *uint64, source string) {
 	if !r.reqs.acquire() {
 		r.replyOverloaded(q, label)
 		return
@@ -250,9 +307,11 @@ func (r *Refresher) handleSlow(q micro.Request, name, label string, stale *uint6
 // r.reqs (taken by the caller) and gives it back. Requests are delivered
 // one at a time; the work runs off the subscription's goroutine so that
 // one slow fetch does not hold up the replies that need none.
-func (r *Refresher) goSlow(q micro.Request, name, label string, stale *uint64, source string) {
+func (r *Refresher) goSlow(q *refreshReq, name, label string, stale *uint64, source string) {
 	go func() {
 		defer r.reqs.release()
+		defer r.recovered(q)
+		r.reqs.at(stageSlow, q)
 		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 		defer cancel()
 		rep, err := r.refreshAs(ctx, name, stale, source)
@@ -264,8 +323,36 @@ func (r *Refresher) goSlow(q micro.Request, name, label string, stale *uint64, s
 	}()
 }
 
+// recovered is deferred by every part of the request path: a panic there
+// is logged with the request's subject (sanitised) and answered with an
+// internal error if nothing was answered yet, and the refresher goes on
+// serving. An observer that panics while the error is answered changes
+// nothing.
+func (r *Refresher) recovered(q *refreshReq) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	r.log.Error("token.refresh handler panicked; the request is answered with an internal error and the refresher goes on",
+		"subject", sanitize(q.Subject(), maxLoggedSubject), "panic", sanitize(fmt.Sprint(v), 512),
+		"stack", string(debug.Stack()))
+	if q.answered.Load() {
+		return
+	}
+	defer func() { _ = recover() }()
+	label := UnknownAppLabel
+	name := strings.TrimPrefix(q.Subject(), natsconf.RefreshPrefix)
+	r.mu.Lock()
+	if a := r.apps[name]; a != nil {
+		label = a.name
+	}
+	r.mu.Unlock()
+	r.replyError(q, label, &RequestError{Code: natsconf.CodeInternal,
+		Message: "refresher: internal error while handling the request (logged); retry later"})
+}
+
 // replyOK answers q with v, then tells the observer.
-func (r *Refresher) replyOK(q micro.Request, label string, v any) {
+func (r *Refresher) replyOK(q *refreshReq, label string, v any) {
 	_ = q.RespondJSON(v)
 	r.obs.PassiveRequest(label, "ok")
 }
@@ -273,7 +360,7 @@ func (r *Refresher) replyOK(q micro.Request, label string, v any) {
 // replyOverloaded answers q with a 503: too many requests are in progress.
 // A warning is logged at most every overloadLogEvery, with the number of
 // requests refused since the last one.
-func (r *Refresher) replyOverloaded(q micro.Request, label string) {
+func (r *Refresher) replyOverloaded(q *refreshReq, label string) {
 	n := r.reqs.refused.Add(1)
 	now := time.Now().UnixNano()
 	if last := r.reqs.loggedAt.Load(); now-last >= int64(overloadLogEvery) && r.reqs.loggedAt.CompareAndSwap(last, now) {
@@ -290,7 +377,7 @@ const overloadLogEvery = 10 * time.Second
 // maxLoggedSubject bounds a subject in a log line.
 const maxLoggedSubject = 128
 
-// sanitize makes text from the wire (a subject, a message) fit for a
+// sanitize makes text from the wire (a subject, a panic value) fit for a
 // log line, a header or a metric label: valid UTF-8 (each run of invalid
 // bytes becomes U+FFFD), no control or other non-printable characters
 // (each becomes '?'), and at most n bytes (then "…" is appended).
@@ -318,7 +405,7 @@ func unknownApp(name string) error {
 // replyError sends err as a micro error reply: code and message in the
 // headers and a JSON body, then tells the observer. label is the
 // configured app or UnknownAppLabel.
-func (r *Refresher) replyError(q micro.Request, label string, err error) {
+func (r *Refresher) replyError(q *refreshReq, label string, err error) {
 	re := requestError(err)
 	msg := sanitize(re.Message, natsconf.MaxRequestBody)
 	body, _ := json.Marshal(natsconf.ErrorReply{Error: natsconf.ErrorDetail{Code: re.Code, Message: msg}})
