@@ -425,3 +425,87 @@ func TestMetricsSurviveInvalidLabels(t *testing.T) {
 		t.Errorf("%d series after Forget, want 1", n)
 	}
 }
+
+// FuzzRefreshRequestPath drives the token.refresh handler, with the real
+// metrics observer installed, with any subject token, body and source
+// header: every request is answered, with a record of the configured app
+// or a well-formed error (never a 500: that is a recovered panic), never
+// with an upstream call for another name, and the metrics stay gatherable
+// and bounded. One embedded server and refresher per fuzzing process; the
+// requests are handed to the handler directly (Refresher.HandleDirect), so
+// that bytes no NATS client can publish are tried too.
+//
+//	go test ./refresher -run '^$' -fuzz '^FuzzRefreshRequestPath$' -fuzztime 20s
+func FuzzRefreshRequestPath(f *testing.F) {
+	e := harness.New(f, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	app := e.App("mp")
+	cfg := e.Config(app)
+	limit := time.Hour // forced refreshes: the first fetches, the rest get the record
+	cfg.PassiveMinInterval = &limit
+	reg := prometheus.NewRegistry()
+	rep := e.Start(cfg, refresher.WithObserver(refresher.NewMetrics(reg)))
+	e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	maxSeries := seriesCount(f, reg) + 16 // (unknown) and mp × the reply codes, some slack
+
+	for _, c := range []struct {
+		name, body string
+		manual     bool
+	}{
+		{"mp", "", false}, {"mp", "", true}, {"mp", `{"stale_revision": 1}`, false},
+		{"mp", `{"stale_revision": 2}`, true}, {"mp", `{"stale_revision": 18446744073709551615}`, false},
+		{"mp", `{"stale_revision": -1}`, false}, {"mp", `{`, true}, {"mp", strings.Repeat(" ", 2000), false},
+		{"\xff\xfe", "", false}, {"\xff\xfe", `{"stale_revision": 1}`, true}, {"nope", `{"stale_revision": "\xff"}`, false},
+		{"a\x00b\x1b[31m", "null", false}, {"", "", false}, {"mp.jsapi", "{}", false}, {strings.Repeat("x", 5000), "", true},
+	} {
+		f.Add([]byte(c.name), []byte(c.body), c.manual)
+	}
+	f.Fuzz(func(t *testing.T, name, body []byte, manual bool) {
+		calls := e.Sim.Calls(app.AppID)
+		var hdr nats.Header
+		if manual {
+			hdr = nats.Header{natsconf.SourceHeader: {natsconf.SourceManual}}
+		}
+		m := rep.R.HandleDirect(natsconf.RefreshPrefix+string(name), hdr, body, 20*time.Second)
+		if m == nil {
+			t.Fatal("no reply")
+		}
+		if code := m.Header.Get(micro.ErrorCodeHeader); code != "" {
+			if err := checkErrorReply(m); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Contains([]string{"400", "404", "429", "502", "503"}, code) {
+				t.Fatalf("error %s: %s", code, m.Header.Get(micro.ErrorHeader))
+			}
+		} else {
+			var r natsconf.RefreshReply
+			if err := json.Unmarshal(m.Data, &r); err != nil || r.App != "mp" || string(name) != "mp" || r.AccessToken == "" {
+				t.Fatalf("request for %q answered %q (%v)", name, m.Data, err)
+			}
+		}
+		if string(name) != "mp" && e.Sim.Calls(app.AppID) != calls {
+			t.Fatalf("a request for %q made an upstream call", name)
+		}
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatalf("gather: %v", err)
+		}
+		n := 0
+		for _, mf := range mfs {
+			n += len(mf.GetMetric())
+			for _, s := range mf.GetMetric() {
+				for _, l := range s.GetLabel() {
+					if l.GetName() == "app" && l.GetValue() != "mp" && l.GetValue() != refresher.UnknownAppLabel {
+						t.Fatalf("%s has app=%q", mf.GetName(), l.GetValue())
+					}
+				}
+			}
+		}
+		if n > maxSeries {
+			t.Fatalf("%d series, want at most %d", n, maxSeries)
+		}
+		s := refresher.Sanitize(string(name)+string(body), refresher.MaxLoggedSubject)
+		if !utf8.ValidString(s) || len(s) > refresher.MaxLoggedSubject+len("…") || strings.ContainsFunc(s, func(c rune) bool { return !unicode.IsPrint(c) }) {
+			t.Fatalf("sanitize(%q) = %q", string(name)+string(body), s)
+		}
+	})
+}
