@@ -400,6 +400,41 @@ func TestHandlerPanicRecovered(t *testing.T) {
 	okReply(t, refreshRequest(t, e.NC, natsconf.RefreshSubject("mp"), ""))
 }
 
+// panickyObserver panics in PassiveRequest, like a third-party observer
+// with a bug.
+type panickyObserver struct{ *refresher.Metrics }
+
+func (panickyObserver) PassiveRequest(app, outcome string) {
+	panic("observer bug: " + app + " " + outcome)
+}
+
+// TestPanickingObserverDoesNotCrashLeader: an observer that panics in
+// PassiveRequest killed the leader on the first request. Replies are now
+// sent before the observer is told, and its panic is recovered: every
+// request gets its real answer (the record, a 404), and the leader serves
+// on.
+func TestPanickingObserverDoesNotCrashLeader(t *testing.T) {
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	app := e.App("mp")
+	rep := e.Start(e.Config(app), refresher.WithObserver(panickyObserver{refresher.NewMetrics(nil)}))
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+
+	subj := natsconf.RefreshSubject("mp")
+	for range 2 {
+		if got := okReply(t, refreshRequest(t, e.NC, subj, "")); got.Revision != rev { // fast path
+			t.Fatalf("revision %d, want %d", got.Revision, rev)
+		}
+		okReply(t, refreshRequest(t, e.NC, subj, "", natsconf.SourceHeader, natsconf.SourceManual)) // slow path
+		errorReply(t, refreshRequest(t, e.NC, natsconf.RefreshSubject("nope"), ""), natsconf.CodeNotFound)
+	}
+	if !rep.R.Leader() {
+		t.Fatal("the replica lost its leadership")
+	}
+	if n := strings.Count(e.Logs.String(), "handler panicked"); n != 6 {
+		t.Errorf("%d panics logged, want 6", n)
+	}
+}
+
 // TestMetricsSurviveInvalidLabels: Prometheus panics on a label value
 // that is not valid UTF-8; Metrics makes every label value valid itself,
 // so no caller of any Observer method can panic it.
