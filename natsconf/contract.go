@@ -100,6 +100,9 @@ type ErrorReply struct {
 type ErrorDetail struct {
 	Code    int    `json:"code"`
 	Message string `json:"message"`
+	// RetryAt, when set, says when upstream calls resume (added in v1.2):
+	// a request before then gets the same answer.
+	RetryAt time.Time `json:"retry_at,omitzero"`
 }
 
 // Error codes of refresh replies (HTTP-like, so they read naturally).

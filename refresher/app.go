@@ -35,6 +35,10 @@ type app struct {
 	forcedToday int  // stable_token force_refresh calls today
 	saving      bool // a state saver runs (saveLater)
 	saveDirty   bool // the state changed since the saver last wrote it
+
+	// pending is a token fetched but not stored (its write failed): the
+	// next refresh writes it instead of fetching.
+	pending *natsconf.Record
 }
 
 // flight is one refresh in progress; everyone who needs the app's token
@@ -230,7 +234,7 @@ func (a *app) adopt(rec *natsconf.Record, rev uint64) bool {
 func (a *app) stored(rec natsconf.Record, rev uint64) {
 	a.adopt(&rec, rev)
 	a.mu.Lock()
-	a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
+	a.failures, a.retryAt, a.lastErr, a.pending = 0, time.Time{}, nil, nil
 	a.mu.Unlock()
 }
 
@@ -241,6 +245,49 @@ func (a *app) unchanged(fetched, expires time.Time, p Policy) {
 	defer a.mu.Unlock()
 	a.due = p.RefreshAt(fetched, expires, jitterDraw(a.name, fetched))
 	a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
+}
+
+// keepPending keeps rec, fetched but not stored, and reports whether it
+// is new (not the one already kept).
+func (a *app) keepPending(rec natsconf.Record) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	first := a.pending == nil || a.pending.AccessToken != rec.AccessToken
+	a.pending = &rec
+	return first
+}
+
+// dropPending forgets the unstored token.
+func (a *app) dropPending() {
+	a.mu.Lock()
+	a.pending = nil
+	a.mu.Unlock()
+}
+
+// unstored returns the token fetched but not stored, if it is still valid
+// at now (an expired one is dropped).
+func (a *app) unstored(now time.Time) *natsconf.Record {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.pending != nil && !a.pending.ExpiresAt.After(now) {
+		a.pending = nil
+	}
+	if a.pending == nil {
+		return nil
+	}
+	p := *a.pending
+	return &p
+}
+
+// paused returns, while upstream calls of the app wait after a failure,
+// until when and the failure; zero otherwise.
+func (a *app) paused(now time.Time) (time.Time, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.lastErr == nil || !a.retryAt.After(now) {
+		return time.Time{}, nil
+	}
+	return a.retryAt, a.lastErr
 }
 
 // current returns the record the app holds.
@@ -263,7 +310,7 @@ func (a *app) failure(err error, now time.Time) time.Time {
 		return a.retryAt
 	case errors.Is(err, ErrQuotaReserved):
 		d = a.policy.PermanentRetryMin
-	case wechat.IsRetryable(err):
+	case errors.Is(err, ErrNotStored), wechat.IsRetryable(err):
 		d = expo(a.policy.RetryMin, 60*a.policy.RetryMin, a.failures)
 	default:
 		d = expo(a.policy.PermanentRetryMin, 10*a.policy.PermanentRetryMin, a.failures)

@@ -18,4 +18,10 @@ var (
 	// ErrSuperseded is returned when a fetched token was not stored
 	// because a newer one was already in the bucket.
 	ErrSuperseded = errors.New("refresher: a newer token was stored first")
+	// ErrNotStored is returned when a fetched token could not be written
+	// to the bucket; the refresher keeps it and retries only the write.
+	ErrNotStored = errors.New("refresher: fetched token not stored yet; retrying the write")
+	// ErrPaused is returned for a refresh request while upstream calls
+	// of the app are paused after a failure (see RequestError.RetryAt).
+	ErrPaused = errors.New("refresher: upstream calls paused")
 )

@@ -212,7 +212,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 	r.refreshCtx, r.cancelRefresh = context.WithCancel(context.WithoutCancel(ctx))
 	defer r.cancelRefresh()
 
-	r.lease = &lease{nc: r.nc, kv: leaseKV, id: r.id, ttl: r.cfg.LeaseTTL, log: r.log, now: r.now, changed: r.leadershipChanged, wakeReport: make(chan struct{}, 1)}
+	r.lease = newLease(r.nc, r.js, leaseKV, r.id, r.cfg.LeaseTTL, r.log, r.now, r.leadershipChanged)
 	leaseCtx, stopLease := context.WithCancel(ctx)
 	defer stopLease()
 	var bg sync.WaitGroup
@@ -242,6 +242,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 		r.cancelRefresh()
 		<-done
 	}
+	r.flushPending()
 	stopLease()
 	bg.Wait()
 	relCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -249,6 +250,28 @@ func (r *Refresher) Run(ctx context.Context) error {
 	cancel()
 	r.log.Info("refresher stopped", "replica", r.id)
 	return nil
+}
+
+// flushPending makes one last attempt, at shutdown, to store every token
+// fetched but not stored, so that a write failure followed by a stop does
+// not throw a fetched token away.
+func (r *Refresher) flushPending() {
+	r.mu.Lock()
+	apps := make([]*app, 0, len(r.apps))
+	for _, a := range r.apps {
+		apps = append(apps, a)
+	}
+	r.mu.Unlock()
+	for _, a := range apps {
+		p := a.unstored(r.now())
+		if p == nil || !r.lease.Held() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, rev := a.current()
+		r.store(ctx, a, *p, rev, p.Source, time.Now())
+		cancel()
+	}
 }
 
 // loop starts the refreshes that are due whenever the earliest refresh
@@ -436,6 +459,12 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 	if r.satisfiedBy(a, rec, rev, need, now) {
 		return flightResult{rec: *rec, rev: rev}
 	}
+	// A token fetched earlier whose write failed is still the newest one
+	// upstream issued: store it, never fetch over it (the fetch would
+	// invalidate it, and the fleet's token with it).
+	if p := a.unstored(now); p != nil {
+		return r.store(ctx, a, *p, rev, source, start)
+	}
 	if err := r.lease.Confirm(ctx); err != nil {
 		return flightResult{rec: derefRec(rec), rev: rev, err: err}
 	}
@@ -443,15 +472,27 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 		return r.failed(a, source, err, start)
 	}
 
-	// fetched_at is when the request was sent: the token was issued after
-	// it, so expires_at computed from it is never late, and when two
-	// fetches race, the one sent later (the newest upstream) wins.
-	fetched := r.now().UTC()
+	// Every attempt, retries included, is sent only inside the lease's
+	// trust window and ends with it (Bound). fetched_at is when the
+	// attempt that succeeded was sent: the token was issued after it, so
+	// expires_at computed from it is never late, and when two fetches
+	// race, the one sent later (the newest upstream) wins.
+	var fetched time.Time
+	gate := func(ctx context.Context, _ int) (context.Context, context.CancelFunc, error) {
+		bctx, cancel, err := r.lease.Bound(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		fetched = r.now().UTC()
+		return bctx, cancel, nil
+	}
 	fetchStart := time.Now()
 	cfg := a.config()
-	tok, err := r.client.Fetch(ctx, cfg.Kind, cfg.APIBase, cfg.credentials(), need.force)
+	tok, err := r.client.FetchGated(ctx, cfg.Kind, cfg.APIBase, cfg.credentials(), need.force, gate)
 	r.obs.UpstreamCall(name, time.Since(fetchStart), err)
-	a.countCall(r.now())
+	if !fetched.IsZero() {
+		a.countCall(r.now())
+	}
 	if err != nil {
 		res := r.failed(a, source, err, start)
 		r.saveLater(a)
@@ -471,11 +512,38 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 		FetchedAt: fetched, ExpiresAt: fetched.Add(tok.ExpiresIn),
 		Source: source,
 	}
+	return r.store(ctx, a, nrec, rev, source, start)
+}
+
+// store writes a fetched record over revision rev and publishes its event.
+// A write that fails for any reason but a newer stored token or a lost
+// lease keeps the record in memory (app.pending): the next attempt, paced
+// like a transient failure, writes it instead of fetching again.
+func (r *Refresher) store(ctx context.Context, a *app, nrec natsconf.Record, rev uint64, source string, start time.Time) flightResult {
+	name := a.name
 	nrev, err := r.write(ctx, a, nrec, rev)
 	if err != nil {
 		if errors.Is(err, ErrSuperseded) {
+			a.dropPending()
 			cur, crev := a.current()
 			return flightResult{rec: derefRec(cur), rev: crev}
+		}
+		if errors.Is(err, ErrNotLeader) {
+			// Fenced: the next leader fetches its own; ours is dropped.
+			a.dropPending()
+			return r.failed(a, source, err, start)
+		}
+		if nrec.ExpiresAt.After(r.now()) {
+			first := a.keepPending(nrec)
+			if first {
+				r.log.Error("ALERT token_not_stored: a token fetched from upstream could not be written to the bucket; "+
+					"it is kept in memory and only the write is retried (no new fetch while it is valid)",
+					"app", name, "alert", AlertTokenNotStored, "token", Fingerprint(nrec.AccessToken),
+					"expires_at", nrec.ExpiresAt.Format(time.RFC3339), "err", err)
+			}
+			err = fmt.Errorf("%w: %w", ErrNotStored, err)
+		} else {
+			a.dropPending()
 		}
 		return r.failed(a, source, err, start)
 	}
@@ -522,6 +590,10 @@ func (r *Refresher) failed(a *app, source string, err error, start time.Time) fl
 	cur, rev := a.current()
 	return flightResult{rec: derefRec(cur), rev: rev, err: err}
 }
+
+// AlertTokenNotStored is the alert of a token fetched from upstream that
+// could not be written to the bucket.
+const AlertTokenNotStored = "token_not_stored"
 
 // alertFor names the operator action an upstream errcode asks for.
 func alertFor(code int) string {
@@ -716,6 +788,13 @@ func (r *Refresher) leadershipChanged(leader bool) {
 	r.obs.Leader(leader)
 	if !leader {
 		r.stopService()
+		// A token fetched but not stored is no longer ours to write: the
+		// next leader fetches its own.
+		r.mu.Lock()
+		for _, a := range r.apps {
+			a.dropPending()
+		}
+		r.mu.Unlock()
 		return
 	}
 	// Serve at once: a request is answered from the key itself whenever

@@ -80,6 +80,9 @@ func (r *Refresher) stopService() {
 type RequestError struct {
 	Code    int
 	Message string
+	// RetryAt, when set, is the earliest moment a new request can be
+	// served differently (upstream calls are paused until then).
+	RetryAt time.Time
 	Err     error
 }
 
@@ -408,9 +411,20 @@ func unknownApp(name string) error {
 func (r *Refresher) replyError(q *refreshReq, label string, err error) {
 	re := requestError(err)
 	msg := sanitize(re.Message, natsconf.MaxRequestBody)
-	body, _ := json.Marshal(natsconf.ErrorReply{Error: natsconf.ErrorDetail{Code: re.Code, Message: msg}})
+	body, _ := json.Marshal(natsconf.ErrorReply{Error: natsconf.ErrorDetail{Code: re.Code, Message: msg, RetryAt: re.RetryAt}})
 	_ = q.Error(strconv.Itoa(re.Code), msg, body)
 	r.obs.PassiveRequest(label, strconv.Itoa(re.Code))
+}
+
+// pausedError is the reply to a request that would need an upstream call
+// while the app's calls are paused after the failure why.
+func pausedError(name string, until time.Time, why error) *RequestError {
+	code := natsconf.CodeUnavailable
+	if errors.Is(why, ErrQuotaReserved) || errors.Is(why, wechat.ErrQuotaExceeded) || errors.Is(why, wechat.ErrRateLimited) {
+		code = natsconf.CodeTooMany
+	}
+	return &RequestError{Code: code, RetryAt: until, Err: errors.Join(ErrPaused, why),
+		Message: fmt.Sprintf("upstream calls for %s are paused until %s after: %v", name, until.UTC().Format(time.RFC3339), why)}
 }
 
 // requestError maps an error to its reply code and message. Messages
@@ -467,6 +481,12 @@ func (r *Refresher) refreshAs(ctx context.Context, name string, stale *uint64, s
 		}
 		if !r.lease.Held() {
 			return natsconf.RefreshReply{}, ErrNotLeader
+		}
+		// After a failure upstream calls wait (a polite pace after an
+		// alert-worthy errcode, the WeChat midnight after 45009, a backoff
+		// after a transient error): requests wait too, and say until when.
+		if until, why := a.paused(now); !until.IsZero() && a.inFlight() == nil {
+			return natsconf.RefreshReply{}, pausedError(name, until, why)
 		}
 		// A forced refresh only when the stored token is still valid and
 		// was rejected; a missing or expired one is simply fetched.

@@ -147,6 +147,19 @@ func prepare(kind, base string, cred Credentials, force bool, sc scrubber) (requ
 // names the kind, the AppID and the number of attempts, and never
 // contains the secret.
 func (c *Client) Fetch(ctx context.Context, kind, base string, cred Credentials, force bool) (Token, error) {
+	return c.FetchGated(ctx, kind, base, cred, force, nil)
+}
+
+// Gate is called before every attempt of a fetch, retries included, with
+// the fetch's ctx and the attempt's number (from 1). It returns the ctx the
+// attempt runs under (its deadline bounds the attempt, on top of the
+// client's timeout) and its cancel func; or an error, and then no request
+// is sent and the fetch ends with that error (wrapped). The refresher
+// uses it to send each attempt only inside its lease's trust window.
+type Gate func(ctx context.Context, attempt int) (context.Context, context.CancelFunc, error)
+
+// FetchGated is Fetch with gate called before each attempt (nil: none).
+func (c *Client) FetchGated(ctx context.Context, kind, base string, cred Credentials, force bool, gate Gate) (Token, error) {
 	sc := newScrubber(cred.Secret)
 	if base == "" {
 		base = cmp.Or(c.base, DefaultBaseURL)
@@ -162,8 +175,20 @@ func (c *Client) Fetch(ctx context.Context, kind, base string, cred Credentials,
 		if ctx.Err() != nil {
 			return Token{}, c.stopped(ctx, kind, cred.AppID, attempt-1, last, sc)
 		}
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if gate != nil {
+			var gerr error
+			if actx, cancel, gerr = gate(ctx, attempt); gerr != nil {
+				msg := fmt.Sprintf("fetch %s token for appid %s stopped before attempt %d: %v", kind, cred.AppID, attempt, gerr)
+				if last == nil {
+					return Token{}, newFetchError(sc, msg, gerr)
+				}
+				return Token{}, newFetchError(sc, msg+"; last error: "+strings.TrimPrefix(last.Error(), "wechat: "), gerr, last)
+			}
+		}
 		start := time.Now()
-		tok, err := c.attempt(ctx, req, sc)
+		tok, err := c.attempt(actx, req, sc)
+		cancel()
 		if c.hook != nil {
 			c.hook(cred.AppID, attempt, err, time.Since(start))
 		}
