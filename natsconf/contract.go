@@ -111,7 +111,8 @@ const (
 	CodeNotFound    = 404 // unknown app
 	CodeTooMany     = 429 // quota exhausted or forced refresh limited
 	CodeUpstream    = 502 // the upstream fetch failed
-	CodeUnavailable = 503 // not leader / shutting down / no token yet
+	CodeUnavailable = 503 // not leader / shutting down / no token yet / overloaded
+	CodeInternal    = 500 // the refresher failed while handling the request (a bug; logged)
 )
 
 // TimeFormat is how times are written: RFC 3339 in UTC. encoding/json

@@ -6,8 +6,10 @@ import (
 	"net/url"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -72,6 +74,17 @@ func UpstreamErrorClass(err error) string {
 	return ErrClassOther
 }
 
+// lv makes v a legal label value: Prometheus panics on a label value that
+// is not valid UTF-8, so each run of invalid bytes becomes U+FFFD. The
+// refresher passes only configured app names (or UnknownAppLabel) and
+// constant values; this is the defence against any other caller.
+func lv(v string) string {
+	if utf8.ValidString(v) {
+		return v
+	}
+	return strings.ToValidUTF8(v, "\uFFFD")
+}
+
 // Metrics is an Observer that exports the refresher's events as
 // Prometheus metrics (all named tokenkeeper_*). Labels are app names,
 // sources, results, error codes and alert names only: no metric ever
@@ -116,6 +129,13 @@ var UpstreamDurationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .
 //	tokenkeeper_kv_write_conflicts_total{app}         counter, revision-checked writes that met a newer revision
 //	tokenkeeper_passive_requests_total{app,outcome}   counter, token.refresh requests by outcome (ok or error code)
 //	tokenkeeper_alerts_total{app,alert}               counter, upstream errcodes an operator must act on
+//
+// The app label is a configured app's name. token.refresh requests that
+// name no configured app (typos, made-up or hostile names) are all counted
+// under the one value app="(unknown)" (UnknownAppLabel), so the number of
+// series is bounded by the configuration, not by what clients send. Every
+// method takes any string without panicking: a label value that is not
+// valid UTF-8 is made valid (invalid bytes become U+FFFD).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		now:     time.Now,
@@ -210,15 +230,15 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 // on. A call cancelled by the refresher itself (shutdown) is timed but
 // not counted as an upstream error.
 func (m *Metrics) UpstreamCall(app string, d time.Duration, err error) {
-	m.upstreamDuration.WithLabelValues(app).Observe(d.Seconds())
+	m.upstreamDuration.WithLabelValues(lv(app)).Observe(d.Seconds())
 	if err == nil || errors.Is(err, context.Canceled) {
 		return
 	}
-	m.upstreamErrors.WithLabelValues(app, UpstreamErrorClass(err)).Inc()
+	m.upstreamErrors.WithLabelValues(lv(app), UpstreamErrorClass(err)).Inc()
 	var we *wechat.Error
 	if errors.As(err, &we) {
 		if alert := alertFor(we.Code); alert != "" {
-			m.alerts.WithLabelValues(app, alert).Inc()
+			m.alerts.WithLabelValues(lv(app), alert).Inc()
 		}
 	}
 }
@@ -228,21 +248,22 @@ func (m *Metrics) UpstreamCall(app string, d time.Duration, err error) {
 // refresh. A token read from the bucket (source empty) only moves the
 // expiry gauge.
 func (m *Metrics) Refreshed(app, source string, expiresAt time.Time) {
+	app = lv(app)
 	m.mu.Lock()
 	m.expires[app] = expiresAt
 	m.mu.Unlock()
 	if source != "" {
-		m.refreshes.WithLabelValues(app, source, ResultOK).Inc()
+		m.refreshes.WithLabelValues(app, lv(source), ResultOK).Inc()
 	}
 }
 
 // RefreshFailed implements Observer: it counts a failed refresh.
 func (m *Metrics) RefreshFailed(app, source string, _ error) {
-	m.refreshes.WithLabelValues(app, source, ResultError).Inc()
+	m.refreshes.WithLabelValues(lv(app), lv(source), ResultError).Inc()
 }
 
 // WriteConflict implements Observer.
-func (m *Metrics) WriteConflict(app string) { m.conflicts.WithLabelValues(app).Inc() }
+func (m *Metrics) WriteConflict(app string) { m.conflicts.WithLabelValues(lv(app)).Inc() }
 
 // Leader implements Observer: tokenkeeper_leader is 1 while leading.
 func (m *Metrics) Leader(leader bool) {
@@ -255,13 +276,14 @@ func (m *Metrics) Leader(leader bool) {
 
 // PassiveRequest implements Observer.
 func (m *Metrics) PassiveRequest(app, outcome string) {
-	m.passive.WithLabelValues(app, outcome).Inc()
+	m.passive.WithLabelValues(lv(app), lv(outcome)).Inc()
 }
 
 // Forget deletes every series of app, for an app removed from the
 // configuration (Reload): otherwise its expiry gauge would keep counting
 // down and fire expiry alerts for an app nobody serves any more.
 func (m *Metrics) Forget(app string) {
+	app = lv(app)
 	m.mu.Lock()
 	delete(m.expires, app)
 	m.mu.Unlock()
@@ -277,5 +299,5 @@ func (m *Metrics) Forget(app string) {
 
 // QuotaUsed implements Observer.
 func (m *Metrics) QuotaUsed(app string, calls int) {
-	m.quotaUsed.WithLabelValues(app).Set(float64(calls))
+	m.quotaUsed.WithLabelValues(lv(app)).Set(float64(calls))
 }

@@ -2,8 +2,18 @@ package refresher
 
 import "time"
 
+// UnknownAppLabel is the app an Observer is told for a token.refresh
+// request that names no configured app: one fixed value, so that requests
+// for made-up names cannot create one metric series each. It is not a
+// legal app name, so it never mixes with a configured app.
+const UnknownAppLabel = "(unknown)"
+
 // Observer receives the refresher's events, for metrics. Methods are
-// called from many goroutines and must not block.
+// called from many goroutines and must not block. The app passed to any
+// method is a configured app name or UnknownAppLabel, never a name taken
+// from the wire. A panic in PassiveRequest is recovered by the request
+// path (the request is answered, the refresher goes on); a panic in the
+// other methods is not.
 type Observer interface {
 	// UpstreamCall: one upstream token call (with its retries) took d.
 	UpstreamCall(app string, d time.Duration, err error)
@@ -16,8 +26,9 @@ type Observer interface {
 	WriteConflict(app string)
 	// Leader: this replica gained (true) or lost (false) the lease.
 	Leader(leader bool)
-	// PassiveRequest: a token.refresh request for app ended with outcome
-	// ("ok" or the error code).
+	// PassiveRequest: a token.refresh request for app (UnknownAppLabel if
+	// it named no configured app) was answered with outcome ("ok" or the
+	// error code), after the reply was sent.
 	PassiveRequest(app, outcome string)
 	// QuotaUsed: app has made calls upstream calls today.
 	QuotaUsed(app string, calls int)

@@ -66,6 +66,7 @@ type Refresher struct {
 	timerAt       atomic.Int64 // when the loop's timer fires next (unix ns)
 	ready         chan struct{}
 	readyOnce     sync.Once
+	reqs          requestGate // token.refresh requests in progress (service.go)
 }
 
 // Option configures a Refresher.
@@ -413,7 +414,9 @@ func (r *Refresher) satisfiedBy(a *app, rec *natsconf.Record, rev uint64, need r
 	if rec == nil || !rec.ExpiresAt.After(now) || !a.owns(rec) {
 		return false
 	}
-	if need.stale != nil {
+	// A stale revision newer than the stored one names no token anyone
+	// holds: it asks for a valid token, like an empty request.
+	if need.stale != nil && *need.stale <= rev {
 		return rev > *need.stale
 	}
 	return r.dueFor(a.name, rec).After(now)

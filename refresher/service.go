@@ -6,9 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/micro"
 
@@ -37,15 +41,22 @@ func (r *Refresher) startService() error {
 		Version:     Version,
 		Description: "tokenkeeper passive token refresh",
 		Metadata:    map[string]string{"replica": r.id, "bucket": r.cfg.Bucket},
+		// Requests dropped at the pending limits (slow consumer) are
+		// reported here; their requesters time out and retry.
+		ErrorHandler: func(_ micro.Service, e *micro.NATSError) {
+			r.log.Warn("token.refresh service error (at the pending limits requests are dropped unanswered)",
+				"subject", sanitize(e.Subject, maxLoggedSubject), "error", sanitize(e.Description, 512))
+		},
 	})
 	if err != nil {
 		return err
 	}
 	err = svc.AddEndpoint("refresh", micro.HandlerFunc(r.handleRefresh),
 		micro.WithEndpointSubject(natsconf.RefreshPrefix+"*"),
-		// A refresh storm must not drop requests at the client's pending
-		// limits (default 64 MB / 512 k msgs is fine; keep it explicit).
-		micro.WithEndpointPendingLimits(-1, -1))
+		// Bounded: the handler never blocks, so the queue holds only a
+		// burst not handled yet; the requests in progress are bounded by
+		// r.reqs, answered with a 503 past it.
+		micro.WithEndpointPendingLimits(pendingMsgsLimit, pendingBytesLimit))
 	if err != nil {
 		_ = svc.Stop()
 		return err
@@ -114,74 +125,295 @@ func truncate(s string, n int) string {
 	return s[:n] + "…"
 }
 
-func (r *Refresher) handleRefresh(req micro.Request) {
-	name := strings.TrimPrefix(req.Subject(), natsconf.RefreshPrefix)
-	stale, err := ParseRefreshRequest(req.Data())
-	source := natsconf.SourcePassive
-	if req.Headers().Get(natsconf.SourceHeader) == natsconf.SourceManual {
-		source = natsconf.SourceManual
+// Bounds of the token.refresh request path: no request, subject or body
+// can grow the refresher without bound.
+const (
+	// DefaultMaxPendingRequests bounds the token.refresh requests in
+	// progress off the subscription's goroutine: those answered from a
+	// goroutine of their own (a fetch, a manual request) plus those
+	// parked on a fetch in flight. Past it a request gets a 503
+	// ("overloaded, retry later") at once. It is above the 10 000
+	// concurrent requests of one stale revision that docs/benchmarks.md
+	// measures.
+	DefaultMaxPendingRequests = 16384
+	// pendingMsgsLimit and pendingBytesLimit bound the subscription's
+	// queue of requests not yet handled. The handler never blocks (the
+	// slow part runs elsewhere, or is refused with a 503), so the queue
+	// holds only a burst the handler has not reached yet; past these
+	// limits the NATS client drops requests (slow consumer), which is
+	// logged and the requesters time out and retry.
+	pendingMsgsLimit  = 65536
+	pendingBytesLimit = 64 << 20
+)
+
+// requestGate counts the token.refresh requests in progress off the
+// subscription's goroutine (DefaultMaxPendingRequests), and holds the test
+// hooks of the request path.
+type requestGate struct {
+	limit    int // 0: DefaultMaxPendingRequests
+	n        atomic.Int64
+	refused  atomic.Int64 // 503s since the last overload log line
+	loggedAt atomic.Int64 // unix ns of the last overload log line
+	// hook, if set (tests only), runs at each stage of the request path
+	// with the request's subject: a panic in it is a panic in the handler.
+	hook func(stage, subject string)
+}
+
+// Stages of the request path at which requestGate.hook runs.
+const (
+	stageReceive = "receive" // on the subscription's goroutine, before anything else
+	stageSlow    = "slow"    // in the goroutine of a slow request
+	stageParked  = "parked"  // in a parked request, when its flight has finished
+)
+
+func (g *requestGate) max() int64 {
+	if g.limit > 0 {
+		return int64(g.limit)
 	}
+	return DefaultMaxPendingRequests
+}
+
+// acquire takes a slot, or reports false if all are taken.
+func (g *requestGate) acquire() bool {
+	if g.n.Add(1) > g.max() {
+		g.n.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (g *requestGate) release() { g.n.Add(-1) }
+
+func (g *requestGate) at(stage string, q *refreshReq) {
+	if g.hook != nil {
+		g.hook(stage, q.Subject())
+	}
+}
+
+// withMaxPendingRequests sets the bound of requestGate (tests; n ≤ 0:
+// DefaultMaxPendingRequests).
+func withMaxPendingRequests(n int) Option { return func(r *Refresher) { r.reqs.limit = n } }
+
+// withRequestHook sets requestGate.hook (tests).
+func withRequestHook(h func(stage, subject string)) Option {
+	return func(r *Refresher) { r.reqs.hook = h }
+}
+
+// refreshReq is a token.refresh request that remembers whether it was
+// answered, so that a recovered panic answers only a request that has no
+// answer yet.
+type refreshReq struct {
+	micro.Request
+	answered atomic.Bool
+}
+
+func (q *refreshReq) Respond(b []byte, opts ...micro.RespondOpt) error {
+	q.answered.Store(true)
+	return q.Request.Respond(b, opts...)
+}
+
+func (q *refreshReq) RespondJSON(v any, opts ...micro.RespondOpt) error {
+	q.answered.Store(true)
+	return q.Request.RespondJSON(v, opts...)
+}
+
+func (q *refreshReq) Error(code, description string, data []byte, opts ...micro.RespondOpt) error {
+	q.answered.Store(true)
+	return q.Request.Error(code, description, data, opts...)
+}
+
+// handleRefresh is the token.refresh endpoint's handler. It runs on the
+// subscription's goroutine, one request at a time, and never blocks: the
+// slow part runs elsewhere (handleSlow, flight.park) or is refused.
+func (r *Refresher) handleRefresh(req micro.Request) {
+	q := &refreshReq{Request: req}
+	defer r.recovered(q)
+	r.reqs.at(stageReceive, q)
+
+	// The name is bytes from the wire (one subject token, any bytes but
+	// '.' and white space): it is only ever looked up, never used as a
+	// label or logged as is. Observers see the configured name or
+	// UnknownAppLabel.
+	name := strings.TrimPrefix(q.Subject(), natsconf.RefreshPrefix)
+	r.mu.Lock()
+	a := r.apps[name]
+	r.mu.Unlock()
+	label := UnknownAppLabel
+	if a != nil {
+		label = a.name
+	}
+	stale, err := ParseRefreshRequest(q.Data())
 	if err != nil {
-		r.replyError(req, name, err)
+		r.replyError(q, label, err)
 		return
+	}
+	if a == nil {
+		r.replyError(q, label, unknownApp(name))
+		return
+	}
+	source := natsconf.SourcePassive
+	if q.Headers().Get(natsconf.SourceHeader) == natsconf.SourceManual {
+		source = natsconf.SourceManual
 	}
 	// Fast paths without a goroutine: the stored record answers, or a
 	// refresh of the stale revision is in flight and the request parks
 	// on it (one goroutine answers every parked request, with one
 	// encoding of the reply).
-	if source == natsconf.SourcePassive {
-		r.mu.Lock()
-		a := r.apps[name]
-		r.mu.Unlock()
-		if a != nil && r.lease != nil && r.lease.Held() {
-			rec, rev, valid := a.usable(r.now())
-			if valid && (stale == nil || rev > *stale) {
-				r.obs.PassiveRequest(name, "ok")
-				_ = req.RespondJSON(reply(rec, rev))
-				return
-			}
-			if f := a.inFlight(); f != nil && rec != nil && stale != nil && rev == *stale {
-				if f.park(func(res flightResult, enc func() []byte) {
-					if res.err == nil && res.rec.AccessToken != "" && res.rev > *stale {
-						r.obs.PassiveRequest(name, "ok")
-						_ = req.Respond(enc())
-						return
-					}
-					r.handleSlow(req, name, stale, source)
-				}) {
-					return
-				}
-			}
-		}
-	}
-	r.handleSlow(req, name, stale, source)
-}
-
-// handleSlow answers a parsed request from a goroutine of its own.
-func (r *Refresher) handleSlow(req micro.Request, name string, stale *uint64, source string) {
-	// Requests are delivered one at a time; the work runs off the
-	// subscription's goroutine so that one slow fetch does not hold up
-	// the replies that need none.
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-		rep, err := r.refreshAs(ctx, name, stale, source)
-		cancel()
-		if err != nil {
-			r.replyError(req, name, err)
+	if source == natsconf.SourcePassive && r.lease != nil && r.lease.Held() {
+		rec, rev, valid := a.usable(r.now())
+		if valid && answers(rev, stale) {
+			r.replyOK(q, label, reply(rec, rev))
 			return
 		}
-		r.obs.PassiveRequest(name, "ok")
-		_ = req.RespondJSON(rep)
+		if f := a.inFlight(); f != nil && rec != nil && stale != nil && rev == *stale {
+			if !r.reqs.acquire() {
+				r.replyOverloaded(q, label)
+				return
+			}
+			if f.park(func(res flightResult, enc func() []byte) {
+				handedOver := false
+				defer func() {
+					if !handedOver {
+						r.reqs.release()
+					}
+				}()
+				defer r.recovered(q)
+				r.reqs.at(stageParked, q)
+				if res.err == nil && res.rec.AccessToken != "" && res.rev > *stale {
+					_ = q.Respond(enc())
+					r.obs.PassiveRequest(label, "ok")
+					return
+				}
+				handedOver = true
+				r.goSlow(q, name, label, stale, source)
+			}) {
+				return
+			}
+			r.reqs.release()
+		}
+	}
+	r.handleSlow(q, name, label, stale, source)
+}
+
+// handleSlow answers a parsed request from a goroutine of its own, or
+// with a 503 if DefaultMaxPendingRequests (or the test's bound) requests
+// are in progress already.
+func (r *Refresher) handleSlow(q *refreshReq, name, label string, stale *uint64, source string) {
+	if !r.reqs.acquire() {
+		r.replyOverloaded(q, label)
+		return
+	}
+	r.goSlow(q, name, label, stale, source)
+}
+
+// goSlow answers q from a goroutine of its own, which owns a slot of
+// r.reqs (taken by the caller) and gives it back. Requests are delivered
+// one at a time; the work runs off the subscription's goroutine so that
+// one slow fetch does not hold up the replies that need none.
+func (r *Refresher) goSlow(q *refreshReq, name, label string, stale *uint64, source string) {
+	go func() {
+		defer r.reqs.release()
+		defer r.recovered(q)
+		r.reqs.at(stageSlow, q)
+		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+		defer cancel()
+		rep, err := r.refreshAs(ctx, name, stale, source)
+		if err != nil {
+			r.replyError(q, label, err)
+			return
+		}
+		r.replyOK(q, label, rep)
 	}()
 }
 
+// recovered is deferred by every part of the request path: a panic there
+// is logged with the request's subject (sanitised) and answered with an
+// internal error if nothing was answered yet, and the refresher goes on
+// serving. An observer that panics while the error is answered changes
+// nothing.
+func (r *Refresher) recovered(q *refreshReq) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	r.log.Error("token.refresh handler panicked; the request is answered with an internal error and the refresher goes on",
+		"subject", sanitize(q.Subject(), maxLoggedSubject), "panic", sanitize(fmt.Sprint(v), 512),
+		"stack", string(debug.Stack()))
+	if q.answered.Load() {
+		return
+	}
+	defer func() { _ = recover() }()
+	label := UnknownAppLabel
+	name := strings.TrimPrefix(q.Subject(), natsconf.RefreshPrefix)
+	r.mu.Lock()
+	if a := r.apps[name]; a != nil {
+		label = a.name
+	}
+	r.mu.Unlock()
+	r.replyError(q, label, &RequestError{Code: natsconf.CodeInternal,
+		Message: "refresher: internal error while handling the request (logged); retry later"})
+}
+
+// replyOK answers q with v, then tells the observer.
+func (r *Refresher) replyOK(q *refreshReq, label string, v any) {
+	_ = q.RespondJSON(v)
+	r.obs.PassiveRequest(label, "ok")
+}
+
+// replyOverloaded answers q with a 503: too many requests are in progress.
+// A warning is logged at most every overloadLogEvery, with the number of
+// requests refused since the last one.
+func (r *Refresher) replyOverloaded(q *refreshReq, label string) {
+	n := r.reqs.refused.Add(1)
+	now := time.Now().UnixNano()
+	if last := r.reqs.loggedAt.Load(); now-last >= int64(overloadLogEvery) && r.reqs.loggedAt.CompareAndSwap(last, now) {
+		r.reqs.refused.Add(-n)
+		r.log.Warn("token.refresh overloaded: requests refused with 503", "refused", n, "in_progress_limit", r.reqs.max())
+	}
+	r.replyError(q, label, &RequestError{Code: natsconf.CodeUnavailable,
+		Message: fmt.Sprintf("refresher overloaded: %d token.refresh requests are in progress already; retry later", r.reqs.max())})
+}
+
+// overloadLogEvery spaces the overload warnings.
+const overloadLogEvery = 10 * time.Second
+
+// maxLoggedSubject bounds a subject in a log line.
+const maxLoggedSubject = 128
+
+// sanitize makes text from the wire (a subject, a panic value) fit for a
+// log line, a header or a metric label: valid UTF-8 (each run of invalid
+// bytes becomes U+FFFD), no control or other non-printable characters
+// (each becomes '?'), and at most n bytes (then "…" is appended).
+func sanitize(s string, n int) string {
+	var b strings.Builder
+	for _, c := range strings.ToValidUTF8(s, "\uFFFD") {
+		if !unicode.IsPrint(c) {
+			c = '?'
+		}
+		if b.Len()+utf8.RuneLen(c) > n {
+			b.WriteString("…")
+			break
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+// unknownApp is the error for a request naming no configured app. The
+// name is quoted (and cut), so the message stays valid UTF-8 and short.
+func unknownApp(name string) error {
+	return fmt.Errorf("%w %q", ErrUnknownApp, truncate(name, 64))
+}
+
 // replyError sends err as a micro error reply: code and message in the
-// headers and a JSON body.
-func (r *Refresher) replyError(req micro.Request, name string, err error) {
+// headers and a JSON body, then tells the observer. label is the
+// configured app or UnknownAppLabel.
+func (r *Refresher) replyError(q *refreshReq, label string, err error) {
 	re := requestError(err)
-	r.obs.PassiveRequest(name, strconv.Itoa(re.Code))
-	body, _ := json.Marshal(natsconf.ErrorReply{Error: natsconf.ErrorDetail{Code: re.Code, Message: re.Message, RetryAt: re.RetryAt}})
-	_ = req.Error(strconv.Itoa(re.Code), re.Message, body)
+	msg := sanitize(re.Message, natsconf.MaxRequestBody)
+	body, _ := json.Marshal(natsconf.ErrorReply{Error: natsconf.ErrorDetail{Code: re.Code, Message: msg, RetryAt: re.RetryAt}})
+	_ = q.Error(strconv.Itoa(re.Code), msg, body)
+	r.obs.PassiveRequest(label, strconv.Itoa(re.Code))
 }
 
 // pausedError is the reply to a request that would need an upstream call
@@ -218,6 +450,8 @@ func requestError(err error) *RequestError {
 // valid token (fetching only if none is stored or it expired); with stale
 // N it returns the stored record if its revision is newer than N, and
 // otherwise makes one upstream fetch that every concurrent caller shares.
+// A stale N newer than the stored revision names no token anyone holds
+// and is answered like stale nil.
 // Forced fetches of one app happen at most once per passive_min_interval
 // (for wechat-stable apps at least 30 s apart and 20 a day); inside that
 // window the stored record is returned. Only the leader fetches; on a
@@ -234,7 +468,7 @@ func (r *Refresher) refreshAs(ctx context.Context, name string, stale *uint64, s
 	closed := r.closed
 	r.mu.Unlock()
 	if a == nil {
-		return natsconf.RefreshReply{}, fmt.Errorf("%w %q", ErrUnknownApp, name)
+		return natsconf.RefreshReply{}, unknownApp(name)
 	}
 	if closed || r.refreshCtx == nil {
 		return natsconf.RefreshReply{}, ErrClosed
@@ -242,7 +476,7 @@ func (r *Refresher) refreshAs(ctx context.Context, name string, stale *uint64, s
 	for range 3 {
 		now := r.now()
 		rec, rev, valid := a.usable(now)
-		if valid && (stale == nil || rev > *stale) {
+		if valid && answers(rev, stale) {
 			return reply(rec, rev), nil
 		}
 		if !r.lease.Held() {
@@ -280,7 +514,7 @@ func (r *Refresher) refreshAs(ctx context.Context, name string, stale *uint64, s
 		if res.err != nil {
 			return natsconf.RefreshReply{}, res.err
 		}
-		if res.rec.AccessToken != "" && (stale == nil || res.rev > *stale) {
+		if res.rec.AccessToken != "" && answers(res.rev, stale) {
 			return reply(&res.rec, res.rev), nil
 		}
 		// We joined a flight that did not answer our need (a scheduled
@@ -291,6 +525,18 @@ func (r *Refresher) refreshAs(ctx context.Context, name string, stale *uint64, s
 		return natsconf.RefreshReply{}, &RequestError{Code: natsconf.CodeUnavailable, Message: "no token stored yet"}
 	}
 	return reply(rec, rev), nil
+}
+
+// answers reports whether a valid record at revision rev answers a
+// request with stale revision stale: unless the request says that this
+// very revision was rejected. A stale revision newer than rev names no
+// token this refresher has handed out (a bogus or hostile value, or one
+// it has not seen yet): it is treated like an empty request, "give me a
+// valid token", and forces no fetch. A refresh started for it re-reads
+// the key, so a revision that really is the stored one is still
+// refreshed (satisfiedBy).
+func answers(rev uint64, stale *uint64) bool {
+	return stale == nil || rev != *stale
 }
 
 // passiveMinFor is the least time between forced refreshes of a: for
