@@ -485,8 +485,13 @@ func (o Options) hint(err error) string {
 // dial connects, retrying while no server is reachable, until ctx is done.
 func dial(ctx context.Context, servers string, opts []nats.Option) (*nats.Conn, error) {
 	backoff := 100 * time.Millisecond
+	var last error // of the previous attempt
 	for {
 		if err := ctx.Err(); err != nil {
+			if last != nil {
+				// ctx ended as the backoff did: still say why.
+				return nil, fmt.Errorf("%w (last error: %w)", err, last)
+			}
 			return nil, err
 		}
 		timeout := DefaultConnectTimeout
@@ -502,6 +507,7 @@ func dial(ctx context.Context, servers string, opts []nats.Option) (*nats.Conn, 
 		if !unreachable(err) {
 			return nil, err
 		}
+		last = err
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
