@@ -6,7 +6,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -353,5 +356,113 @@ func TestPermissionsExampleConfig(t *testing.T) {
 	var rec natsconf.Record
 	if err := json.Unmarshal(e.Value(), &rec); err != nil || e.Revision() != rev2 || rec.AccessToken != reply.AccessToken {
 		t.Fatalf("service: after the refused writes the bucket holds revision %d (want %d), token changed: %v", e.Revision(), rev2, rec.AccessToken != reply.AccessToken)
+	}
+}
+
+// TestPermissionsEmbeddedUsers runs the real refresher binary with an
+// embedded server that has users (nats.embedded.users): the refresher,
+// connected in-process with the refresher role, provisions its buckets,
+// stores a token and serves a refresh without one permissions problem,
+// while a service user reads the token over TCP and writes nothing, and
+// an anonymous client is refused. The password is never logged.
+func TestPermissionsEmbeddedUsers(t *testing.T) {
+	sim, hs := wechatsim.NewServer(wechatsim.Options{ExpiresIn: time.Hour})
+	t.Cleanup(hs.Close)
+	app := refresher.AppConfig{Name: "mp", Kind: wechat.KindClassic, AppID: "wxembedded", APIBase: hs.URL}.WithSecret(harness.Secret("wxembedded"))
+	sim.AddApp(app.AppID, app.Secret())
+
+	servicePW := randomPassword(t)
+	t.Setenv("TK_E2E_SERVICE_PASSWORD", servicePW)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	extra := fmt.Sprintf(`nats:
+  embedded:
+    listen: %q
+    store_dir: %q
+    users:
+      - {user: billing, role: service, password_env: TK_E2E_SERVICE_PASSWORD}
+`, addr, t.TempDir())
+	path := writeConfig(t, "", 2*time.Second, "", app)
+	text, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// writeConfig wrote nats: {url: ""}; replace that section.
+	cfgText := strings.Replace(string(text), "nats:\n  url: \"\"\n", extra, 1)
+	if cfgText == string(text) {
+		t.Fatalf("unexpected config layout:\n%s", text)
+	}
+	if err := os.WriteFile(path, []byte(cfgText), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startProc(t, path, "emb-1", app)
+	url := "nats://" + addr
+
+	if nc, err := nats.Connect(url); err == nil {
+		nc.Close()
+		t.Fatal("an anonymous connection was accepted")
+	} else if !errors.Is(err, nats.ErrAuthorization) {
+		t.Fatalf("anonymous connection: %v, want an authorization error", err)
+	}
+
+	serviceErrs := make(asyncErrors, 64)
+	snc, sjs := testutil.Connect(t, url, nats.UserInfo("billing", servicePW),
+		nats.CustomInboxPrefix(natsconf.ServiceInboxPrefix("billing")), nats.ErrorHandler(serviceErrs.handler))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var kv jetstream.KeyValue
+	var rev uint64
+	testutil.WaitFor(t, 15*time.Second, func() bool {
+		if kv == nil {
+			if kv, err = sjs.KeyValue(ctx, natsconf.DefaultBucket); err != nil {
+				kv = nil
+				return false
+			}
+		}
+		e, err := kv.Get(ctx, app.Name)
+		if err != nil {
+			return false
+		}
+		rev = e.Revision()
+		return true
+	}, "service: no token readable in the embedded server's bucket")
+	req, _ := json.Marshal(natsconf.RefreshRequest{StaleRevision: &rev})
+	msg, err := snc.Request(natsconf.RefreshSubject(app.Name), req, 5*time.Second)
+	if err != nil {
+		t.Fatalf("service: refresh: %v", err)
+	}
+	var reply natsconf.RefreshReply
+	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Revision <= rev {
+		t.Fatalf("service: refresh reply %q", msg.Data)
+	}
+	if err := sim.Check(reply.AccessToken); err != nil {
+		t.Fatalf("refreshed token rejected upstream: %v", err)
+	}
+	pctx, pcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer pcancel()
+	if _, err := kv.Put(pctx, app.Name, []byte(`{"app":"mp","access_token":"FORGED"}`)); err == nil {
+		t.Fatal("service: kv.Put succeeded")
+	}
+	serviceErrs.expectViolation(t, `Publish to "$KV.tokens.mp"`)
+
+	// One more tick, then the refresher's log.
+	time.Sleep(1500 * time.Millisecond)
+	out := p.out.String()
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "user:billing") {
+			continue // the server reports the service's refused write
+		}
+		for _, bad := range []string{"permission", "Violation", servicePW} {
+			if strings.Contains(line, bad) {
+				t.Errorf("refresher output contains %q: %s", bad, line)
+			}
+		}
+	}
+	if !strings.Contains(out, "requires authentication") {
+		t.Errorf("refresher did not log that its embedded server requires authentication:\n%s", out)
 	}
 }

@@ -90,20 +90,12 @@ func (o Options) Validate() []error {
 			}
 		}
 	} else {
-		e := o.Embedded.withDefaults()
-		if _, _, err := splitListen(e.Listen); err != nil {
-			add("nats.embedded.listen", "%v", err)
-		}
-		if strings.ContainsAny(e.ServerName, " \t\n") {
-			add("nats.embedded.server_name", "must not contain spaces")
-		}
-		if fi, err := os.Stat(e.StoreDir); err == nil && !fi.IsDir() {
-			add("nats.embedded.store_dir", "%s exists and is not a directory", e.StoreDir)
-		}
-		// The embedded server runs without TLS or authentication: settings
-		// for them would be silently ignored, which is worse than an error.
+		errs = append(errs, o.Embedded.validate()...)
+		// The refresher's own connection to its embedded server is
+		// in-process, with an identity made for it: client credentials
+		// would be silently ignored, which is worse than an error.
 		for _, k := range o.authKeys() {
-			add(k, "only used with nats.url; the embedded server runs without authentication")
+			add(k, "only used with nats.url; the refresher connects to its embedded server in-process (nats.embedded.users are for other clients)")
 		}
 		if o.TLS.enabled() {
 			add("nats.tls", "only used with nats.url; the embedded server runs without TLS")
@@ -361,7 +353,9 @@ func (c *Conn) Close() {
 
 // Connect connects to o.URL or, when o.URL is empty, starts the embedded
 // nats-server (StartEmbedded with o.Embedded, JetStream on) and connects
-// to it in-process.
+// to it in-process — with nats.embedded.users configured, as an identity of
+// role refresher made for this start (RolePermissions), so the refresher
+// holds no more rights than a refresher connecting from elsewhere.
 //
 // It validates o first and returns every problem at once (the joined
 // error matches ErrInvalidOptions). The connection reconnects forever
@@ -389,13 +383,16 @@ func Connect(ctx context.Context, o Options, extra ...nats.Option) (*Conn, error
 	c := &Conn{}
 	servers := strings.TrimSpace(o.URL)
 	if servers == "" {
-		s, err := StartEmbedded(o.Embedded)
+		s, selfAuth, err := startEmbedded(o.Embedded, true)
 		if err != nil {
 			return nil, err
 		}
 		c.Server = s
 		servers = s.ClientURL()
 		opts = append(opts, nats.InProcessServer(s))
+		if selfAuth != nil {
+			opts = append(opts, selfAuth)
+		}
 	} else {
 		aopts, err := o.authOptions()
 		if err != nil {
@@ -488,8 +485,13 @@ func (o Options) hint(err error) string {
 // dial connects, retrying while no server is reachable, until ctx is done.
 func dial(ctx context.Context, servers string, opts []nats.Option) (*nats.Conn, error) {
 	backoff := 100 * time.Millisecond
+	var last error // of the previous attempt
 	for {
 		if err := ctx.Err(); err != nil {
+			if last != nil {
+				// ctx ended as the backoff did: still say why.
+				return nil, fmt.Errorf("%w (last error: %w)", err, last)
+			}
 			return nil, err
 		}
 		timeout := DefaultConnectTimeout
@@ -505,6 +507,7 @@ func dial(ctx context.Context, servers string, opts []nats.Option) (*nats.Conn, 
 		if !unreachable(err) {
 			return nil, err
 		}
+		last = err
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():

@@ -397,7 +397,8 @@ func TestValidate(t *testing.T) {
 		{URL: "nats://a:4222, nats://b:4222,c:4223", User: "u", Password: "p"},
 		{URL: "tls://a", Token: "t", TLS: natsconf.TLSOptions{CAFile: f.CA, CertFile: f.ClientCert, KeyFile: f.ClientKey}},
 		{URL: "nats://a:4222", NKeyFile: writeFile(t, "u.nk", seed)},
-		{Embedded: natsconf.EmbeddedOptions{Listen: ":4333"}},
+		{Embedded: natsconf.EmbeddedOptions{Listen: ":4333", AllowAnonymous: true}},
+		{Embedded: natsconf.EmbeddedOptions{Listen: "127.0.0.1:4333"}},
 	}
 	for i, o := range good {
 		if errs := o.Validate(); errs != nil {

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 )
 
 // Defaults of the embedded server.
@@ -38,6 +40,69 @@ type EmbeddedOptions struct {
 	StoreDir string `yaml:"store_dir"`
 	// ServerName is the server's name; default: the server ID.
 	ServerName string `yaml:"server_name"`
+	// Users are the users other processes connect with, each with a
+	// least-privilege role (RolePermissions). With users, every
+	// connection authenticates; the refresher's own in-process connection
+	// uses an identity of role refresher made at each start (a fresh nkey
+	// that never leaves the process). Without users the server accepts
+	// anonymous connections, which StartEmbedded allows only on a
+	// loopback address unless AllowAnonymous is set.
+	Users []EmbeddedUser `yaml:"users"`
+	// AllowAnonymous lets the server listen beyond loopback without users:
+	// anyone who reaches the address reads every token and may write the
+	// bucket. For a trusted network only; it cannot be combined with Users.
+	AllowAnonymous bool `yaml:"allow_anonymous"`
+	// Bucket is the token bucket the roles' permissions name (with its
+	// _lease and _state buckets); default DefaultBucket. The refresher sets
+	// it from its bucket: key.
+	Bucket string `yaml:"-"`
+}
+
+// bucket is o.Bucket or DefaultBucket.
+func (o EmbeddedOptions) bucket() string {
+	if o.Bucket == "" {
+		return DefaultBucket
+	}
+	return o.Bucket
+}
+
+// validate returns every problem of o (with defaults applied), each
+// naming its key and matching ErrInvalidOptions.
+func (o EmbeddedOptions) validate() []error {
+	var errs []error
+	add := func(key, format string, args ...any) {
+		errs = append(errs, optErr(key, fmt.Sprintf(format, args...)))
+	}
+	o = o.withDefaults()
+	host, _, err := splitListen(o.Listen)
+	if err != nil {
+		add("nats.embedded.listen", "%v", err)
+	}
+	if strings.ContainsAny(o.ServerName, " \t\n") {
+		add("nats.embedded.server_name", "must not contain spaces")
+	}
+	if fi, err := os.Stat(o.StoreDir); err == nil && !fi.IsDir() {
+		add("nats.embedded.store_dir", "%s exists and is not a directory", o.StoreDir)
+	}
+	o.validateUsers(add)
+	if err == nil && len(o.Users) == 0 && !o.AllowAnonymous && !loopback(host) {
+		add("nats.embedded.listen", "%s is reachable beyond this host and nats.embedded.users is empty: "+
+			"anyone who reaches it could read every token and write the bucket. "+
+			"Add nats.embedded.users (roles refresher, service, operator), listen on 127.0.0.1, "+
+			"or set nats.embedded.allow_anonymous: true on a trusted network", o.Listen)
+	}
+	return errs
+}
+
+// loopback reports whether host (of a listen address) is reachable from
+// this host only: a loopback IP or "localhost". Any other name counts as
+// reachable from elsewhere.
+func loopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // withDefaults returns o with empty fields set to their defaults.
@@ -75,19 +140,50 @@ func splitListen(addr string) (string, int, error) {
 // handlers, and waits until it accepts connections. Its warnings and errors
 // go to slog.Default() (notices at debug level) with component=nats-server.
 //
-// A malformed o.Listen gives an error matching ErrInvalidOptions. When the
+// With o.Users every connection must authenticate as one of them and gets
+// its role's permissions. Without users, an o.Listen beyond loopback is
+// refused unless o.AllowAnonymous is set.
+//
+// Invalid options (a malformed o.Listen, a user without a password, an
+// open non-loopback listener, …) give an error matching ErrInvalidOptions
+// that names each key, and nothing is started or created. When the
 // address is taken the error matches ErrAddressInUse (and
 // ErrEmbeddedStart); other failures match ErrEmbeddedStart and carry the
 // server's own message. The caller owns the server: Shutdown and
 // WaitForShutdown it (Conn.Close does).
 func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
+	s, _, err := startEmbedded(o, false)
+	return s, err
+}
+
+// startEmbedded is StartEmbedded. With self and users configured, the
+// server also accepts an identity of role refresher made for this start,
+// and the returned option connects as it; otherwise the option is nil.
+func startEmbedded(o EmbeddedOptions, self bool) (*server.Server, nats.Option, error) {
+	if errs := o.validate(); len(errs) > 0 {
+		return nil, nil, errors.Join(errs...)
+	}
 	o = o.withDefaults()
-	host, port, err := splitListen(o.Listen)
+	host, port, _ := splitListen(o.Listen)
+	users, nkeyUsers, err := o.serverUsers()
 	if err != nil {
-		return nil, optErr("nats.embedded.listen", err.Error())
+		return nil, nil, err
+	}
+	var selfAuth nats.Option
+	if self && len(o.Users) > 0 {
+		kp, err := nkeys.CreateUser()
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: in-process identity: %w", ErrEmbeddedStart, err)
+		}
+		pub, err := kp.PublicKey()
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: in-process identity: %w", ErrEmbeddedStart, err)
+		}
+		nkeyUsers = append(nkeyUsers, &server.NkeyUser{Nkey: pub, Permissions: RolePermissions(RoleRefresher, o.bucket(), "")})
+		selfAuth = nats.Nkey(pub, kp.Sign)
 	}
 	if err := os.MkdirAll(o.StoreDir, 0o750); err != nil {
-		return nil, fmt.Errorf("%w: nats.embedded.store_dir: %w", ErrEmbeddedStart, err)
+		return nil, nil, fmt.Errorf("%w: nats.embedded.store_dir: %w", ErrEmbeddedStart, err)
 	}
 	sopts := &server.Options{
 		ServerName: o.ServerName,
@@ -96,12 +192,15 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 		JetStream:  true,
 		StoreDir:   o.StoreDir,
 		NoSigs:     true,
+		Users:      users,
+		Nkeys:      nkeyUsers,
 	}
 	s, err := server.NewServer(sopts)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrEmbeddedStart, err)
+		return nil, nil, fmt.Errorf("%w: %w", ErrEmbeddedStart, err)
 	}
-	lg := &serverLogger{log: slog.Default().With("component", "nats-server")}
+	log := slog.Default().With("component", "nats-server")
+	lg := &serverLogger{log: log}
 	s.SetLoggerV2(lg, false, false, false)
 	go s.Start()
 
@@ -110,15 +209,25 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 		if lg.failed() || time.Now().After(deadline) {
 			s.Shutdown()
 			s.WaitForShutdown()
-			return nil, startError(o.Listen, lg)
+			return nil, nil, startError(o.Listen, lg)
 		}
 	}
 	if !s.JetStreamEnabled() {
 		s.Shutdown()
 		s.WaitForShutdown()
-		return nil, fmt.Errorf("%w: jetstream is not enabled%s", ErrEmbeddedStart, lg.suffix())
+		return nil, nil, fmt.Errorf("%w: jetstream is not enabled%s", ErrEmbeddedStart, lg.suffix())
 	}
-	return s, nil
+	switch {
+	case len(o.Users) > 0:
+		names := make([]string, len(o.Users))
+		for i, u := range o.Users {
+			names[i] = u.User + "(" + string(u.Role) + ")"
+		}
+		log.Info("embedded nats-server requires authentication", "listen", o.Listen, "users", strings.Join(names, " "))
+	case !loopback(host):
+		log.Warn("embedded nats-server accepts anonymous connections beyond loopback (nats.embedded.allow_anonymous): anyone who reaches it reads every token and can write the bucket", "listen", o.Listen)
+	}
+	return s, selfAuth, nil
 }
 
 // startError explains why the embedded server did not become ready.

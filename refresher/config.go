@@ -188,6 +188,8 @@ func (c *Config) SetDefaults() {
 	if c.Bucket == "" {
 		c.Bucket = natsconf.DefaultBucket
 	}
+	// The embedded server's roles grant the buckets of this config.
+	c.NATS.Embedded.Bucket = c.Bucket
 	if c.Replicas == 0 {
 		c.Replicas = 1
 	}

@@ -3,6 +3,7 @@ package testutil
 import (
 	"fmt"
 	"net"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,7 +43,8 @@ func NewCluster(t testing.TB, n int) *Cluster {
 // base(i) (for instance a config file loaded with server.ProcessConfigFile)
 // instead of zero. The cluster still sets what makes it run in-process:
 // host, ports, routes, cluster name, store directory, no signals, no log;
-// a server name from base is kept.
+// a server name and the routes' credentials (cluster authorization) from
+// base are kept.
 func NewClusterFrom(t testing.TB, n int, base func(i int) *server.Options) *Cluster {
 	t.Helper()
 	if n < 1 {
@@ -69,6 +71,12 @@ func NewClusterFrom(t testing.TB, n int, base func(i int) *server.Options) *Clus
 		o.NoSigs, o.NoLog = true, true
 		o.Cluster.Name, o.Cluster.Host, o.Cluster.Port = name, "127.0.0.1", ports[n+i]
 		o.Routes = server.RoutesFromStr(strings.Join(routes, ","))
+		if o.Cluster.Username != "" {
+			// The base config's routes authenticate: so do these.
+			for _, r := range o.Routes {
+				r.User = url.UserPassword(o.Cluster.Username, o.Cluster.Password)
+			}
+		}
 		c.opts[i] = o
 	}
 	t.Cleanup(c.Shutdown)

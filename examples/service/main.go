@@ -6,6 +6,11 @@
 //
 //	service --nats nats://127.0.0.1:4222 --app demo-mp --api-base http://127.0.0.1:9100
 //
+// Against a server with users (examples/nats-server.conf, deploy/nats.conf)
+// it connects as --user (default $NATS_USER) with the password in
+// $NATS_PASSWORD, and with the inbox prefix _INBOX_<user> that the
+// service role requires (--inbox-prefix to change it).
+//
 // Against the demo (go run ./cmd/refresher) the emulator's address is
 // printed in the demo's log; docker-compose.yml runs this service against
 // its own emulator.
@@ -25,6 +30,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/subscriber"
 )
@@ -39,6 +46,9 @@ func main() {
 	}
 }
 
+// passwordEnv holds the password of --user.
+const passwordEnv = "NATS_PASSWORD"
+
 func run(ctx context.Context, args []string, log *slog.Logger) error {
 	fs := flag.NewFlagSet("service", flag.ContinueOnError)
 	url := fs.String("nats", "nats://127.0.0.1:4222", "NATS URL(s), comma-separated")
@@ -46,12 +56,28 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	apiBase := fs.String("api-base", "https://api.weixin.qq.com", "WeChat API base URL")
 	every := fs.Duration("interval", 5*time.Second, "time between business calls")
 	count := fs.Int("count", 0, "stop after this many calls (0: run until stopped)")
+	user := fs.String("user", os.Getenv("NATS_USER"), "NATS user (default $NATS_USER); its password is read from $"+passwordEnv)
+	inbox := fs.String("inbox-prefix", "", "inbox prefix of the replies (default with --user: _INBOX_<user>, the service role's private inbox)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 
+	o := natsconf.Options{URL: *url, Name: "tokenkeeper-example-service"}
+	var extra []nats.Option
+	if *user != "" {
+		if os.Getenv(passwordEnv) == "" {
+			return fmt.Errorf("--user %s: set its password in $%s", *user, passwordEnv)
+		}
+		o.User, o.PasswordEnv = *user, passwordEnv
+		if *inbox == "" {
+			*inbox = natsconf.ServiceInboxPrefix(*user)
+		}
+	}
+	if *inbox != "" {
+		extra = append(extra, nats.CustomInboxPrefix(*inbox))
+	}
 	connectCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	conn, err := natsconf.Connect(connectCtx, natsconf.Options{URL: *url, Name: "tokenkeeper-example-service"})
+	conn, err := natsconf.Connect(connectCtx, o, extra...)
 	cancel()
 	if err != nil {
 		return err

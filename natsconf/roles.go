@@ -1,0 +1,216 @@
+package natsconf
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
+)
+
+// Role is one of the least-privilege roles of tokenkeeper's NATS users,
+// the same as those of examples/nats-server.conf and deploy/nats.conf.
+type Role string
+
+// The roles.
+const (
+	// RoleRefresher owns the buckets (tokens, tokens_lease, tokens_state),
+	// publishes token.updated.<app> and serves token.refresh.<app>.
+	RoleRefresher Role = "refresher"
+	// RoleService reads and watches the tokens bucket, requests
+	// token.refresh.<app>, receives token.updated.<app>, and writes
+	// nothing. Its replies arrive under its private inbox prefix
+	// ServiceInboxPrefix(user).
+	RoleService Role = "service"
+	// RoleOperator is tokenctl's: what a service may, plus reading the
+	// lease and the state buckets (tokenctl status). It writes nothing.
+	RoleOperator Role = "operator"
+)
+
+// Roles lists the roles, in the order of the documentation.
+var Roles = []Role{RoleRefresher, RoleService, RoleOperator}
+
+// ServiceInboxPrefix is the inbox prefix a user of role service must
+// connect with (nats.CustomInboxPrefix in Go): "_INBOX_<user>". Its
+// replies carry tokens; with the shared "_INBOX." prefix every holder of
+// "_INBOX.>" could read them.
+func ServiceInboxPrefix(user string) string { return "_INBOX_" + user }
+
+// userNameRE is what a user name of nats.embedded.users may be: one
+// subject token, as it becomes part of the service inbox prefix.
+var userNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// RolePermissions returns the permissions of role for the buckets of
+// bucket (bucket, bucket_lease, bucket_state) and the user named user
+// (the service role's inbox is private to the user). It returns nil for
+// an unknown role.
+func RolePermissions(role Role, bucket, user string) *server.Permissions {
+	lease, state := bucket+"_lease", bucket+"_state"
+	// What reading and watching one bucket takes.
+	read := func(b string) []string {
+		return []string{
+			"$JS.API.STREAM.INFO.KV_" + b,
+			"$JS.API.DIRECT.GET.KV_" + b + ".>",
+			"$JS.API.CONSUMER.CREATE.KV_" + b + ".>",
+			"$JS.API.CONSUMER.DELETE.KV_" + b + ".>",
+			"$JS.FC.KV_" + b + ".>",
+		}
+	}
+	// Writing nothing: implied by the allow lists, spelled out so that
+	// nobody widens them into writing tokens or forging events.
+	readOnly := &server.SubjectPermission{Deny: []string{"$KV.>", UpdatedPrefix + ">"}}
+
+	switch role {
+	case RoleRefresher:
+		pub := []string{"$JS.API.INFO"}
+		for _, b := range []string{bucket, lease, state} {
+			pub = append(pub,
+				"$JS.API.STREAM.CREATE.KV_"+b,
+				"$JS.API.STREAM.UPDATE.KV_"+b)
+			pub = append(pub, read(b)...)
+			pub = append(pub, "$KV."+b+".>")
+		}
+		pub = append(pub, UpdatedPrefix+">")
+		return &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: pub},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", RefreshPrefix + "*", "$SRV.>"}},
+			Response: &server.ResponsePermission{
+				MaxMsgs: server.DEFAULT_ALLOW_RESPONSE_MAX_MSGS,
+				Expires: server.DEFAULT_ALLOW_RESPONSE_EXPIRATION,
+			},
+		}
+	case RoleService:
+		readOnly.Allow = append(read(bucket), RefreshPrefix+">", "$SRV.>")
+		return &server.Permissions{
+			Publish:   readOnly,
+			Subscribe: &server.SubjectPermission{Allow: []string{ServiceInboxPrefix(user) + ".>", UpdatedPrefix + ">"}},
+		}
+	case RoleOperator:
+		// tokenctl status reads the lease and lists the state bucket.
+		// tokenctl has no inbox prefix option: it uses "_INBOX.", like
+		// the refresher, whose replies it may read anyway.
+		readOnly.Allow = append(append(append(read(bucket), read(lease)...), read(state)...), RefreshPrefix+">", "$SRV.>")
+		return &server.Permissions{
+			Publish:   readOnly,
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", UpdatedPrefix + ">"}},
+		}
+	}
+	return nil
+}
+
+// EmbeddedUser is one entry of nats.embedded.users: who may connect to the
+// embedded server, how it authenticates, and its role. Exactly one of
+// PasswordEnv, PasswordFile and NKey is set.
+type EmbeddedUser struct {
+	// User is the user name ([A-Za-z0-9_-]{1,64}). With NKey it only names
+	// the user in logs and in the service inbox prefix.
+	User string `yaml:"user"`
+	// Role is refresher, service or operator.
+	Role Role `yaml:"role"`
+	// PasswordEnv names the environment variable holding the password
+	// (or its bcrypt hash, "$2a$…", so the clear text stays off this host).
+	PasswordEnv string `yaml:"password_env"`
+	// PasswordFile is a file holding the password or its bcrypt hash
+	// (surrounding white space is ignored), such as a mounted secret.
+	PasswordFile string `yaml:"password_file"`
+	// NKey is the user's public nkey ("U…"); the client signs with the
+	// seed, which this host never sees.
+	NKey string `yaml:"nkey"`
+}
+
+// validateUsers checks nats.embedded.users and allow_anonymous.
+func (o EmbeddedOptions) validateUsers(add func(key, format string, args ...any)) {
+	if o.AllowAnonymous && len(o.Users) > 0 {
+		add("nats.embedded.allow_anonymous", "cannot be combined with nats.embedded.users: with users nobody connects anonymously")
+	}
+	names := map[string]int{}
+	nkeysSeen := map[string]int{}
+	for i, u := range o.Users {
+		key := fmt.Sprintf("nats.embedded.users[%d]", i)
+		switch {
+		case u.User == "":
+			add(key+".user", "required")
+		case !userNameRE.MatchString(u.User):
+			add(key+".user", "%q is not a valid user name (1-64 of A-Z a-z 0-9 _ -)", u.User)
+		default:
+			if j, dup := names[u.User]; dup {
+				add(key+".user", "%q is already users[%d]", u.User, j)
+			} else {
+				names[u.User] = i
+			}
+		}
+		switch u.Role {
+		case RoleRefresher, RoleService, RoleOperator:
+		case "":
+			add(key+".role", "required: refresher, service or operator")
+		default:
+			add(key+".role", "%q is not a role: refresher, service or operator", string(u.Role))
+		}
+		var set []string
+		for _, kv := range []struct{ k, v string }{{"password_env", u.PasswordEnv}, {"password_file", u.PasswordFile}, {"nkey", u.NKey}} {
+			if kv.v != "" {
+				set = append(set, kv.k)
+			}
+		}
+		switch {
+		case len(set) == 0:
+			add(key, "needs one of password_env, password_file or nkey")
+		case len(set) > 1:
+			add(key+"."+set[1], "cannot be combined with %s; choose one", set[0])
+		case u.PasswordEnv != "":
+			if os.Getenv(u.PasswordEnv) == "" {
+				add(key+".password_env", "environment variable %s is not set or empty", u.PasswordEnv)
+			}
+		case u.PasswordFile != "":
+			if data, msg := readFile(u.PasswordFile); msg != "" {
+				add(key+".password_file", "%s", msg)
+			} else {
+				if len(strings.TrimSpace(string(data))) == 0 {
+					add(key+".password_file", "%s is empty", u.PasswordFile)
+				}
+				wipe(data)
+			}
+		case u.NKey != "":
+			switch {
+			case strings.HasPrefix(u.NKey, "S"):
+				// Never echo it: it may be a seed.
+				add(key+".nkey", "is a seed (a private key): give the public user key (starting with U); keep the seed with the client")
+			case !nkeys.IsValidPublicUserKey(u.NKey):
+				add(key+".nkey", "is not a public user nkey (starting with U)")
+			default:
+				if j, dup := nkeysSeen[u.NKey]; dup {
+					add(key+".nkey", "is already the nkey of users[%d]", j)
+				} else {
+					nkeysSeen[u.NKey] = i
+				}
+			}
+		}
+	}
+}
+
+// serverUsers turns nats.embedded.users into the server's users, reading
+// the passwords. The options must have been validated.
+func (o EmbeddedOptions) serverUsers() ([]*server.User, []*server.NkeyUser, error) {
+	var users []*server.User
+	var nkeyUsers []*server.NkeyUser
+	for i, u := range o.Users {
+		perms := RolePermissions(u.Role, o.bucket(), u.User)
+		switch {
+		case u.NKey != "":
+			nkeyUsers = append(nkeyUsers, &server.NkeyUser{Nkey: u.NKey, Permissions: perms})
+		case u.PasswordEnv != "":
+			users = append(users, &server.User{Username: u.User, Password: os.Getenv(u.PasswordEnv), Permissions: perms})
+		default:
+			data, err := os.ReadFile(u.PasswordFile)
+			if err != nil {
+				return nil, nil, optErr(fmt.Sprintf("nats.embedded.users[%d].password_file", i), fmt.Sprintf("cannot read %s: %v", u.PasswordFile, err))
+			}
+			pw := strings.TrimSpace(string(data))
+			wipe(data)
+			users = append(users, &server.User{Username: u.User, Password: pw, Permissions: perms})
+		}
+	}
+	return users, nkeyUsers, nil
+}
