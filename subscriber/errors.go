@@ -3,6 +3,7 @@ package subscriber
 import (
 	"errors"
 	"strconv"
+	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 )
@@ -64,6 +65,10 @@ type RequestError struct {
 	Code int
 	// Message is the refresher's description; it never contains a secret.
 	Message string
+	// RetryAt, when set, is when the refresher resumes upstream calls
+	// (it paused them after a failure); asking before then gets the same
+	// answer, so Refresh waits until then before asking again.
+	RetryAt time.Time
 }
 
 // Error returns "subscriber: token.refresh failed: <code> <message>".

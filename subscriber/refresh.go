@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/internal/backoff"
 
@@ -141,7 +142,14 @@ func (s *Source) fly(ctx context.Context, f *flight, stale uint64) {
 		f.lastErr = err
 		s.mu.Unlock()
 		s.log.Debug("token.refresh attempt failed; trying again", "stale_revision", stale, "err", err)
-		sleep(ctx, bo.Next(), updated)
+		wait := bo.Next()
+		var re *RequestError
+		if errors.As(err, &re) && time.Until(re.RetryAt) > wait {
+			// The refresher paused upstream calls until then: asking
+			// sooner gets the same answer.
+			wait = time.Until(re.RetryAt)
+		}
+		sleep(ctx, wait, updated)
 	}
 	s.mu.Lock()
 	if s.flights[stale] == f {
@@ -190,8 +198,11 @@ func (s *Source) parseReply(rep *nats.Msg) (*Token, error) {
 		re := &RequestError{Message: rep.Header.Get(micro.ErrorHeader)}
 		re.Code, _ = strconv.Atoi(strings.TrimSpace(code))
 		var body natsconf.ErrorReply
-		if json.Unmarshal(rep.Data, &body) == nil && body.Error.Message != "" && re.Message == "" {
-			re.Message = body.Error.Message
+		if json.Unmarshal(rep.Data, &body) == nil {
+			if body.Error.Message != "" && re.Message == "" {
+				re.Message = body.Error.Message
+			}
+			re.RetryAt = body.Error.RetryAt
 		}
 		return nil, re
 	}

@@ -245,3 +245,44 @@ func TestRefreshErrorReplies(t *testing.T) {
 		t.Fatalf("Refresh through two 503s = %v, %v after %d requests", tok, err, n.Load())
 	}
 }
+
+// TestRefreshWaitsForTheRefreshersRetryTime: while the refresher has
+// paused upstream calls after a failure (here 40164, IP not whitelisted),
+// its 503 replies carry retry_at, and Refresh waits until then instead of
+// asking again at its own backoff: a fleet of Sources does not hammer.
+func TestRefreshWaitsForTheRefreshersRetryTime(t *testing.T) {
+	w := newWorld(t, wechatsim.Options{ExpiresIn: time.Hour})
+	w.start()
+	log, _ := logBuffer(t)
+	src := newSource(t, w.NC, "mp-main", subscriber.WithLogger(log), subscriber.WithBackoff(10*time.Millisecond, 50*time.Millisecond))
+	rev := src.Revision()
+
+	w.Sim.SetFault(wechatsim.Fault{Errcode: 40164})
+	// The first rejected-token request meets the errcode; the app is then
+	// paused for permanent_retry (1 min by default).
+	if _, err := rawRefresh(w.NC, "mp-main", &rev, 5*time.Second); err == nil {
+		t.Fatal("refresh during 40164 answered a token")
+	}
+	var requests atomic.Int64
+	mon, _ := testutil.Connect(t, w.URL)
+	sub, err := mon.Subscribe(natsconf.RefreshSubject("mp-main"), func(*nats.Msg) { requests.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := mon.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err = src.Refresh(ctx, rev)
+	var re *subscriber.RequestError
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &re) || re.RetryAt.Before(time.Now().Add(30*time.Second)) {
+		t.Fatalf("Refresh = %v, want the deadline and the refresher's 503 with retry_at about a minute away", err)
+	}
+	// With a 10–50 ms backoff it would have asked ~30 times in a second.
+	if n := requests.Load(); n != 1 {
+		t.Fatalf("Refresh sent %d requests in a second while the refresher was paused, want 1", n)
+	}
+}
