@@ -121,7 +121,9 @@ func TestSoak(t *testing.T) {
 	}()
 
 	var requests atomic.Int64
-	var worstReply atomic.Int64
+	var worstReply, worstAt atomic.Int64
+	t0 := time.Now()
+	at := func() string { return time.Since(t0).Round(100 * time.Millisecond).String() }
 	wg.Add(1)
 	go func() { // refresh requests every 200 ms, each retried until answered
 		defer wg.Done()
@@ -155,6 +157,7 @@ func TestSoak(t *testing.T) {
 			requests.Add(1)
 			if d := int64(time.Since(start)); d > worstReply.Load() {
 				worstReply.Store(d)
+				worstAt.Store(int64(start.Sub(t0)))
 			}
 		}
 	}()
@@ -173,16 +176,16 @@ func TestSoak(t *testing.T) {
 
 	wait(phase)
 	victim := leader()
-	t.Logf("SIGKILL leader %s", victim.id)
+	t.Logf("+%s SIGKILL leader %s", at(), victim.id)
 	victim.signal(syscall.SIGKILL)
 	wait(phase)
 	procs = append(procs, start(victim.id+"-restarted"))
 
 	// A slow upstream, then a burst of -1 and 5xx answers.
-	t.Logf("upstream: 1.5 s latency")
+	t.Logf("+%s upstream: 1.5 s latency", at())
 	e.Sim.SetFault(wechatsim.Fault{Latency: 1500 * time.Millisecond})
 	wait(phase)
-	t.Logf("upstream: 3 × -1, 2 × HTTP 502")
+	t.Logf("+%s upstream: 3 × -1, 2 × HTTP 502", at())
 	e.Sim.SetFault(wechatsim.Fault{Busy: 3, HTTP5xx: 2})
 	wait(phase)
 
@@ -190,7 +193,7 @@ func TestSoak(t *testing.T) {
 	// upstream slow so that a fetch is likely in flight.
 	e.Sim.SetFault(wechatsim.Fault{Latency: 500 * time.Millisecond})
 	cut := leader()
-	t.Logf("partition leader %s from NATS", cut.id)
+	t.Logf("+%s partition leader %s from NATS", at(), cut.id)
 	for _, px := range proxies[cut.id] {
 		px.Blackhole()
 	}
@@ -199,21 +202,21 @@ func TestSoak(t *testing.T) {
 		px.Restore()
 	}
 	e.Sim.SetFault(wechatsim.Fault{})
-	t.Logf("partition of %s healed", cut.id)
+	t.Logf("+%s partition of %s healed", at(), cut.id)
 	wait(phase)
 
 	wait(phase)
 	term := leader()
-	t.Logf("SIGTERM leader %s", term.id)
+	t.Logf("+%s SIGTERM leader %s", at(), term.id)
 	term.signal(syscall.SIGTERM)
 	wait(phase)
 
 	node := c.StreamLeader("$G", "KV_"+natsconf.DefaultBucket)
-	t.Logf("stop NATS node %d (leader of the bucket's stream)", node)
+	t.Logf("+%s stop NATS node %d (leader of the bucket's stream)", at(), node)
 	c.StopNode(node)
 	wait(phase)
 	c.RestartNode(node)
-	t.Logf("NATS node %d back", node)
+	t.Logf("+%s NATS node %d back", at(), node)
 	wait(phase)
 
 	close(stop)
@@ -235,7 +238,8 @@ func TestSoak(t *testing.T) {
 	issued := e.Sim.Issued(app.AppID)
 	t.Logf("business calls: %d ok, %d rejected upstream; %d moments without a valid token", ok, rejected, noToken.Load())
 	t.Logf("upstream: %d tokens issued, %d stored; max concurrent fetches %d", issued, refreshed, e.Sim.MaxConcurrentFetches(app.AppID))
-	t.Logf("refresh requests: %d answered, slowest %v", requests.Load(), time.Duration(worstReply.Load()).Round(time.Millisecond))
+	t.Logf("refresh requests: %d answered, slowest %v (sent at +%v)", requests.Load(),
+		time.Duration(worstReply.Load()).Round(time.Millisecond), time.Duration(worstAt.Load()).Round(100*time.Millisecond))
 
 	if rejected != 0 || clientRejected.Load() != 0 {
 		t.Errorf("%d business calls used a token upstream had invalidated or expired", rejected)
