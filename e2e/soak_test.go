@@ -140,6 +140,7 @@ func TestSoak(t *testing.T) {
 			case <-time.After(200 * time.Millisecond):
 			}
 			start := time.Now()
+			var tries []string // what each failed attempt got, for a slow answer's log
 			for {
 				m, err := rnc.Request(natsconf.RefreshSubject("mp"), nil, time.Second)
 				if err == nil && m.Header.Get("Nats-Service-Error-Code") == "" {
@@ -148,6 +149,13 @@ func TestSoak(t *testing.T) {
 						break
 					}
 				}
+				why := ""
+				if err != nil {
+					why = err.Error()
+				} else {
+					why = m.Header.Get("Nats-Service-Error-Code") + " " + m.Header.Get("Nats-Service-Error")
+				}
+				tries = append(tries, "+"+at()+" "+why)
 				select {
 				case <-stop:
 					return
@@ -155,6 +163,10 @@ func TestSoak(t *testing.T) {
 				}
 			}
 			requests.Add(1)
+			if time.Since(start) > 2*time.Second {
+				t.Logf("a refresh request sent at +%v waited %v: %s", start.Sub(t0).Round(100*time.Millisecond),
+					time.Since(start).Round(time.Millisecond), strings.Join(tries, "; "))
+			}
 			if d := int64(time.Since(start)); d > worstReply.Load() {
 				worstReply.Store(d)
 				worstAt.Store(int64(start.Sub(t0)))

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
@@ -287,4 +288,47 @@ func TestPassiveRequestsHonourUpstreamStops(t *testing.T) {
 func utoa(n uint64) string {
 	b, _ := json.Marshal(n)
 	return string(b)
+}
+
+// TestDeposedLeaderLeavesNoZombieResponder: a leader partitioned from NATS
+// loses its lease and stops its token.refresh endpoint while its link is
+// down; micro stops an endpoint by draining it, and the UNSUB is lost with
+// the dead connection, so on reconnect the subscription comes back and
+// answers nothing until the drain times out. In a shared queue group it
+// swallowed about half of all refresh requests for 30 s (seen in the
+// soak). Every request must still be answered by the new leader.
+func TestDeposedLeaderLeavesNoZombieResponder(t *testing.T) {
+	e := harness.New(t, harness.Options{
+		Sim: wechatsim.Options{ExpiresIn: time.Hour},
+		// The server drops a client that stops answering pings at once.
+		NATS: []func(*server.Options){func(o *server.Options) { o.PingInterval, o.MaxPingsOut = 200*time.Millisecond, 2 }},
+	})
+	app := e.App("mp")
+	proxy := testutil.NewProxy(t, e.Server.Addr().String())
+	cfgA := e.Config(app)
+	cfgA.NATS.URL = proxy.URL()
+	a := e.Start(cfgA, refresher.WithReplicaID("a"))
+	e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	testutil.WaitFor(t, 5*time.Second, a.R.Leader, "a never led")
+	b := e.Start(e.Config(app), refresher.WithReplicaID("b"))
+
+	proxy.Blackhole()
+	testutil.WaitFor(t, 10*time.Second, b.R.Leader, "b did not take over")
+	// a notices on its own that it lost the lease, while still cut off.
+	testutil.WaitFor(t, 15*time.Second, func() bool { return e.Logs.Contains("lost leadership") }, "a did not step down")
+	reconnects := a.NC.Stats().Reconnects
+	proxy.Restore()
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		return a.NC.Stats().Reconnects > reconnects && a.NC.IsConnected() && a.NC.Flush() == nil
+	}, "a did not reconnect")
+
+	for i := range 40 {
+		m, err := e.NC.Request(natsconf.RefreshSubject("mp"), nil, time.Second)
+		if err != nil {
+			t.Fatalf("request %d after the partition healed: %v", i, err)
+		}
+		if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
+			t.Fatalf("request %d answered %s: %s", i, code, m.Data)
+		}
+	}
 }

@@ -56,7 +56,16 @@ func (r *Refresher) startService() error {
 		// Bounded: the handler never blocks, so the queue holds only a
 		// burst not handled yet; the requests in progress are bounded by
 		// r.reqs, answered with a 503 past it.
-		micro.WithEndpointPendingLimits(pendingMsgsLimit, pendingBytesLimit))
+		micro.WithEndpointPendingLimits(pendingMsgsLimit, pendingBytesLimit),
+		// No queue group: only the leader subscribes, so every request
+		// still reaches one live handler. With a shared group, a deposed
+		// leader whose link came back would take its turn in the group
+		// and answer nothing: micro stops an endpoint by draining it, and
+		// a drain whose UNSUB was lost with a partitioned connection is
+		// resubscribed on reconnect and swallows requests until the drain
+		// times out (30 s). Without a group such a zombie only gets a
+		// copy, and the leader still answers.
+		micro.WithEndpointQueueGroupDisabled())
 	if err != nil {
 		_ = svc.Stop()
 		return err
