@@ -66,6 +66,8 @@ type Refresher struct {
 	timerAt       atomic.Int64 // when the loop's timer fires next (unix ns)
 	ready         chan struct{}
 	readyOnce     sync.Once
+
+	guard recordGuard // invalid records already reported (validate.go)
 }
 
 // Option configures a Refresher.
@@ -465,7 +467,7 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 	}
 	nrec := natsconf.Record{
 		App: name, AppID: cfg.AppID, AccessToken: tok.AccessToken,
-		FetchedAt: fetched, ExpiresAt: fetched.Add(tok.ExpiresIn),
+		FetchedAt: fetched, ExpiresAt: fetched.Add(capLifetime(tok.ExpiresIn)),
 		Source: source,
 	}
 	nrev, err := r.write(ctx, a, nrec, rev)
@@ -555,7 +557,8 @@ func alertMessage(code int) string {
 	return ""
 }
 
-// read returns the stored record of name and its revision (nil, 0 if none).
+// read returns the stored record of name and its revision (nil, 0 if none;
+// nil and the revision if the stored record is invalid).
 func (r *Refresher) read(ctx context.Context, name string) (*natsconf.Record, uint64, error) {
 	e, err := r.kv.Get(ctx, name)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -564,12 +567,9 @@ func (r *Refresher) read(ctx context.Context, name string) (*natsconf.Record, ui
 	if err != nil {
 		return nil, 0, err
 	}
-	var rec natsconf.Record
-	if err := json.Unmarshal(e.Value(), &rec); err != nil {
-		r.log.Warn("stored record does not parse; it will be replaced", "app", name, "revision", e.Revision(), "err", err)
-		return nil, e.Revision(), nil
-	}
-	return &rec, e.Revision(), nil
+	// An invalid record is treated as missing; its revision is kept so
+	// that the replacement is written over it.
+	return r.parseRecord(name, e.Revision(), e.Value()), e.Revision(), nil
 }
 
 // write stores rec over revision rev (0: create). On a revision conflict
@@ -578,6 +578,9 @@ func (r *Refresher) read(ctx context.Context, name string) (*natsconf.Record, ui
 // otherwise the write is retried over the revision just read. A replica
 // that no longer holds the lease writes nothing (ErrNotLeader).
 func (r *Refresher) write(ctx context.Context, a *app, rec natsconf.Record, rev uint64) (uint64, error) {
+	if err := rec.Validate(rec.App, maxRecordLifetime); err != nil {
+		return 0, fmt.Errorf("write %s: not storing a record that readers reject: %w", rec.App, err)
+	}
 	val, err := json.Marshal(rec)
 	if err != nil {
 		return 0, err
@@ -657,8 +660,9 @@ type storedRec struct {
 	rev uint64
 }
 
-// snapshot reads the latest value of every key with one ordered consumer
-// (a fresh watcher delivers each key's last value, then a nil marker).
+// snapshot reads the latest value of every configured app's key with one
+// ordered consumer (a fresh watcher delivers each key's last value, then a
+// nil marker). An invalid record is returned as nil with its revision.
 func (r *Refresher) snapshot(ctx context.Context) (map[string]storedRec, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -679,12 +683,14 @@ func (r *Refresher) snapshot(ctx context.Context) (map[string]storedRec, error) 
 			if e == nil {
 				return out, nil
 			}
-			var rec natsconf.Record
-			if json.Unmarshal(e.Value(), &rec) != nil {
-				out[e.Key()] = storedRec{rev: e.Revision()}
+			r.mu.Lock()
+			configured := r.apps[e.Key()] != nil
+			r.mu.Unlock()
+			if !configured {
 				continue
 			}
-			out[e.Key()] = storedRec{rec: &rec, rev: e.Revision()}
+			// An invalid record counts as missing (nil) at its revision.
+			out[e.Key()] = storedRec{rec: r.parseRecord(e.Key(), e.Revision(), e.Value()), rev: e.Revision()}
 		}
 	}
 }
@@ -701,8 +707,15 @@ func (r *Refresher) follow(ctx context.Context) {
 		if a == nil || e.Operation() != jetstream.KeyValuePut {
 			return
 		}
-		var rec natsconf.Record
-		if json.Unmarshal(e.Value(), &rec) == nil && a.adopt(&rec, e.Revision()) {
+		rec := r.parseRecord(e.Key(), e.Revision(), e.Value())
+		if rec == nil {
+			// Invalid: never served; the leader replaces it at once.
+			if a.adopt(nil, e.Revision()) {
+				r.Tick()
+			}
+			return
+		}
+		if a.adopt(rec, e.Revision()) {
 			r.obs.Refreshed(a.name, "", rec.ExpiresAt)
 		}
 	})

@@ -1,0 +1,150 @@
+package refresher_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/testutil"
+	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
+	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
+)
+
+// requestLoop sends token.refresh.<app> requests (empty body: "give me a
+// valid token") until stop is called, and hands every successful reply to
+// check. stop returns the number of successful replies; it is called at
+// the end of the test at the latest.
+func requestLoop(t *testing.T, nc *nats.Conn, app string, check func(natsconf.RefreshReply)) (stop func() int) {
+	t.Helper()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok := 0
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			m, err := nc.Request(natsconf.RefreshSubject(app), nil, 2*time.Second)
+			if err != nil || m.Header.Get("Nats-Service-Error-Code") != "" {
+				continue // no responder during a handover, or an error reply: neither serves a record
+			}
+			var rep natsconf.RefreshReply
+			if err := json.Unmarshal(m.Data, &rep); err != nil {
+				t.Errorf("refresh reply does not parse: %v", err)
+				continue
+			}
+			check(rep)
+			mu.Lock()
+			ok++
+			mu.Unlock()
+		}
+	}()
+	var once sync.Once
+	stop = func() int {
+		once.Do(func() { close(done) })
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return ok
+	}
+	t.Cleanup(func() { stop() }) // also when the test fails early
+	return stop
+}
+
+// TestInvalidStoredRecordIsReplaced: a record that is not a usable token
+// (empty token, another app's record, expires_at before fetched_at,
+// expires_at ten years out), written straight into the bucket by a plain
+// NATS client, is treated as missing: the leader fetches and writes a
+// valid token over it at once, raises ALERT invalid_record, and no
+// token.refresh reply ever carries the bad record. Before, such a record
+// was adopted and served until it fell due (for most of these, never).
+func TestInvalidStoredRecordIsReplaced(t *testing.T) {
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	app := e.App("mp")
+	e.Start(e.Config(app))
+	e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	kv, err := e.JS.KeyValue(context.Background(), natsconf.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	const badToken = "BAD-RECORD-TOKEN-must-never-be-served"
+	now := time.Now().UTC()
+	for _, tc := range []struct {
+		name    string
+		rec     natsconf.Record
+		problem string
+	}{
+		{"empty token", natsconf.Record{App: "mp", FetchedAt: now, ExpiresAt: now.Add(time.Hour), Source: "manual"}, "empty access_token"},
+		{"wrong app", natsconf.Record{App: "other-app", AccessToken: badToken, FetchedAt: now, ExpiresAt: now.Add(time.Hour), Source: "manual"}, "is not the key"},
+		{"expires before fetched", natsconf.Record{App: "mp", AccessToken: badToken, FetchedAt: now.Add(2 * time.Hour), ExpiresAt: now.Add(time.Hour), Source: "manual"}, "is before fetched_at"},
+		{"expires ten years out", natsconf.Record{App: "mp", AccessToken: badToken, FetchedAt: now, ExpiresAt: now.AddDate(10, 0, 0), Source: "manual"}, "lifetime"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			val, _ := json.Marshal(tc.rec)
+			badRev, err := kv.Put(context.Background(), "mp", val)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var served atomic.Int64
+			stop := requestLoop(t, e.NC, "mp", func(rep natsconf.RefreshReply) {
+				if rep.Revision == badRev || rep.AccessToken == badToken || rep.AccessToken == "" || rep.App != "mp" {
+					if served.Add(1) == 1 {
+						t.Errorf("token.refresh served the invalid record (revision %d, app %q)", rep.Revision, rep.App)
+					}
+				}
+			})
+			var rec natsconf.Record
+			var rev uint64
+			testutil.WaitFor(t, 5*time.Second, func() bool {
+				var ok bool
+				rec, rev, ok = e.Record(natsconf.DefaultBucket, "mp")
+				return ok && rev > badRev
+			}, "the invalid record at revision %d was not replaced", badRev)
+			if n := stop(); n == 0 {
+				t.Log("no request was answered while the invalid record was stored")
+			}
+			if err := rec.Validate("mp", natsconf.MaxTokenLifetime); err != nil {
+				t.Fatalf("the replacement is not valid either: %v", err)
+			}
+			if err := e.Sim.Check(rec.AccessToken); err != nil {
+				t.Fatalf("the replacement is not a live upstream token: %v", err)
+			}
+			// A request now gets the replacement.
+			m, err := e.NC.Request(natsconf.RefreshSubject("mp"), nil, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rep natsconf.RefreshReply
+			if err := json.Unmarshal(m.Data, &rep); err != nil || rep.Revision != rev || rep.AccessToken != rec.AccessToken {
+				t.Fatalf("token.refresh after the replacement = revision %d (%v), want %d", rep.Revision, err, rev)
+			}
+			alerted := false
+			for line := range strings.SplitSeq(e.Logs.String(), "\n") {
+				if strings.Contains(line, "ALERT invalid_record") && strings.Contains(line, "app=mp") &&
+					strings.Contains(line, fmt.Sprintf("revision=%d ", badRev)) && strings.Contains(line, tc.problem) {
+					alerted = true
+				}
+			}
+			if !alerted {
+				t.Errorf("no ALERT invalid_record line for revision %d saying %q", badRev, tc.problem)
+			}
+			if strings.Contains(e.Logs.String(), badToken) {
+				t.Error("the invalid record's token appears in the logs")
+			}
+		})
+	}
+}
