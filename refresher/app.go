@@ -35,6 +35,8 @@ type app struct {
 	forcedToday int  // stable_token force_refresh calls today
 	saving      bool // a state saver runs (saveLater)
 	saveDirty   bool // the state changed since the saver last wrote it
+
+	stateRev uint64 // revision of the app's key in the state bucket (0: none known)
 }
 
 // flight is one refresh in progress; everyone who needs the app's token

@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
@@ -146,5 +148,72 @@ func TestInvalidStoredRecordIsReplaced(t *testing.T) {
 				t.Error("the invalid record's token appears in the logs")
 			}
 		})
+	}
+}
+
+// cstDay is WeChat's day (China Standard Time) of t as yyyymmdd, the Day
+// of an AppState.
+func cstDay(t time.Time) int {
+	y, m, d := t.In(time.FixedZone("CST", 8*3600)).Date()
+	return y*10000 + int(m)*100 + d
+}
+
+// storedState reads app's state from the state bucket.
+func storedState(t *testing.T, kv jetstream.KeyValue, app string) (refresher.AppState, bool) {
+	t.Helper()
+	e, err := kv.Get(context.Background(), app)
+	if err != nil {
+		return refresher.AppState{}, false
+	}
+	var s refresher.AppState
+	if err := json.Unmarshal(e.Value(), &s); err != nil {
+		t.Fatalf("stored state does not parse: %v", err)
+	}
+	return s, true
+}
+
+// TestStateWriteNeverLowersCount: another replica (a deposed leader, or
+// the one that took over) stores a higher count of today's upstream calls
+// behind this refresher's back; when the refresher then saves its own,
+// lower count, the stored count is not lowered: the write is
+// revision-checked, and on the conflict the refresher merges the stored
+// state (the larger count of the day wins). Before, a plain Put
+// overwrote the count.
+func TestStateWriteNeverLowersCount(t *testing.T) {
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	app := e.App("mp")
+	rep := e.Start(e.Config(app))
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	kv, err := e.JS.KeyValue(context.Background(), refresher.StateBucket(natsconf.DefaultBucket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 5*time.Second, func() bool {
+		s, ok := storedState(t, kv, "mp")
+		return ok && s.Replica == rep.R.ID() && s.Calls == 1
+	}, "the refresher did not store its first count")
+
+	const higher = 50
+	now := time.Now()
+	other, _ := json.Marshal(refresher.AppState{App: "mp", Day: cstDay(now), Calls: higher, Quota: 2000,
+		Replica: "another-replica", UpdatedAt: now.UTC()})
+	if _, err := kv.Put(context.Background(), "mp", other); err != nil {
+		t.Fatal(err)
+	}
+	// One more upstream call: the refresher counts 2 and saves.
+	if _, err := rep.R.Refresh(context.Background(), "mp", &rev); err != nil {
+		t.Fatal(err)
+	}
+	var s refresher.AppState
+	testutil.WaitFor(t, 5*time.Second, func() bool {
+		var ok bool
+		s, ok = storedState(t, kv, "mp")
+		return ok && s.Replica == rep.R.ID()
+	}, "the refresher did not save its state after the call")
+	if s.Calls < higher {
+		t.Fatalf("the refresher lowered the stored count of today's calls from %d to %d", higher, s.Calls)
+	}
+	if got := rep.R.Statuses()[0].CallsToday; got < higher {
+		t.Errorf("the refresher's own count is %d after the merge, want at least %d", got, higher)
 	}
 }
