@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -215,5 +216,185 @@ func TestStateWriteNeverLowersCount(t *testing.T) {
 	}
 	if got := rep.R.Statuses()[0].CallsToday; got < higher {
 		t.Errorf("the refresher's own count is %d after the merge, want at least %d", got, higher)
+	}
+}
+
+// TestLostLeaseBucketRecovered: the lease bucket is deleted under two
+// running replicas. They re-provision it (same config) and one of them
+// takes the lease in it within seconds — no restart, never two leaders at
+// once, no fetch of the still-valid token — and the new leader serves
+// token.refresh. Before, every replica stayed leaderless for good (its
+// Create on the missing bucket failed forever) while /readyz stayed
+// green.
+func TestLostLeaseBucketRecovered(t *testing.T) {
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	app := e.App("mp")
+	cfg := e.Config(app)
+	reps := []*harness.Replica{e.Start(cfg), e.Start(cfg)}
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	testutil.WaitFor(t, 5*time.Second, func() bool { n, _ := leaders(reps); return n == 1 }, "no single leader")
+	fetches := e.Sim.Fetches(app.AppID)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	leaseBucket := refresher.LeaseBucket(natsconf.DefaultBucket)
+	if err := e.JS.DeleteKeyValue(ctx, leaseBucket); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	var lkv jetstream.KeyValue
+	var holder string
+	testutil.WaitFor(t, cfg.LeaseTTL+8*time.Second, func() bool {
+		n, leader := leaders(reps)
+		if n > 1 {
+			t.Errorf("%d replicas lead at once after the lease bucket was lost", n)
+		}
+		kv, err := e.JS.KeyValue(ctx, leaseBucket)
+		if err != nil || n != 1 {
+			return false
+		}
+		ent, err := kv.Get(ctx, "leader")
+		if err != nil {
+			return false
+		}
+		var lr refresher.LeaseRecord
+		if json.Unmarshal(ent.Value(), &lr) != nil || lr.ID != leader.R.ID() {
+			return false
+		}
+		lkv, holder = kv, lr.ID
+		return true
+	}, "no replica took the lease again after the lease bucket was lost")
+	t.Logf("leader %s again %s after the lease bucket was deleted (lease_ttl %s)", holder, time.Since(deleted).Round(time.Millisecond), cfg.LeaseTTL)
+
+	st, err := lkv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TTL() != cfg.LeaseTTL || st.History() != 1 {
+		t.Errorf("re-provisioned lease bucket: ttl %s history %d, want %s and 1", st.TTL(), st.History(), cfg.LeaseTTL)
+	}
+	if n := e.Sim.Fetches(app.AppID); n != fetches {
+		t.Errorf("the lease recovery fetched the still-valid token: %d fetches, want %d", n, fetches)
+	}
+	// The new leader serves token.refresh: a rejected revision is replaced.
+	body, _ := json.Marshal(natsconf.RefreshRequest{StaleRevision: &rev})
+	m, err := e.NC.Request(natsconf.RefreshSubject("mp"), body, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep natsconf.RefreshReply
+	if err := json.Unmarshal(m.Data, &rep); err != nil || rep.Revision <= rev || e.Sim.Check(rep.AccessToken) != nil {
+		t.Fatalf("token.refresh after the recovery: %s (%v)", m.Data, err)
+	}
+	for _, r := range reps {
+		h := r.R.HealthHandler()
+		testutil.WaitFor(t, 5*time.Second, func() bool { c, _ := healthReadiness(t, h); return c == http.StatusOK },
+			"replica %s not ready after the lease recovery", r.R.ID())
+	}
+}
+
+// TestLostTokensBucketRecovered: the token bucket (and the state bucket)
+// is deleted under a running leader and follower. The leader re-creates
+// both (same config) and writes a valid token again within seconds, the
+// follower follows the new bucket, and the quota count is written again.
+// Then the bucket vanishes while a fetch is in flight: the fetched token
+// is stored in the re-created bucket rather than dropped as a failed
+// refresh. Before, refreshing stopped until a restart: the write's "no
+// response from stream" was a permanent failure.
+func TestLostTokensBucketRecovered(t *testing.T) {
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	app := e.App("mp")
+	cfg := e.Config(app)
+	reps := []*harness.Replica{e.Start(cfg), e.Start(cfg)}
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	var leader, follower *harness.Replica
+	testutil.WaitFor(t, 5*time.Second, func() bool {
+		n, l := leaders(reps)
+		leader = l
+		return n == 1
+	}, "no single leader")
+	follower = reps[0]
+	if follower == leader {
+		follower = reps[1]
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	deleteBuckets := func() {
+		t.Helper()
+		for _, b := range []string{natsconf.DefaultBucket, refresher.StateBucket(natsconf.DefaultBucket)} {
+			if err := e.JS.DeleteKeyValue(ctx, b); err != nil {
+				t.Fatalf("delete %s: %v", b, err)
+			}
+		}
+	}
+
+	// 1. Lost while idle.
+	deleteBuckets()
+	deleted := time.Now()
+	var rec natsconf.Record
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		var ok bool
+		rec, rev, ok = e.Record(natsconf.DefaultBucket, "mp")
+		return ok && e.Sim.Check(rec.AccessToken) == nil && rec.Validate("mp", natsconf.MaxTokenLifetime) == nil
+	}, "no valid token in a re-created token bucket")
+	t.Logf("a valid token at revision %d %s after the buckets were deleted", rev, time.Since(deleted).Round(time.Millisecond))
+	stream, err := e.JS.Stream(ctx, "KV_"+natsconf.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc := stream.CachedInfo().Config; sc.MaxConsumers < 100000 || sc.MaxMsgsPerSubject != 1 {
+		t.Errorf("re-created token bucket: max consumers %d, history %d; want the startup config", sc.MaxConsumers, sc.MaxMsgsPerSubject)
+	}
+	testutil.WaitFor(t, 5*time.Second, func() bool {
+		st := follower.R.Statuses()[0]
+		return st.Revision == rev && st.Valid
+	}, "the follower does not follow the re-created bucket")
+	skv, err := e.JS.KeyValue(ctx, refresher.StateBucket(natsconf.DefaultBucket))
+	if err != nil {
+		t.Fatalf("the state bucket was not re-created: %v", err)
+	}
+	testutil.WaitFor(t, 5*time.Second, func() bool {
+		s, ok := storedState(t, skv, "mp")
+		return ok && s.Calls >= 2
+	}, "today's upstream calls were not written into the re-created state bucket")
+
+	// 2. Lost while a fetch is in flight: the write that finds the bucket
+	// gone is retried on the re-created bucket.
+	e.Sim.SetFault(wechatsim.Fault{Latency: time.Second})
+	type result struct {
+		rep natsconf.RefreshReply
+		err error
+	}
+	done := make(chan result, 1)
+	stale := rev
+	go func() {
+		rep, err := leader.R.Refresh(ctx, "mp", &stale)
+		done <- result{rep, err}
+	}()
+	testutil.WaitFor(t, 5*time.Second, func() bool { return e.Sim.InFlight(app.AppID) == 1 }, "the forced refresh did not reach upstream")
+	deleteBuckets()
+	res := <-done
+	e.Sim.SetFault(wechatsim.Fault{})
+	if res.err != nil {
+		t.Fatalf("a refresh whose bucket vanished during the fetch failed: %v", res.err)
+	}
+	if err := e.Sim.Check(res.rep.AccessToken); err != nil {
+		t.Fatalf("the refresh answered a token upstream rejects: %v", err)
+	}
+	testutil.WaitFor(t, 5*time.Second, func() bool {
+		r, _, ok := e.Record(natsconf.DefaultBucket, "mp")
+		return ok && r.AccessToken == res.rep.AccessToken
+	}, "the token fetched while the bucket vanished was not stored")
+	if st := leader.R.Statuses()[0]; st.Failures != 0 || st.LastError != "" {
+		t.Errorf("the lost bucket counted as a failed refresh: %+v", st)
+	}
+	// And token.refresh answers from the new bucket.
+	m, err := e.NC.Request(natsconf.RefreshSubject("mp"), nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep natsconf.RefreshReply
+	if err := json.Unmarshal(m.Data, &rep); err != nil || rep.AccessToken != res.rep.AccessToken {
+		t.Fatalf("token.refresh after the recovery: %s", m.Data)
 	}
 }

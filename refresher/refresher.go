@@ -68,6 +68,7 @@ type Refresher struct {
 	readyOnce     sync.Once
 
 	guard recordGuard // invalid records already reported (validate.go)
+	bk    *buckets    // the buckets behind kv, stateKV and the lease (buckets.go)
 }
 
 // Option configures a Refresher.
@@ -179,27 +180,8 @@ func (r *Refresher) Run(ctx context.Context) error {
 		r.mu.Unlock()
 	}()
 
-	kv, err := natsconf.EnsureBucket(ctx, r.js, natsconf.BucketConfig{
-		Name: r.cfg.Bucket, Replicas: r.cfg.Replicas, History: 1,
-		Description:  "tokenkeeper access tokens, one key per app",
-		MaxConsumers: 1_000_000, // one per watching service; the server's default is 1000
-	})
-	if err != nil {
-		return err
-	}
-	r.kv = kv
-	leaseKV, err := natsconf.EnsureBucket(ctx, r.js, natsconf.BucketConfig{
-		Name: LeaseBucket(r.cfg.Bucket), Replicas: r.cfg.Replicas, History: 1,
-		TTL:         r.cfg.LeaseTTL,
-		Description: "tokenkeeper refresher leader lease",
-	})
-	if err != nil {
-		return err
-	}
-	r.stateKV, err = natsconf.EnsureBucket(ctx, r.js, natsconf.BucketConfig{
-		Name: StateBucket(r.cfg.Bucket), Replicas: r.cfg.Replicas, History: 1,
-		Description: "tokenkeeper per-app state: upstream calls today, last error",
-	})
+	// The buckets re-provision themselves when lost (buckets.go).
+	leaseKV, err := r.provision(ctx)
 	if err != nil {
 		return err
 	}
@@ -217,9 +199,10 @@ func (r *Refresher) Run(ctx context.Context) error {
 	leaseCtx, stopLease := context.WithCancel(ctx)
 	defer stopLease()
 	var bg sync.WaitGroup
-	bg.Add(2)
+	bg.Add(3)
 	go func() { defer bg.Done(); r.lease.run(leaseCtx) }()
 	go func() { defer bg.Done(); r.follow(leaseCtx) }()
+	go func() { defer bg.Done(); r.watchBuckets(leaseCtx) }()
 
 	c := cron.New(cron.WithParser(CronParser), cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger)))
 	if _, err := c.AddFunc(r.cfg.Schedule, r.Tick); err != nil {
@@ -561,11 +544,12 @@ func alertMessage(code int) string {
 // nil and the revision if the stored record is invalid).
 func (r *Refresher) read(ctx context.Context, name string) (*natsconf.Record, uint64, error) {
 	e, err := r.kv.Get(ctx, name)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, 0, nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, err
+	}
+	r.checkRevision(ctx, name, e)
+	if err != nil {
+		return nil, 0, nil
 	}
 	// An invalid record is treated as missing; its revision is kept so
 	// that the replacement is written over it.
