@@ -303,6 +303,11 @@ func TestLostLeaseBucketRecovered(t *testing.T) {
 // response from stream" was a permanent failure.
 func TestLostTokensBucketRecovered(t *testing.T) {
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(e.Logs.String())
+		}
+	})
 	app := e.App("mp")
 	cfg := e.Config(app)
 	reps := []*harness.Replica{e.Start(cfg), e.Start(cfg)}
@@ -349,14 +354,14 @@ func TestLostTokensBucketRecovered(t *testing.T) {
 		st := follower.R.Statuses()[0]
 		return st.Revision == rev && st.Valid
 	}, "the follower does not follow the re-created bucket")
-	skv, err := e.JS.KeyValue(ctx, refresher.StateBucket(natsconf.DefaultBucket))
-	if err != nil {
-		t.Fatalf("the state bucket was not re-created: %v", err)
-	}
 	testutil.WaitFor(t, 5*time.Second, func() bool {
+		skv, err := e.JS.KeyValue(ctx, refresher.StateBucket(natsconf.DefaultBucket))
+		if err != nil {
+			return false // not re-created yet
+		}
 		s, ok := storedState(t, skv, "mp")
 		return ok && s.Calls >= 2
-	}, "today's upstream calls were not written into the re-created state bucket")
+	}, "today's upstream calls were not written into a re-created state bucket")
 
 	// 2. Lost while a fetch is in flight: the write that finds the bucket
 	// gone is retried on the re-created bucket.
