@@ -325,7 +325,8 @@ func (b *bucketKV) Status(ctx context.Context) (jetstream.KeyValueStatus, error)
 
 var _ jetstream.KeyValue = (*bucketKV)(nil)
 
-// buckets are the refresher's three buckets.
+// buckets are the refresher's three buckets and what the watchdog
+// learns about the lease.
 type buckets struct {
 	tokens, lease, state *bucketKV
 
@@ -333,6 +334,10 @@ type buckets struct {
 	// watchdog writes the counters again.
 	stateLost chan struct{}
 	leaseTTL  time.Duration // r.cfg.LeaseTTL at startup (Reload keeps it)
+
+	mu         sync.Mutex
+	leaseRev   uint64    // revision of the lease key last seen
+	leaderSeen time.Time // when a live lease holder was last seen (monotonic)
 }
 
 // bucketConfigs are the configs of the token, lease and state buckets.
@@ -358,7 +363,7 @@ func (r *Refresher) bucketConfigs() (tokens, lease, state natsconf.BucketConfig)
 // returns the lease bucket.
 func (r *Refresher) provision(ctx context.Context) (jetstream.KeyValue, error) {
 	tc, lc, sc := r.bucketConfigs()
-	bk := &buckets{stateLost: make(chan struct{}, 1), leaseTTL: r.cfg.LeaseTTL}
+	bk := &buckets{stateLost: make(chan struct{}, 1), leaseTTL: r.cfg.LeaseTTL, leaderSeen: time.Now()}
 	var err error
 	if bk.tokens, err = newBucketKV(ctx, r.js, tc, r.log); err != nil {
 		return nil, err
@@ -400,22 +405,32 @@ func (r *Refresher) forgetRecords() {
 	r.Tick()
 }
 
-// checkEvery is how often the watchdog checks the buckets.
+// checkEvery is how often the watchdog looks for a live lease holder;
+// the buckets' identities are checked every other time.
 func checkEvery(leaseTTL time.Duration) time.Duration {
-	return min(max(leaseTTL/2, 500*time.Millisecond), 5*time.Second)
+	return min(max(leaseTTL/4, 250*time.Millisecond), 2500*time.Millisecond)
 }
 
-// watchBuckets is the watchdog: it checks that each bucket is still the
-// one in use (re-provisioning a lost one), and writes the app states
-// again into a replaced state bucket.
+// noLeaderAfter is how long without a live lease holder makes /readyz
+// fail: lease_ttl plus a margin for one failover.
+func noLeaderAfter(leaseTTL time.Duration) time.Duration {
+	return leaseTTL + max(leaseTTL/2, time.Second)
+}
+
+// watchBuckets is the watchdog: it looks for a live lease holder, checks
+// that each bucket is still the one in use (re-provisioning a lost one),
+// and writes the app states again into a replaced state bucket.
 func (r *Refresher) watchBuckets(ctx context.Context) {
 	bk := r.bk
 	t := time.NewTicker(checkEvery(bk.leaseTTL))
 	defer t.Stop()
-	for {
-		for _, b := range []*bucketKV{bk.tokens, bk.lease, bk.state} {
-			if _, err := b.recheck(ctx); err != nil && ctx.Err() == nil {
-				r.log.Debug("bucket check failed", "bucket", b.Bucket(), "err", err)
+	for n := 0; ; n++ {
+		r.probeLeader(ctx)
+		if n%2 == 0 {
+			for _, b := range []*bucketKV{bk.tokens, bk.lease, bk.state} {
+				if _, err := b.recheck(ctx); err != nil && ctx.Err() == nil {
+					r.log.Debug("bucket check failed", "bucket", b.Bucket(), "err", err)
+				}
 			}
 		}
 		select {
@@ -443,6 +458,43 @@ func (r *Refresher) saveAllStates(ctx context.Context) {
 	for _, a := range apps {
 		r.saveState(ctx, a)
 	}
+}
+
+// probeLeader reads the lease key: a holder that renews changes its
+// revision at least every lease_ttl/4, so a new revision means a live
+// holder. The read also notices a lost lease bucket.
+func (r *Refresher) probeLeader(ctx context.Context) {
+	bk := r.bk
+	if r.Leader() {
+		bk.mu.Lock()
+		bk.leaderSeen = time.Now()
+		bk.mu.Unlock()
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	e, err := bk.lease.Get(ctx, leaseKey)
+	if err != nil || e.Operation() != jetstream.KeyValuePut {
+		return
+	}
+	bk.mu.Lock()
+	if e.Revision() != bk.leaseRev {
+		bk.leaseRev, bk.leaderSeen = e.Revision(), time.Now()
+	}
+	bk.mu.Unlock()
+}
+
+// leaderKnown reports whether a live lease holder was seen (this replica
+// holding the lease counts) within noLeaderAfter, and how long ago.
+func (r *Refresher) leaderKnown() (bool, time.Duration) {
+	if r.Leader() {
+		return true, 0
+	}
+	bk := r.bk
+	bk.mu.Lock()
+	since := time.Since(bk.leaderSeen)
+	bk.mu.Unlock()
+	return since <= noLeaderAfter(bk.leaseTTL), since
 }
 
 // checkRevision is called by read with what it found under name: a lower

@@ -416,3 +416,67 @@ func TestLostTokensBucketRecovered(t *testing.T) {
 		t.Fatalf("token.refresh after the recovery: %s", m.Data)
 	}
 }
+
+// TestReadyzReflectsNoLeader: when no replica can hold the lease (here
+// the lease bucket refuses every write: its max message size is lowered
+// under the running refresher), the holder steps down and /readyz turns
+// 503 with a failing "leader" check within lease_ttl plus a margin, while
+// the token is still valid; when the lease can be taken again, the
+// replica leads and is ready again. Before, /readyz stayed green with no
+// leader.
+func TestReadyzReflectsNoLeader(t *testing.T) {
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	cfg := e.Config(e.App("mp"))
+	rep := e.Start(cfg)
+	h := rep.R.HealthHandler()
+	testutil.WaitFor(t, 5*time.Second, func() bool { c, _ := healthReadiness(t, h); return c == http.StatusOK && rep.R.Leader() }, "not ready")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream, err := e.JS.Stream(ctx, "KV_"+refresher.LeaseBucket(natsconf.DefaultBucket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := stream.CachedInfo().Config
+	setMaxMsgSize := func(n int32) {
+		t.Helper()
+		sc.MaxMsgSize = n
+		if _, err := e.JS.UpdateStream(ctx, sc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setMaxMsgSize(8) // no lease record fits
+	blocked := time.Now()
+	var c refresher.Check
+	testutil.WaitFor(t, 2*cfg.LeaseTTL+5*time.Second, func() bool {
+		code, rd := healthReadiness(t, h)
+		c, _ = findCheck(rd, refresher.CheckLeader, "")
+		return code == http.StatusServiceUnavailable && !c.OK
+	}, "/readyz stays ready with no lease holder")
+	t.Logf("not ready %s after the lease became unwritable: %s", time.Since(blocked).Round(time.Millisecond), c.Reason)
+	if rep.R.Leader() {
+		t.Error("the replica still leads with a lease it cannot renew")
+	}
+	if !strings.Contains(c.Reason, "lease") {
+		t.Errorf("leader check reason %q does not speak of the lease", c.Reason)
+	}
+	if a, _ := findCheck(mustReadiness(t, h), refresher.CheckApp, "mp"); !a.OK {
+		t.Errorf("the app check failed too (%+v): the leader check is what must fail here", a)
+	}
+
+	setMaxMsgSize(-1)
+	testutil.WaitFor(t, 2*cfg.LeaseTTL+5*time.Second, func() bool {
+		code, _ := healthReadiness(t, h)
+		return code == http.StatusOK && rep.R.Leader()
+	}, "not leading and ready again once the lease could be written")
+	if c, ok := findCheck(mustReadiness(t, h), refresher.CheckLeader, ""); !ok || !c.OK {
+		t.Errorf("leader check while leading: %+v (present %v)", c, ok)
+	}
+}
+
+// mustReadiness returns the /readyz report of h.
+func mustReadiness(t *testing.T, h http.Handler) refresher.Readiness {
+	t.Helper()
+	_, rd := healthReadiness(t, h)
+	return rd
+}
