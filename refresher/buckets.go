@@ -57,6 +57,14 @@ var errLeaseBucketReplaced = errors.New("refresher: the lease bucket was replace
 // recoverTimeout bounds one check of a bucket, re-provisioning included.
 const recoverTimeout = 10 * time.Second
 
+// lostSettle is how long check waits after finding a bucket's stream gone
+// before it creates it again. nats-server answers "stream not found" as
+// soon as a stream being deleted leaves its account, before its files are
+// moved away; a stream of the same name created in that moment can have
+// its files removed with the old one's (seen: "meta.inf.tmp: no such file
+// or directory", then writes that time out).
+const lostSettle = 500 * time.Millisecond
+
 // bucketGen is one incarnation of a bucket as this replica knows it.
 type bucketGen struct {
 	kv      jetstream.KeyValue
@@ -162,8 +170,27 @@ func (b *bucketKV) check(ctx context.Context, seen *bucketGen) (bool, error) {
 	default:
 		return false, err
 	}
+	if lost {
+		// Let the deletion finish, then look again.
+		t := time.NewTimer(lostSettle)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false, ctx.Err()
+		case <-t.C:
+		}
+		switch created, err = streamCreated(ctx, g.kv); {
+		case err == nil && created.Equal(g.created):
+			return false, nil // it was not gone after all
+		case err == nil:
+			lost = false // someone created it meanwhile
+		case !isLost(err):
+			return false, err
+		}
+	}
 	kv, err := natsconf.EnsureBucket(ctx, b.js, b.cfg)
 	if err != nil {
+		b.log.Warn("re-provisioning a lost bucket failed; trying again", "bucket", b.cfg.Name, "err", err)
 		return false, fmt.Errorf("re-provisioning: %w", err)
 	}
 	if created, err = streamCreated(ctx, kv); err != nil {

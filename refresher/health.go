@@ -238,7 +238,9 @@ func (h *health) probeBucket() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), bucketProbeTimeout)
 	defer cancel()
-	_, err := h.r.kv.Status(ctx)
+	// The bucket in use, without re-provisioning a lost one here (the
+	// watchdog does): a readiness probe must answer within its timeout.
+	_, err := h.r.bk.tokens.cur.Load().kv.Status(ctx)
 	h.probedAt, h.probeErr = time.Now(), err
 	return err
 }
