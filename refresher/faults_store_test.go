@@ -235,7 +235,8 @@ func TestLostLeaseBucketRecovered(t *testing.T) {
 	})
 	app := e.App("mp")
 	cfg := e.Config(app)
-	reps := []*harness.Replica{e.Start(cfg), e.Start(cfg)}
+	// Distinct ids: the default id is the same for replicas of one process.
+	reps := []*harness.Replica{e.Start(cfg, refresher.WithReplicaID("replica-a")), e.Start(cfg, refresher.WithReplicaID("replica-b"))}
 	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
 	testutil.WaitFor(t, 5*time.Second, func() bool { n, _ := leaders(reps); return n == 1 }, "no single leader")
 	fetches := e.Sim.Fetches(app.AppID)
@@ -323,7 +324,7 @@ func TestLostTokensBucketRecovered(t *testing.T) {
 	})
 	app := e.App("mp")
 	cfg := e.Config(app)
-	reps := []*harness.Replica{e.Start(cfg), e.Start(cfg)}
+	reps := []*harness.Replica{e.Start(cfg, refresher.WithReplicaID("replica-a")), e.Start(cfg, refresher.WithReplicaID("replica-b"))}
 	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
 	var leader, follower *harness.Replica
 	testutil.WaitFor(t, 5*time.Second, func() bool {
