@@ -7,7 +7,11 @@
 package natsconf
 
 import (
+	"errors"
+	"fmt"
 	"regexp"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -64,6 +68,66 @@ type Record struct {
 	// be empty in records written before). A refresher whose config names
 	// another appid for this app does not reuse the token.
 	AppID string `json:"appid,omitempty"`
+}
+
+// Limits of a valid Record (see Record.Validate).
+const (
+	// MaxTokenSize is the longest access token a record may hold, in
+	// bytes. WeChat asks for at least 512 characters of storage; 8 KiB
+	// leaves room for any upstream and bounds what a reader holds.
+	MaxTokenSize = 8 << 10
+	// MaxTokenLifetime is the longest lifetime (expires_at − fetched_at)
+	// a writer stores; an upstream that announces a longer one gets its
+	// token refreshed as if it had announced this (WeChat's is 7200 s).
+	MaxTokenLifetime = 24 * time.Hour
+	// LifetimeSlack is what readers allow above MaxTokenLifetime, for
+	// writers that round differently.
+	LifetimeSlack = 5 * time.Minute
+)
+
+// ErrInvalidRecord marks a record that Record.Validate rejects: readers
+// treat it as missing (never serve it) and replace it.
+var ErrInvalidRecord = errors.New("invalid token record")
+
+// Validate reports what is wrong with rec read under key: an empty token
+// or one over MaxTokenSize, an app that is not key, an expires_at before
+// fetched_at or more than maxLifetime after it (pass MaxTokenLifetime +
+// LifetimeSlack). The error wraps ErrInvalidRecord, names every problem
+// and never contains the token.
+func (rec Record) Validate(key string, maxLifetime time.Duration) error {
+	var bad []string
+	switch n := len(rec.AccessToken); {
+	case n == 0:
+		bad = append(bad, "empty access_token")
+	case n > MaxTokenSize:
+		bad = append(bad, fmt.Sprintf("access_token of %d bytes is over the limit of %d", n, MaxTokenSize))
+	}
+	if rec.App != key {
+		bad = append(bad, fmt.Sprintf("app %s is not the key %s", quoteShort(rec.App), quoteShort(key)))
+	}
+	switch {
+	case rec.FetchedAt.IsZero() || rec.ExpiresAt.IsZero():
+		bad = append(bad, "fetched_at or expires_at missing")
+	case rec.ExpiresAt.Before(rec.FetchedAt):
+		bad = append(bad, fmt.Sprintf("expires_at %s is before fetched_at %s",
+			rec.ExpiresAt.UTC().Format(time.RFC3339), rec.FetchedAt.UTC().Format(time.RFC3339)))
+	case rec.ExpiresAt.Sub(rec.FetchedAt) > maxLifetime:
+		bad = append(bad, fmt.Sprintf("lifetime %s (expires_at %s) is over the limit of %s",
+			rec.ExpiresAt.Sub(rec.FetchedAt).Round(time.Second), rec.ExpiresAt.UTC().Format(time.RFC3339), maxLifetime))
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrInvalidRecord, strings.Join(bad, "; "))
+}
+
+// quoteShort quotes s for an error message, cut to 64 bytes: a foreign
+// record's fields are not trusted to be short or printable.
+func quoteShort(s string) string {
+	if len(s) > 64 {
+		s = s[:64] + "…"
+	}
+	return strconv.Quote(strings.ToValidUTF8(s, "?"))
 }
 
 // Event is the payload of token.updated.<app>. It never carries the token.

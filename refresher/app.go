@@ -39,6 +39,8 @@ type app struct {
 	// pending is a token fetched but not stored (its write failed): the
 	// next refresh writes it instead of fetching.
 	pending *natsconf.Record
+
+	stateRev uint64 // revision of the app's key in the state bucket (0: none known)
 }
 
 // flight is one refresh in progress; everyone who needs the app's token

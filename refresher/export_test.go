@@ -40,7 +40,7 @@ const MaxLoggedSubject = maxLoggedSubject
 // headers. It returns nil if no reply came within timeout.
 func (r *Refresher) HandleDirect(subject string, hdr nats.Header, body []byte, timeout time.Duration) *nats.Msg {
 	q := &directRequest{subject: subject, hdr: hdr, data: body, replies: make(chan *nats.Msg, 4)}
-	r.handleRefresh(q)
+	r.handle(q, func(m *nats.Msg) error { return q.send(m, nil) })
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {

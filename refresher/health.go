@@ -28,6 +28,7 @@ const (
 	CheckRunning = "running" // Run has provisioned the buckets and not returned
 	CheckNATS    = "nats"    // the NATS connection is connected
 	CheckBucket  = "bucket"  // the token bucket answers
+	CheckLeader  = "leader"  // a live lease holder is known (this replica or another)
 	CheckApp     = "app"     // an app holds a valid token (one check per app)
 )
 
@@ -51,8 +52,8 @@ type Readiness struct {
 	Ready bool `json:"ready"`
 	// Replica is this replica's id.
 	Replica string `json:"replica"`
-	// Leader reports whether this replica holds the lease; readiness does
-	// not depend on it.
+	// Leader reports whether this replica holds the lease. Readiness
+	// needs a live lease holder (CheckLeader), not this one.
 	Leader bool `json:"leader"`
 	// Checks are every check made, failing or not.
 	Checks []Check `json:"checks"`
@@ -86,11 +87,18 @@ type health struct {
 //   - /healthz: 200 "ok" while the process runs (liveness).
 //   - /readyz: 200 when Run is running, the NATS connection is connected,
 //     the token bucket answers (probed with a 1 s timeout, the result
-//     cached for 1 s) and every app holds a token that has not expired;
-//     otherwise 503. Either way the body is a JSON Readiness listing each
-//     check and, for a failing app, why (no token yet, expired at …, and
-//     the last error). Leadership is not required: a follower that sees
-//     valid tokens is ready.
+//     cached for 1 s; a lost bucket is re-provisioned meanwhile), a live
+//     lease holder is known and every app holds a token that has not
+//     expired; otherwise 503. Either way the body is a JSON Readiness
+//     listing each check and, for a failing app, why (no token yet,
+//     expired at …, and the last error). The "leader" check reflects the
+//     lease: it passes while this replica holds the lease or has seen the
+//     lease record renewed (a new revision) within lease_ttl plus a margin
+//     (half of lease_ttl, at least 1 s); it fails while this replica
+//     knows that nobody refreshes the tokens (no holder, a lost lease
+//     bucket, a lease nobody can write). Leadership of this replica is not
+//     required: a follower that sees valid tokens and a live leader is
+//     ready.
 //   - /status: JSON StatusReport: every app's Status, the leader's and
 //     this replica's ids. No tokens.
 func (r *Refresher) HealthHandler() http.Handler {
@@ -179,6 +187,15 @@ func (h *health) readiness() Readiness {
 		}
 	}
 
+	if !started || stopped {
+		add(Check{Name: CheckLeader, Reason: "not checked: the refresher is not running"})
+	} else if ok, since := r.leaderKnown(); ok {
+		add(Check{Name: CheckLeader, OK: true})
+	} else {
+		add(Check{Name: CheckLeader, Reason: fmt.Sprintf("no live lease holder seen for %s (lease_ttl %s): no replica refreshes the tokens",
+			since.Round(100*time.Millisecond), r.bk.leaseTTL)})
+	}
+
 	for _, s := range r.Statuses() {
 		add(appCheck(s))
 	}
@@ -221,7 +238,9 @@ func (h *health) probeBucket() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), bucketProbeTimeout)
 	defer cancel()
-	_, err := h.r.kv.Status(ctx)
+	// The bucket in use, without re-provisioning a lost one here (the
+	// watchdog does): a readiness probe must answer within its timeout.
+	_, err := h.r.bk.tokens.cur.Load().kv.Status(ctx)
 	h.probedAt, h.probeErr = time.Now(), err
 	return err
 }

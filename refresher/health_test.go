@@ -3,6 +3,7 @@ package refresher_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
@@ -210,20 +212,35 @@ func TestHealthNotReadyWithoutNATS(t *testing.T) {
 	}
 }
 
+// TestHealthNotReadyWithoutBucket: while the token bucket is gone and
+// cannot be created again (a stream that holds its subjects is in the
+// way), /readyz fails naming the bucket; once the way is clear, the
+// running refresher re-provisions the bucket and is ready again.
 func TestHealthNotReadyWithoutBucket(t *testing.T) {
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
 	rep := e.Start(e.Config(e.App("mp")))
 	h := rep.R.HealthHandler()
 	testutil.WaitFor(t, 5*time.Second, func() bool { c, _ := healthReadiness(t, h); return c == http.StatusOK }, "not ready")
 
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := e.JS.DeleteKeyValue(ctx, natsconf.DefaultBucket); err != nil {
-		t.Fatal(err)
-	}
+	// Delete the bucket and take its subjects, before the refresher
+	// re-creates it (if it was quicker, try again).
+	testutil.WaitFor(t, 5*time.Second, func() bool {
+		if err := e.JS.DeleteKeyValue(ctx, natsconf.DefaultBucket); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+			t.Logf("delete bucket: %v", err)
+		}
+		_, err := e.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "in-the-way", Subjects: []string{"$KV." + natsconf.DefaultBucket + ".>"}})
+		return err == nil
+	}, "could not put a stream in the bucket's way")
 	testutil.WaitFor(t, 5*time.Second, func() bool {
 		code, rd := healthReadiness(t, h)
 		c, _ := findCheck(rd, refresher.CheckBucket, "")
 		return code == http.StatusServiceUnavailable && !c.OK && strings.Contains(c.Reason, natsconf.DefaultBucket)
 	}, "/readyz does not fail when the bucket is gone")
+
+	if err := e.JS.DeleteStream(ctx, "in-the-way"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 10*time.Second, func() bool { c, _ := healthReadiness(t, h); return c == http.StatusOK }, "not ready again after the bucket could be re-provisioned")
 }

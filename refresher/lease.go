@@ -237,8 +237,24 @@ func (l *lease) renew(ctx context.Context) error {
 		l.mu.Unlock()
 		return ErrNotLeader
 	}
-	rev, acquired := l.rev, l.acquired
+	rev, acquired, trusted := l.rev, l.acquired, l.heldLocked()
 	l.mu.Unlock()
+	if !trusted {
+		// Our trust ran out (a slow or cut-off link). Renew only over a
+		// last write that is still ours: a sequence number can come round
+		// again in a lease bucket that was lost and re-created meanwhile.
+		seq, w := l.lastWrite(ctx, acquired)
+		switch {
+		case w == writeOurs && seq == rev:
+		case w == writeExpiry && seq == rev+1:
+			rev = seq
+		default:
+			l.mu.Lock()
+			l.loseLocked("lease not renewed in time, and no longer ours")
+			l.mu.Unlock()
+			return ErrNotLeader
+		}
+	}
 	sent := time.Now()
 	newRev, err := l.publish(ctx, acquired, rev, false)
 	switch {

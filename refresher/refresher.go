@@ -67,6 +67,9 @@ type Refresher struct {
 	ready         chan struct{}
 	readyOnce     sync.Once
 	reqs          requestGate // token.refresh requests in progress (service.go)
+
+	guard recordGuard // invalid records already reported (validate.go)
+	bk    *buckets    // the buckets behind kv, stateKV and the lease (buckets.go)
 }
 
 // Option configures a Refresher.
@@ -178,27 +181,8 @@ func (r *Refresher) Run(ctx context.Context) error {
 		r.mu.Unlock()
 	}()
 
-	kv, err := natsconf.EnsureBucket(ctx, r.js, natsconf.BucketConfig{
-		Name: r.cfg.Bucket, Replicas: r.cfg.Replicas, History: 1,
-		Description:  "tokenkeeper access tokens, one key per app",
-		MaxConsumers: 1_000_000, // one per watching service; the server's default is 1000
-	})
-	if err != nil {
-		return err
-	}
-	r.kv = kv
-	leaseKV, err := natsconf.EnsureBucket(ctx, r.js, natsconf.BucketConfig{
-		Name: LeaseBucket(r.cfg.Bucket), Replicas: r.cfg.Replicas, History: 1,
-		TTL:         r.cfg.LeaseTTL,
-		Description: "tokenkeeper refresher leader lease",
-	})
-	if err != nil {
-		return err
-	}
-	r.stateKV, err = natsconf.EnsureBucket(ctx, r.js, natsconf.BucketConfig{
-		Name: StateBucket(r.cfg.Bucket), Replicas: r.cfg.Replicas, History: 1,
-		Description: "tokenkeeper per-app state: upstream calls today, last error",
-	})
+	// The buckets re-provision themselves when lost (buckets.go).
+	leaseKV, err := r.provision(ctx)
 	if err != nil {
 		return err
 	}
@@ -216,9 +200,10 @@ func (r *Refresher) Run(ctx context.Context) error {
 	leaseCtx, stopLease := context.WithCancel(ctx)
 	defer stopLease()
 	var bg sync.WaitGroup
-	bg.Add(2)
+	bg.Add(3)
 	go func() { defer bg.Done(); r.lease.run(leaseCtx) }()
 	go func() { defer bg.Done(); r.follow(leaseCtx) }()
+	go func() { defer bg.Done(); r.watchBuckets(leaseCtx) }()
 
 	c := cron.New(cron.WithParser(CronParser), cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger)))
 	if _, err := c.AddFunc(r.cfg.Schedule, r.Tick); err != nil {
@@ -509,7 +494,7 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 	}
 	nrec := natsconf.Record{
 		App: name, AppID: cfg.AppID, AccessToken: tok.AccessToken,
-		FetchedAt: fetched, ExpiresAt: fetched.Add(tok.ExpiresIn),
+		FetchedAt: fetched, ExpiresAt: fetched.Add(capLifetime(tok.ExpiresIn)),
 		Source: source,
 	}
 	return r.store(ctx, a, nrec, rev, source, start)
@@ -630,21 +615,20 @@ func alertMessage(code int) string {
 	return ""
 }
 
-// read returns the stored record of name and its revision (nil, 0 if none).
+// read returns the stored record of name and its revision (nil, 0 if none;
+// nil and the revision if the stored record is invalid).
 func (r *Refresher) read(ctx context.Context, name string) (*natsconf.Record, uint64, error) {
 	e, err := r.kv.Get(ctx, name)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, 0, nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, err
 	}
-	var rec natsconf.Record
-	if err := json.Unmarshal(e.Value(), &rec); err != nil {
-		r.log.Warn("stored record does not parse; it will be replaced", "app", name, "revision", e.Revision(), "err", err)
-		return nil, e.Revision(), nil
+	r.checkRevision(ctx, name, e)
+	if err != nil {
+		return nil, 0, nil
 	}
-	return &rec, e.Revision(), nil
+	// An invalid record is treated as missing; its revision is kept so
+	// that the replacement is written over it.
+	return r.parseRecord(name, e.Revision(), e.Value()), e.Revision(), nil
 }
 
 // write stores rec over revision rev (0: create). On a revision conflict
@@ -653,6 +637,9 @@ func (r *Refresher) read(ctx context.Context, name string) (*natsconf.Record, ui
 // otherwise the write is retried over the revision just read. A replica
 // that no longer holds the lease writes nothing (ErrNotLeader).
 func (r *Refresher) write(ctx context.Context, a *app, rec natsconf.Record, rev uint64) (uint64, error) {
+	if err := rec.Validate(rec.App, maxRecordLifetime); err != nil {
+		return 0, fmt.Errorf("write %s: not storing a record that readers reject: %w", rec.App, err)
+	}
 	val, err := json.Marshal(rec)
 	if err != nil {
 		return 0, err
@@ -732,8 +719,9 @@ type storedRec struct {
 	rev uint64
 }
 
-// snapshot reads the latest value of every key with one ordered consumer
-// (a fresh watcher delivers each key's last value, then a nil marker).
+// snapshot reads the latest value of every configured app's key with one
+// ordered consumer (a fresh watcher delivers each key's last value, then a
+// nil marker). An invalid record is returned as nil with its revision.
 func (r *Refresher) snapshot(ctx context.Context) (map[string]storedRec, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -754,12 +742,14 @@ func (r *Refresher) snapshot(ctx context.Context) (map[string]storedRec, error) 
 			if e == nil {
 				return out, nil
 			}
-			var rec natsconf.Record
-			if json.Unmarshal(e.Value(), &rec) != nil {
-				out[e.Key()] = storedRec{rev: e.Revision()}
+			r.mu.Lock()
+			configured := r.apps[e.Key()] != nil
+			r.mu.Unlock()
+			if !configured {
 				continue
 			}
-			out[e.Key()] = storedRec{rec: &rec, rev: e.Revision()}
+			// An invalid record counts as missing (nil) at its revision.
+			out[e.Key()] = storedRec{rec: r.parseRecord(e.Key(), e.Revision(), e.Value()), rev: e.Revision()}
 		}
 	}
 }
@@ -776,8 +766,15 @@ func (r *Refresher) follow(ctx context.Context) {
 		if a == nil || e.Operation() != jetstream.KeyValuePut {
 			return
 		}
-		var rec natsconf.Record
-		if json.Unmarshal(e.Value(), &rec) == nil && a.adopt(&rec, e.Revision()) {
+		rec := r.parseRecord(e.Key(), e.Revision(), e.Value())
+		if rec == nil {
+			// Invalid: never served; the leader replaces it at once.
+			if a.adopt(nil, e.Revision()) {
+				r.Tick()
+			}
+			return
+		}
+		if a.adopt(rec, e.Revision()) {
 			r.obs.Refreshed(a.name, "", rec.ExpiresAt)
 		}
 	})

@@ -14,6 +14,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
@@ -210,32 +211,48 @@ func withRequestHook(h func(stage, subject string)) Option {
 
 // refreshReq is a token.refresh request that remembers whether it was
 // answered, so that a recovered panic answers only a request that has no
-// answer yet.
+// answer yet. Replies go out through send, not through the micro.Request:
+// many are sent from other goroutines after the handler returned, and
+// micro reads the request's error state then, for its stats, without a
+// lock (a data race).
 type refreshReq struct {
 	micro.Request
+	send     func(*nats.Msg) error
 	answered atomic.Bool
 }
 
-func (q *refreshReq) Respond(b []byte, opts ...micro.RespondOpt) error {
+func (q *refreshReq) Respond(b []byte, _ ...micro.RespondOpt) error {
 	q.answered.Store(true)
-	return q.Request.Respond(b, opts...)
+	return q.send(&nats.Msg{Subject: q.Reply(), Data: b})
 }
 
-func (q *refreshReq) RespondJSON(v any, opts ...micro.RespondOpt) error {
-	q.answered.Store(true)
-	return q.Request.RespondJSON(v, opts...)
+func (q *refreshReq) RespondJSON(v any, _ ...micro.RespondOpt) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return q.Respond(b)
 }
 
-func (q *refreshReq) Error(code, description string, data []byte, opts ...micro.RespondOpt) error {
+func (q *refreshReq) Error(code, description string, data []byte, _ ...micro.RespondOpt) error {
 	q.answered.Store(true)
-	return q.Request.Error(code, description, data, opts...)
+	m := nats.NewMsg(q.Reply())
+	m.Header.Set(micro.ErrorHeader, description)
+	m.Header.Set(micro.ErrorCodeHeader, code)
+	m.Data = data
+	return q.send(m)
 }
 
 // handleRefresh is the token.refresh endpoint's handler. It runs on the
 // subscription's goroutine, one request at a time, and never blocks: the
 // slow part runs elsewhere (handleSlow, flight.park) or is refused.
 func (r *Refresher) handleRefresh(req micro.Request) {
-	q := &refreshReq{Request: req}
+	r.handle(req, r.nc.PublishMsg)
+}
+
+// handle is handleRefresh with the replies sent through send.
+func (r *Refresher) handle(req micro.Request, send func(*nats.Msg) error) {
+	q := &refreshReq{Request: req, send: send}
 	defer r.recovered(q)
 	r.reqs.at(stageReceive, q)
 

@@ -76,20 +76,77 @@ func (a *app) restore(s AppState, now time.Time) {
 	a.forcedToday = max(a.forcedToday, s.Forced)
 }
 
-// saveState writes app's state (best effort: a failure is logged, the
-// counters stay in memory and are written with the next call).
+// stateWriteAttempts bounds the conflicts one saveState rides out.
+const stateWriteAttempts = 5
+
+// saveState writes app's state, revision-checked: Create when no
+// revision of the key is known, Update over the last known one. On a
+// conflict — another replica wrote meanwhile, a deposed leader or its
+// successor — it re-reads the stored state, merges it (restore: the
+// larger count of the same day wins) and tries again, at most
+// stateWriteAttempts times; so no write lowers a count another replica
+// stored. Best effort otherwise: a failure is logged, the counters stay
+// in memory and are written with the next call.
 func (r *Refresher) saveState(ctx context.Context, a *app) {
 	if r.stateKV == nil {
 		return
 	}
-	s := a.state(r.now(), r.id)
-	r.obs.QuotaUsed(a.name, s.Calls)
-	b, _ := json.Marshal(s)
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if _, err := r.stateKV.Put(ctx, a.name, b); err != nil {
-		r.log.Warn("saving app state failed", "app", a.name, "err", err)
+	for range stateWriteAttempts {
+		s := a.state(r.now(), r.id)
+		r.obs.QuotaUsed(a.name, s.Calls)
+		b, _ := json.Marshal(s)
+		a.mu.Lock()
+		rev := a.stateRev
+		a.mu.Unlock()
+		var nrev uint64
+		var err error
+		if rev == 0 {
+			nrev, err = r.stateKV.Create(ctx, a.name, b)
+		} else {
+			nrev, err = r.stateKV.Update(ctx, a.name, b, rev)
+		}
+		if err == nil {
+			a.mu.Lock()
+			a.stateRev = nrev
+			a.mu.Unlock()
+			return
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			r.log.Warn("saving app state failed", "app", a.name, "err", err)
+			return
+		}
+		if err := r.mergeStoredState(ctx, a); err != nil {
+			r.log.Warn("saving app state failed: re-read after a conflict", "app", a.name, "err", err)
+			return
+		}
 	}
+	r.log.Warn("saving app state failed: too many conflicting writers", "app", a.name, "attempts", stateWriteAttempts)
+}
+
+// mergeStoredState reads app's stored state, adopts its counters (the
+// larger count of today wins) and its revision, for the next write.
+func (r *Refresher) mergeStoredState(ctx context.Context, a *app) error {
+	e, err := r.stateKV.Get(ctx, a.name)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		// Deleted (or a new bucket): Create writes it again.
+		a.mu.Lock()
+		a.stateRev = 0
+		a.mu.Unlock()
+		return nil
+	case err != nil:
+		return err
+	}
+	var s AppState
+	if json.Unmarshal(e.Value(), &s) == nil {
+		a.restore(s, r.now())
+	}
+	a.mu.Lock()
+	a.stateRev = e.Revision()
+	a.mu.Unlock()
+	return nil
 }
 
 // loadStates restores today's counters of every app from the state bucket.
@@ -116,17 +173,22 @@ func (r *Refresher) loadStates(ctx context.Context) error {
 			if e == nil {
 				return nil
 			}
+			r.mu.Lock()
+			a := r.apps[e.Key()]
+			r.mu.Unlock()
+			if a == nil {
+				continue
+			}
+			// Remember the revision, for the next revision-checked write.
+			a.mu.Lock()
+			a.stateRev = max(a.stateRev, e.Revision())
+			a.mu.Unlock()
 			var s AppState
 			if json.Unmarshal(e.Value(), &s) != nil {
 				continue
 			}
-			r.mu.Lock()
-			a := r.apps[e.Key()]
-			r.mu.Unlock()
-			if a != nil {
-				a.restore(s, now)
-				r.obs.QuotaUsed(a.name, a.callsToday(now))
-			}
+			a.restore(s, now)
+			r.obs.QuotaUsed(a.name, a.callsToday(now))
 		}
 	}
 }

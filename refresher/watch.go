@@ -15,14 +15,28 @@ import (
 // consumer that can go silent for ~20 s after a server restart or the
 // loss of the cluster node holding it (nats.go#1094, #1729), so the watch
 // is rebuilt at once when nc reconnects, and with backoff when it ends;
-// each rebuild resumes after the last revision seen. The nil marker after
-// the initial values is not passed on.
+// each rebuild resumes after the last revision seen. When kv is a
+// bucketKV whose bucket was lost and re-provisioned (or created anew),
+// the watch is rebuilt at once and from the new bucket's start. The nil
+// marker after the initial values is not passed on.
 func followKV(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue, key string, handle func(jetstream.KeyValueEntry)) {
 	reconnects := nc.StatusChanged(nats.CONNECTED)
 	defer nc.RemoveStatusListener(reconnects)
 	bo := backoff.New(100*time.Millisecond, 5*time.Second)
-	var last uint64
+	gk, _ := kv.(interface {
+		generation() (uint64, <-chan struct{})
+	})
+	var last, lastGen uint64
 	for ctx.Err() == nil {
+		var gone <-chan struct{} // nil: never
+		if gk != nil {
+			var gen uint64
+			gen, gone = gk.generation()
+			if gen != lastGen {
+				// Another bucket: its revisions start over.
+				last, lastGen = 0, gen
+			}
+		}
 		var opts []jetstream.WatchOpt
 		if last > 0 {
 			opts = append(opts, jetstream.ResumeFromRevision(last+1))
@@ -39,10 +53,18 @@ func followKV(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue, key str
 		}
 		if err != nil {
 			stop()
-			if !backoff.Sleep(ctx, bo.Next()) {
+			if !sleepOr(ctx, bo.Next(), gone) {
 				return
 			}
 			continue
+		}
+		if gk != nil {
+			if gen, _ := gk.generation(); gen != lastGen {
+				// Replaced while the watch was made (it may resume
+				// at an old revision): start over on the new one.
+				stop()
+				continue
+			}
 		}
 		rebuild := false
 		for !rebuild {
@@ -51,6 +73,8 @@ func followKV(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue, key str
 				stop()
 				return
 			case <-reconnects:
+				rebuild = true
+			case <-gone:
 				rebuild = true
 			case e, ok := <-w.Updates():
 				if !ok {
@@ -66,8 +90,23 @@ func followKV(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue, key str
 			}
 		}
 		stop()
-		if !backoff.Sleep(ctx, bo.Next()) {
+		if !sleepOr(ctx, bo.Next(), gone) {
 			return
 		}
+	}
+}
+
+// sleepOr waits d, or less if wake is closed; it returns false if ctx
+// ended first.
+func sleepOr(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-wake:
+		return true
+	case <-t.C:
+		return true
 	}
 }

@@ -1,0 +1,51 @@
+package natsconf_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/natsconf"
+)
+
+func TestRecordValidate(t *testing.T) {
+	now := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	good := natsconf.Record{App: "mp", AccessToken: "TOKEN-SECRET-VALUE", FetchedAt: now, ExpiresAt: now.Add(7200 * time.Second)}
+	maxLife := natsconf.MaxTokenLifetime + natsconf.LifetimeSlack
+	if err := good.Validate("mp", maxLife); err != nil {
+		t.Fatalf("a good record: %v", err)
+	}
+	edge := good
+	edge.AccessToken = strings.Repeat("x", natsconf.MaxTokenSize)
+	edge.ExpiresAt = now.Add(maxLife)
+	if err := edge.Validate("mp", maxLife); err != nil {
+		t.Fatalf("a record at the limits: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		edit func(*natsconf.Record)
+		key  string
+		want string
+	}{
+		{"empty token", func(r *natsconf.Record) { r.AccessToken = "" }, "mp", "empty access_token"},
+		{"token too long", func(r *natsconf.Record) { r.AccessToken = strings.Repeat("x", natsconf.MaxTokenSize+1) }, "mp", "over the limit"},
+		{"wrong app", func(r *natsconf.Record) { r.App = "other" }, "mp", `app "other" is not the key "mp"`},
+		{"expires before fetched", func(r *natsconf.Record) { r.ExpiresAt = now.Add(-time.Second) }, "mp", "is before fetched_at"},
+		{"ten years", func(r *natsconf.Record) { r.ExpiresAt = now.AddDate(10, 0, 0) }, "mp", "lifetime"},
+		{"no times", func(r *natsconf.Record) { r.FetchedAt, r.ExpiresAt = time.Time{}, time.Time{} }, "mp", "missing"},
+		{"wrong key", func(*natsconf.Record) {}, "mp2", "is not the key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := good
+			tc.edit(&rec)
+			err := rec.Validate(tc.key, maxLife)
+			if !errors.Is(err, natsconf.ErrInvalidRecord) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate = %v, want ErrInvalidRecord saying %q", err, tc.want)
+			}
+			if rec.AccessToken != "" && strings.Contains(err.Error(), rec.AccessToken) {
+				t.Fatal("the error shows the token")
+			}
+		})
+	}
+}

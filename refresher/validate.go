@@ -1,0 +1,62 @@
+package refresher
+
+import (
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/natsconf"
+)
+
+// maxRecordLifetime is the longest lifetime (expires_at − fetched_at) of
+// a record the refresher accepts from the bucket; it writes at most
+// natsconf.MaxTokenLifetime itself.
+const maxRecordLifetime = natsconf.MaxTokenLifetime + natsconf.LifetimeSlack
+
+// recordGuard remembers which invalid records were reported, so that a
+// record read by the watcher, the snapshot and the refresh path raises
+// one alert, not three.
+type recordGuard struct {
+	mu       sync.Mutex
+	reported map[string]uint64 // key -> revision last reported
+}
+
+// parseRecord parses and validates the value stored under key at
+// revision rev. A value that does not parse or fails
+// natsconf.Record.Validate is treated as missing: parseRecord returns nil
+// and logs ALERT invalid_record (once per key and revision) naming the
+// key, the revision and what is wrong, never the token.
+func (r *Refresher) parseRecord(key string, rev uint64, val []byte) *natsconf.Record {
+	var rec natsconf.Record
+	var err error
+	if json.Unmarshal(val, &rec) != nil {
+		// The decoder's message is not kept: it may quote the value.
+		err = fmt.Errorf("%w: the value (%d bytes) is not a JSON record", natsconf.ErrInvalidRecord, len(val))
+	} else {
+		err = rec.Validate(key, maxRecordLifetime)
+	}
+	if err == nil {
+		return &rec
+	}
+	g := &r.guard
+	g.mu.Lock()
+	seen := g.reported[key] == rev
+	if !seen {
+		if g.reported == nil {
+			g.reported = map[string]uint64{}
+		}
+		g.reported[key] = rev
+	}
+	g.mu.Unlock()
+	if !seen {
+		r.log.Error("ALERT invalid_record: the stored record is not valid; it is treated as missing, never served, and replaced by a new fetch",
+			"alert", "invalid_record", "app", key, "revision", rev, "problem", err.Error())
+	}
+	return nil
+}
+
+// capLifetime is the lifetime written for a token whose upstream
+// announced d: at most natsconf.MaxTokenLifetime, so that every record
+// written passes Validate.
+func capLifetime(d time.Duration) time.Duration { return min(d, natsconf.MaxTokenLifetime) }
