@@ -255,7 +255,7 @@ func TestDeployConfigs(t *testing.T) {
 			if u.Password != pw[u.Username] {
 				t.Errorf("deploy/nats.conf: user %s does not take its password from the environment", u.Username)
 			}
-			comparePermissions(t, "deploy/nats.conf user "+u.Username, u.Permissions,
+			testutil.ComparePermissions(t, "deploy/nats.conf user "+u.Username, u.Permissions,
 				natsconf.RolePermissions(natsconf.Role(u.Username), natsconf.DefaultBucket, u.Username))
 		}
 		if o.Cluster.Username != "route" || o.Cluster.Password != pw["route"] {
@@ -476,40 +476,5 @@ func routeIntrusion(t *testing.T, addr, cluster string) {
 		if err != nil || strings.HasPrefix(line, "PONG") {
 			t.Fatalf("a route without the route password was not refused: %q (%v)", got, err)
 		}
-	}
-}
-
-// comparePermissions fails t when got and want differ (subject lists
-// compared as sets).
-func comparePermissions(t *testing.T, who string, got, want *server.Permissions) {
-	t.Helper()
-	if got == nil || want == nil {
-		t.Errorf("%s: permissions %v, want %v", who, got, want)
-		return
-	}
-	list := func(p *server.SubjectPermission, deny bool) []string {
-		if p == nil {
-			return nil
-		}
-		l := p.Allow
-		if deny {
-			l = p.Deny
-		}
-		l = slices.Clone(l)
-		slices.Sort(l)
-		return l
-	}
-	for _, c := range []struct {
-		what      string
-		got, want *server.SubjectPermission
-	}{{"publish", got.Publish, want.Publish}, {"subscribe", got.Subscribe, want.Subscribe}} {
-		for _, deny := range []bool{false, true} {
-			if g, w := list(c.got, deny), list(c.want, deny); !slices.Equal(g, w) {
-				t.Errorf("%s: %s (deny %v):\n got  %q\n want %q", who, c.what, deny, g, w)
-			}
-		}
-	}
-	if (got.Response == nil) != (want.Response == nil) {
-		t.Errorf("%s: allow_responses %v, want %v", who, got.Response != nil, want.Response != nil)
 	}
 }

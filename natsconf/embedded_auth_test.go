@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -432,42 +431,7 @@ func TestRolesMatchExampleConfig(t *testing.T) {
 		t.Fatalf("examples/nats-server.conf has %d users, want 2", len(o.Users))
 	}
 	for _, u := range o.Users {
-		comparePermissions(t, "examples/nats-server.conf user "+u.Username, u.Permissions,
+		testutil.ComparePermissions(t, "examples/nats-server.conf user "+u.Username, u.Permissions,
 			natsconf.RolePermissions(natsconf.Role(u.Username), natsconf.DefaultBucket, u.Username))
-	}
-}
-
-// comparePermissions fails t when got and want differ (lists compared as
-// sets).
-func comparePermissions(t *testing.T, who string, got, want *server.Permissions) {
-	t.Helper()
-	if want == nil || got == nil {
-		t.Errorf("%s: permissions %v, want %v", who, got, want)
-		return
-	}
-	set := func(p *server.SubjectPermission, deny bool) []string {
-		if p == nil {
-			return nil
-		}
-		l := p.Allow
-		if deny {
-			l = p.Deny
-		}
-		l = slices.Clone(l)
-		slices.Sort(l)
-		return l
-	}
-	for _, c := range []struct {
-		what      string
-		got, want *server.SubjectPermission
-	}{{"publish", got.Publish, want.Publish}, {"subscribe", got.Subscribe, want.Subscribe}} {
-		for _, deny := range []bool{false, true} {
-			if g, w := set(c.got, deny), set(c.want, deny); !slices.Equal(g, w) {
-				t.Errorf("%s: %s (deny %v):\n got  %q\n want %q", who, c.what, deny, g, w)
-			}
-		}
-	}
-	if (got.Response == nil) != (want.Response == nil) {
-		t.Errorf("%s: allow_responses %v, want %v", who, got.Response != nil, want.Response != nil)
 	}
 }

@@ -418,13 +418,7 @@ func (r *Refresher) provision(ctx context.Context) (jetstream.KeyValue, error) {
 // gone. The leader fetches what the new bucket lacks; every replica's
 // follow loop reads the new bucket from its start.
 func (r *Refresher) forgetRecords() {
-	r.mu.Lock()
-	apps := make([]*app, 0, len(r.apps))
-	for _, a := range r.apps {
-		apps = append(apps, a)
-	}
-	r.mu.Unlock()
-	for _, a := range apps {
+	for _, a := range r.appList() {
 		a.mu.Lock()
 		a.rec, a.rev, a.due = nil, 0, time.Time{}
 		a.mu.Unlock()
@@ -476,13 +470,7 @@ func (r *Refresher) saveAllStates(ctx context.Context) {
 	if !r.Leader() {
 		return
 	}
-	r.mu.Lock()
-	apps := make([]*app, 0, len(r.apps))
-	for _, a := range r.apps {
-		apps = append(apps, a)
-	}
-	r.mu.Unlock()
-	for _, a := range apps {
+	for _, a := range r.appList() {
 		r.saveState(ctx, a)
 	}
 }

@@ -237,17 +237,23 @@ func (r *Refresher) Run(ctx context.Context) error {
 	return nil
 }
 
-// flushPending makes one last attempt, at shutdown, to store every token
-// fetched but not stored, so that a write failure followed by a stop does
-// not throw a fetched token away.
-func (r *Refresher) flushPending() {
+// appList returns the configured apps, in no order, for a loop that must
+// not hold r.mu.
+func (r *Refresher) appList() []*app {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	apps := make([]*app, 0, len(r.apps))
 	for _, a := range r.apps {
 		apps = append(apps, a)
 	}
-	r.mu.Unlock()
-	for _, a := range apps {
+	return apps
+}
+
+// flushPending makes one last attempt, at shutdown, to store every token
+// fetched but not stored, so that a write failure followed by a stop does
+// not throw a fetched token away.
+func (r *Refresher) flushPending() {
+	for _, a := range r.appList() {
 		p := a.unstored(r.now())
 		if p == nil || !r.lease.Held() {
 			continue
@@ -300,13 +306,7 @@ func (r *Refresher) plan() time.Time {
 	}
 	now := r.now()
 	var next time.Time
-	r.mu.Lock()
-	apps := make([]*app, 0, len(r.apps))
-	for _, a := range r.apps {
-		apps = append(apps, a)
-	}
-	r.mu.Unlock()
-	for _, a := range apps {
+	for _, a := range r.appList() {
 		due, busy := a.dueAt()
 		if busy {
 			continue
@@ -787,11 +787,9 @@ func (r *Refresher) leadershipChanged(leader bool) {
 		r.stopService()
 		// A token fetched but not stored is no longer ours to write: the
 		// next leader fetches its own.
-		r.mu.Lock()
-		for _, a := range r.apps {
+		for _, a := range r.appList() {
 			a.dropPending()
 		}
-		r.mu.Unlock()
 		return
 	}
 	// Serve at once: a request is answered from the key itself whenever
