@@ -228,11 +228,6 @@ func TestStateWriteNeverLowersCount(t *testing.T) {
 // green.
 func TestLostLeaseBucketRecovered(t *testing.T) {
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(e.Logs.String())
-		}
-	})
 	app := e.App("mp")
 	cfg := e.Config(app)
 	// Distinct ids: the default id is the same for replicas of one process.
@@ -317,11 +312,6 @@ func TestLostLeaseBucketRecovered(t *testing.T) {
 // response from stream" was a permanent failure.
 func TestLostTokensBucketRecovered(t *testing.T) {
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(e.Logs.String())
-		}
-	})
 	app := e.App("mp")
 	cfg := e.Config(app)
 	reps := []*harness.Replica{e.Start(cfg, refresher.WithReplicaID("replica-a")), e.Start(cfg, refresher.WithReplicaID("replica-b"))}

@@ -26,18 +26,7 @@ func TestRefreshStormCostsOneFetch(t *testing.T) {
 	w.start()
 	log, _ := logBuffer(t)
 
-	// Count the requests that reach token.refresh (a plain subscription
-	// gets a copy of each; the refresher answers).
-	var requests atomic.Int64
-	mon, _ := testutil.Connect(t, w.URL)
-	sub, err := mon.Subscribe(natsconf.RefreshSubject("mp-main"), func(*nats.Msg) { requests.Add(1) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
-	if err := mon.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	requests := countRequests(t, w.URL, "mp-main")
 
 	srcs := make([]*subscriber.Source, sources)
 	for i := range srcs {
@@ -263,20 +252,11 @@ func TestRefreshWaitsForTheRefreshersRetryTime(t *testing.T) {
 	if _, err := rawRefresh(w.NC, "mp-main", &rev, 5*time.Second); err == nil {
 		t.Fatal("refresh during 40164 answered a token")
 	}
-	var requests atomic.Int64
-	mon, _ := testutil.Connect(t, w.URL)
-	sub, err := mon.Subscribe(natsconf.RefreshSubject("mp-main"), func(*nats.Msg) { requests.Add(1) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
-	if err := mon.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	requests := countRequests(t, w.URL, "mp-main")
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	_, err = src.Refresh(ctx, rev)
+	_, err := src.Refresh(ctx, rev)
 	var re *subscriber.RequestError
 	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &re) || re.RetryAt.Before(time.Now().Add(30*time.Second)) {
 		t.Fatalf("Refresh = %v, want the deadline and the refresher's 503 with retry_at about a minute away", err)
@@ -285,4 +265,21 @@ func TestRefreshWaitsForTheRefreshersRetryTime(t *testing.T) {
 	if n := requests.Load(); n != 1 {
 		t.Fatalf("Refresh sent %d requests in a second while the refresher was paused, want 1", n)
 	}
+}
+
+// countRequests counts the requests that reach token.refresh.<app> (a
+// plain subscription gets a copy of each; the refresher answers).
+func countRequests(t *testing.T, url, app string) *atomic.Int64 {
+	t.Helper()
+	var n atomic.Int64
+	mon, _ := testutil.Connect(t, url)
+	sub, err := mon.Subscribe(natsconf.RefreshSubject(app), func(*nats.Msg) { n.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := mon.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return &n
 }

@@ -33,7 +33,8 @@ type Env struct {
 	SimURL string
 	NC     *nats.Conn
 	JS     jetstream.JetStream
-	// Logs collects every refresher's log output (debug level).
+	// Logs collects every refresher's log output (debug level); a test
+	// that fails prints it.
 	Logs *SyncBuffer
 }
 
@@ -57,6 +58,11 @@ func New(t testing.TB, o Options) *Env {
 	t.Cleanup(hs.Close)
 	e.Sim, e.SimURL = sim, hs.URL
 	e.NC, e.JS = testutil.Connect(t, e.URL)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("--- refresher logs ---\n%s", e.Logs)
+		}
+	})
 	return e
 }
 
