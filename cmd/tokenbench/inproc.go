@@ -90,11 +90,12 @@ func (w *world) config(apps []refresher.AppConfig, mod func(*refresher.Config)) 
 // oneApp is a world with one app, its refresher running in-process and
 // its first token stored: the start of the propagation and storm runs.
 type oneApp struct {
-	w   *world
-	app refresher.AppConfig
-	nc  *nats.Conn // the bench's own connection
-	js  jetstream.JetStream
-	kv  jetstream.KeyValue
+	w    *world
+	app  refresher.AppConfig   // the first of apps
+	apps []refresher.AppConfig // every app, in the order asked for
+	nc   *nats.Conn            // the bench's own connection
+	js   jetstream.JetStream
+	kv   jetstream.KeyValue
 	// maxConsumers describes the token stream's max_consumers as the run
 	// sees it, for the report header.
 	maxConsumers string
@@ -105,15 +106,24 @@ type oneApp struct {
 // limit). maxConsumers > 0 overrides the limit the refresher set on the
 // token stream. Close it with w.close.
 func startOneApp(ctx context.Context, app, connName string, maxConsumers int) (*oneApp, error) {
+	return startApps(ctx, []string{app}, connName, maxConsumers)
+}
+
+// startApps is startOneApp for several apps, all held by the one
+// refresher, each with its first token stored.
+func startApps(ctx context.Context, apps []string, connName string, maxConsumers int) (*oneApp, error) {
 	w, err := newWorld(wechatsim.Options{})
 	if err != nil {
 		return nil, err
 	}
 	o := &oneApp{w: w}
 	fail := func(err error) (*oneApp, error) { w.close(); return nil, err }
-	o.app = w.addApp(app)
+	for _, app := range apps {
+		o.apps = append(o.apps, w.addApp(app))
+	}
+	o.app = o.apps[0]
 	zero := time.Duration(0)
-	cfg, err := w.config([]refresher.AppConfig{o.app}, func(c *refresher.Config) { c.PassiveMinInterval = &zero })
+	cfg, err := w.config(o.apps, func(c *refresher.Config) { c.PassiveMinInterval = &zero })
 	if err != nil {
 		return fail(err)
 	}
@@ -128,8 +138,10 @@ func startOneApp(ctx context.Context, app, connName string, maxConsumers int) (*
 	if o.kv, err = tokensKV(ctx, o.js, natsconf.DefaultBucket); err != nil {
 		return fail(err)
 	}
-	if _, err := waitRecord(ctx, o.kv, app, 0); err != nil {
-		return fail(err)
+	for _, app := range apps {
+		if _, err := waitRecord(ctx, o.kv, app, 0); err != nil {
+			return fail(err)
+		}
 	}
 	if maxConsumers > 0 {
 		if err := setMaxConsumers(ctx, o.js, natsconf.DefaultBucket, maxConsumers); err != nil {
