@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"runtime/pprof"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -48,6 +50,7 @@ func runPropagation(ctx context.Context, args []string, out io.Writer) error {
 	perWrite := fs.Duration("write-timeout", 10*time.Second, "how long to wait for every Source to hold one write")
 	target := fs.Duration("target", 20*time.Millisecond, "p99 target for N = the largest N")
 	ratio := fs.Float64("ratio", 1.5, "target for Source p99 ÷ core fan-out p99 (all N hold it) at the largest N")
+	profile := fs.String("cpuprofile-writes", "", "write a CPU profile of the largest N's direct writes and core publishes (not the setup) to this file")
 	maxConsumers := fs.Int("max-consumers", 0, "if > 0, override the tokens stream's max_consumers after the refresher has set it (the refresher sets 1000000; 1000 reproduces nats-server 2.12+'s default per stream, which applied before the refresher set a limit: every Source's watch is one consumer)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -127,6 +130,14 @@ func runPropagation(ctx context.Context, args []string, out io.Writer) error {
 		// Direct writes and core publishes, alternating (and alternating
 		// which goes first).
 		var rs, rc runResult
+		if *profile != "" && n == sizes[len(sizes)-1] {
+			stop, err := startProfile(*profile)
+			if err != nil {
+				fl.close()
+				return err
+			}
+			defer stop()
+		}
 		for i := range *writes {
 			first, second, r1, r2 := src, core, &rs, &rc
 			if i%2 == 1 {
@@ -140,6 +151,9 @@ func runPropagation(ctx context.Context, args []string, out io.Writer) error {
 				fl.close()
 				return fmt.Errorf("N=%d %s: %w", n, second.name, err)
 			}
+		}
+		if *profile != "" && n == sizes[len(sizes)-1] {
+			pprof.StopCPUProfile()
 		}
 		// The consumers while the N connections follow their keys.
 		during, err := streamConsumers(ctx, js, natsconf.DefaultBucket)
@@ -189,6 +203,19 @@ func runPropagation(ctx context.Context, args []string, out io.Writer) error {
 		verdict(lastCoreP99 > 0 && float64(lastP99) <= *ratio*float64(lastCoreP99)), times(lastP99, lastCoreP99))
 	fmt.Fprintf(out, "target ≤ 1 consumer per connection (process) at N = %d: %s (%s)\n", largest, verdict(lastPerConn <= 1), strconv.FormatFloat(lastPerConn, 'f', -1, 64))
 	return nil
+}
+
+// startProfile starts a CPU profile into path; stop ends it (again).
+func startProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("-cpuprofile-writes (not with tokenbench -cpuprofile): %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // keyNames names k apps: base alone for one (the key of earlier runs),
