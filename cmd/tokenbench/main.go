@@ -5,7 +5,7 @@
 // signals matter).
 //
 //	tokenbench read                          Source.Token vs mutex cache vs KV Get, one run
-//	tokenbench propagation -n 1000           KV write -> every one of N Sources (N connections)
+//	tokenbench propagation -n 1000           KV write -> every one of N Sources (N connections), vs core NATS fan-out
 //	tokenbench storm -conns 1000 -requests 10000 -latency 100ms
 //	tokenbench scale -apps 10000             one refresher process: startup, CPU, RSS
 //	tokenbench failover -trials 20           SIGTERM handover and SIGKILL failover, real processes
@@ -41,7 +41,7 @@ type scenario struct {
 
 var scenarios = []scenario{
 	{"read", "Source.Token() vs a mutex-guarded cache vs a KV Get per call (same run, ratios)", runRead},
-	{"propagation", "KV write -> every one of N watching Sources, N connections", runPropagation},
+	{"propagation", "KV write -> every one of N watching Sources, N connections, against core NATS fan-out to them; -keys K per connection", runPropagation},
 	{"storm", "concurrent token.refresh requests for one stale revision: upstream fetches, reply latency", runStorm},
 	{"scale", "one refresher process with many apps: startup to all tokens, CPU, RSS", runScale},
 	{"failover", "SIGTERM handover and SIGKILL failover of real refresher processes", runFailover},

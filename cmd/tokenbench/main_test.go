@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ func TestSmoke(t *testing.T) {
 	defer cancel()
 	for _, args := range [][]string{
 		{"propagation", "-n", "1,3", "-writes", "3", "-refreshes", "1", "-gap", "1ms"},
+		{"propagation", "-n", "2", "-keys", "2", "-writes", "4", "-refreshes", "2", "-gap", "1ms"},
 		{"storm", "-conns", "3", "-requests", "12", "-latency", "20ms", "-slack", "10s", "-mode", "both"},
 		{"cost", "-lifetime", "2s", "-days", "0.01", "-replicas", "2", "-call-every", "10s"},
 	} {
@@ -34,6 +36,18 @@ func TestSmoke(t *testing.T) {
 			}
 			if args[0] == "propagation" && !strings.Contains(s, "max_consumers 1000000;") {
 				t.Fatalf("the refresher did not raise the tokens stream's max_consumers (nats-server's default of 1000 would cap the watching Sources):\n%s", s)
+			}
+			if args[0] == "propagation" {
+				// Core fan-out is measured beside the Sources, and the
+				// consumers are counted: one per Source, so K per
+				// connection following K keys.
+				want := "per connection (process) at N = 3: met (1)"
+				if slices.Contains(args, "-keys") {
+					want = "per connection (process) at N = 2: MISSED (2)"
+				}
+				if !strings.Contains(s, "| core fan-out ") || !strings.Contains(s, "p99 ratio") || !strings.Contains(s, want) {
+					t.Fatalf("no core fan-out rows, ratio or consumer count %q:\n%s", want, s)
+				}
 			}
 			if args[0] == "storm" && strings.Contains(s, "MISSED") {
 				t.Fatalf("a storm made more than one upstream fetch or failed requests:\n%s", s)

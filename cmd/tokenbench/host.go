@@ -1,0 +1,83 @@
+// The host: the open-file limit and /proc samples of a process's CPU
+// time and memory.
+
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// raiseNoFile raises the soft open-file limit to the hard one and
+// returns the new soft limit.
+func raiseNoFile() uint64 {
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) != nil {
+		return 0
+	}
+	if l.Cur < l.Max {
+		l.Cur = l.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+		_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l)
+	}
+	return l.Cur
+}
+
+// procSample is one reading of a process's CPU time and memory.
+type procSample struct {
+	at       time.Time
+	cpu      time.Duration // user + system
+	rss, hwm int64         // bytes
+	threads  int
+}
+
+// readProc samples /proc/<pid>/stat and /proc/<pid>/status.
+func readProc(pid int) (procSample, error) {
+	s := procSample{at: time.Now()}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return s, err
+	}
+	// Fields after the command name (which may hold spaces) start after ')'.
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return s, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64) // field 14 utime
+	st, _ := strconv.ParseInt(f[12], 10, 64) // field 15 stime
+	const clkTck = 100                       // USER_HZ on Linux
+	s.cpu = time.Duration(ut+st) * time.Second / clkTck
+	st2, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return s, err
+	}
+	defer st2.Close()
+	sc := bufio.NewScanner(st2)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		fs := strings.Fields(v)
+		if len(fs) == 0 {
+			continue
+		}
+		n, _ := strconv.ParseInt(fs[0], 10, 64)
+		switch k {
+		case "VmRSS":
+			s.rss = n << 10
+		case "VmHWM":
+			s.hwm = n << 10
+		case "Threads":
+			s.threads = int(n)
+		}
+	}
+	return s, nil
+}
