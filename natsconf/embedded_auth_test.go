@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 )
@@ -300,7 +301,7 @@ func TestEmbeddedUsersLeastPrivilege(t *testing.T) {
 	sErrs := make(asyncErrs, 64)
 	snc, sjs := testutil.Connect(t, url, nats.UserInfo("service", servicePW),
 		nats.CustomInboxPrefix(natsconf.ServiceInboxPrefix("service")), nats.ErrorHandler(sErrs.handler))
-	events, err := snc.SubscribeSync(natsconf.UpdatedPrefix + ">")
+	events, err := snc.SubscribeSync(contract.UpdatedPrefix + ">")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,7 +329,7 @@ func TestEmbeddedUsersLeastPrivilege(t *testing.T) {
 		t.Fatal("service: watch delivered nothing")
 	}
 	stopWatch()
-	if err := rnc.Publish(natsconf.UpdatedSubject("mp"), []byte(`{"app":"mp"}`)); err != nil {
+	if err := rnc.Publish(contract.UpdatedSubject("mp"), []byte(`{"app":"mp"}`)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := events.NextMsg(5 * time.Second); err != nil {
@@ -360,7 +361,7 @@ func TestEmbeddedUsersLeastPrivilege(t *testing.T) {
 	denied("service", sErrs, `Publish to "$JS.API.STREAM.DELETE.KV_tokens"`, func(ctx context.Context) error {
 		return sjs.DeleteKeyValue(ctx, "tokens")
 	})
-	if err := snc.Publish(natsconf.UpdatedSubject("mp"), []byte(`{"app":"mp","forged":true}`)); err != nil {
+	if err := snc.Publish(contract.UpdatedSubject("mp"), []byte(`{"app":"mp","forged":true}`)); err != nil {
 		t.Fatal(err)
 	}
 	sErrs.violation(t, "service", `Publish to "token.updated.mp"`)
@@ -433,7 +434,7 @@ func TestRolesMatchExampleConfig(t *testing.T) {
 	}
 	for _, u := range o.Users {
 		comparePermissions(t, "examples/nats-server.conf user "+u.Username, u.Permissions,
-			natsconf.RolePermissions(natsconf.Role(u.Username), natsconf.DefaultBucket, u.Username))
+			natsconf.RolePermissions(natsconf.Role(u.Username), contract.DefaultBucket, u.Username))
 	}
 }
 

@@ -16,7 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/subscriber"
 )
 
@@ -116,13 +116,13 @@ func directWrite(ctx context.Context, kv jetstream.KeyValue, app string) (uint64
 	if err != nil {
 		return 0, err
 	}
-	var rec natsconf.Record
+	var rec contract.Record
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		return 0, err
 	}
 	now := time.Now().UTC()
 	rec.AccessToken = fmt.Sprintf("direct-%d-%0120d", e.Revision()+1, now.UnixNano())
-	rec.FetchedAt, rec.ExpiresAt, rec.Source = now, now.Add(2*time.Hour), natsconf.SourceScheduled
+	rec.FetchedAt, rec.ExpiresAt, rec.Source = now, now.Add(2*time.Hour), contract.SourceScheduled
 	val, _ := json.Marshal(rec)
 	return kv.Update(ctx, app, val, e.Revision())
 }
@@ -134,12 +134,12 @@ func refreshVia(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue, app s
 	if err != nil {
 		return 0, err
 	}
-	body, _ := json.Marshal(natsconf.RefreshRequest{StaleRevision: ptr(e.Revision())})
-	m, err := nc.Request(natsconf.RefreshSubject(app), body, 10*time.Second)
+	body, _ := json.Marshal(contract.RefreshRequest{StaleRevision: ptr(e.Revision())})
+	m, err := nc.Request(contract.RefreshSubject(app), body, 10*time.Second)
 	if err != nil {
 		return 0, err
 	}
-	var rep natsconf.RefreshReply
+	var rep contract.RefreshReply
 	if err := json.Unmarshal(m.Data, &rep); err != nil || rep.Revision <= e.Revision() {
 		return 0, fmt.Errorf("refresh reply %q: %v", m.Data, err)
 	}
