@@ -25,6 +25,21 @@ const (
 	MaxRequestBody = 1024
 )
 
+// Headers of an error reply to a token.refresh request: those of a NATS
+// micro error (the values of micro.ErrorCodeHeader and micro.ErrorHeader).
+// The code is a decimal string; the body is an ErrorReply with the same
+// code and message.
+const (
+	ErrorCodeHeader = "Nats-Service-Error-Code"
+	ErrorHeader     = "Nats-Service-Error"
+)
+
+// ServiceInboxPrefix is the inbox prefix a NATS user of role service must
+// connect with (nats.CustomInboxPrefix in Go): "_INBOX_<user>". Its
+// replies carry tokens; with the shared "_INBOX." prefix every holder of
+// "_INBOX.>" could read them.
+func ServiceInboxPrefix(user string) string { return "_INBOX_" + user }
+
 // SourceHeader is an optional header of a token.refresh request: the
 // value "manual" (tokenctl refresh) records the write as manual instead of
 // passive.

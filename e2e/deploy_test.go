@@ -339,7 +339,7 @@ func TestDeployConfigs(t *testing.T) {
 	// The service user: reads the token and asks for a refresh.
 	sErrs := make(asyncErrors, 64)
 	snc, sjs := testutil.Connect(t, c.URLs(), nats.UserInfo("service", pw["service"]),
-		nats.CustomInboxPrefix(natsconf.ServiceInboxPrefix("service")), nats.ErrorHandler(sErrs.handler))
+		nats.CustomInboxPrefix(contract.ServiceInboxPrefix("service")), nats.ErrorHandler(sErrs.handler))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	tokens, err := sjs.KeyValue(ctx, contract.DefaultBucket)

@@ -412,7 +412,7 @@ func TestPermissionsEmbeddedUsers(t *testing.T) {
 
 	serviceErrs := make(asyncErrors, 64)
 	snc, sjs := testutil.Connect(t, url, nats.UserInfo("billing", servicePW),
-		nats.CustomInboxPrefix(natsconf.ServiceInboxPrefix("billing")), nats.ErrorHandler(serviceErrs.handler))
+		nats.CustomInboxPrefix(contract.ServiceInboxPrefix("billing")), nats.ErrorHandler(serviceErrs.handler))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var kv jetstream.KeyValue

@@ -300,7 +300,7 @@ func TestEmbeddedUsersLeastPrivilege(t *testing.T) {
 	// The service user: reads, watches, follows events.
 	sErrs := make(asyncErrs, 64)
 	snc, sjs := testutil.Connect(t, url, nats.UserInfo("service", servicePW),
-		nats.CustomInboxPrefix(natsconf.ServiceInboxPrefix("service")), nats.ErrorHandler(sErrs.handler))
+		nats.CustomInboxPrefix(contract.ServiceInboxPrefix("service")), nats.ErrorHandler(sErrs.handler))
 	events, err := snc.SubscribeSync(contract.UpdatedPrefix + ">")
 	if err != nil {
 		t.Fatal(err)

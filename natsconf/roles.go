@@ -24,7 +24,7 @@ const (
 	// RoleService reads and watches the tokens bucket, requests
 	// token.refresh.<app>, receives token.updated.<app>, and writes
 	// nothing. Its replies arrive under its private inbox prefix
-	// ServiceInboxPrefix(user).
+	// contract.ServiceInboxPrefix(user).
 	RoleService Role = "service"
 	// RoleOperator is tokenctl's: what a service may, plus reading the
 	// lease and the state buckets (tokenctl status). It writes nothing.
@@ -33,12 +33,6 @@ const (
 
 // Roles lists the roles, in the order of the documentation.
 var Roles = []Role{RoleRefresher, RoleService, RoleOperator}
-
-// ServiceInboxPrefix is the inbox prefix a user of role service must
-// connect with (nats.CustomInboxPrefix in Go): "_INBOX_<user>". Its
-// replies carry tokens; with the shared "_INBOX." prefix every holder of
-// "_INBOX.>" could read them.
-func ServiceInboxPrefix(user string) string { return "_INBOX_" + user }
 
 // userNameRE is what a user name of nats.embedded.users may be: one
 // subject token, as it becomes part of the service inbox prefix.
@@ -87,7 +81,7 @@ func RolePermissions(role Role, bucket, user string) *server.Permissions {
 		readOnly.Allow = append(read(bucket), contract.RefreshPrefix+">", "$SRV.>")
 		return &server.Permissions{
 			Publish:   readOnly,
-			Subscribe: &server.SubjectPermission{Allow: []string{ServiceInboxPrefix(user) + ".>", contract.UpdatedPrefix + ">"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{contract.ServiceInboxPrefix(user) + ".>", contract.UpdatedPrefix + ">"}},
 		}
 	case RoleOperator:
 		// tokenctl status reads the lease and lists the state bucket.

@@ -12,7 +12,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nats.go/micro"
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
@@ -139,8 +138,8 @@ func rawRefresh(nc *nats.Conn, app string, stale *uint64, timeout time.Duration)
 	if err != nil {
 		return contract.RefreshReply{}, err
 	}
-	if code := m.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return contract.RefreshReply{}, fmt.Errorf("error reply %s: %s", code, m.Header.Get(micro.ErrorHeader))
+	if code := m.Header.Get(contract.ErrorCodeHeader); code != "" {
+		return contract.RefreshReply{}, fmt.Errorf("error reply %s: %s", code, m.Header.Get(contract.ErrorHeader))
 	}
 	var r contract.RefreshReply
 	err = json.Unmarshal(m.Data, &r)

@@ -13,7 +13,6 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/internal/backoff"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 )
 
 // flight is one token.refresh request (with its retries) that every
@@ -193,8 +192,8 @@ func (s *Source) request(ctx context.Context, stale *uint64) (*Token, error) {
 
 // parseReply turns a token.refresh reply into a Token or an error.
 func (s *Source) parseReply(rep *nats.Msg) (*Token, error) {
-	if code := rep.Header.Get(micro.ErrorCodeHeader); code != "" {
-		re := &RequestError{Message: rep.Header.Get(micro.ErrorHeader)}
+	if code := rep.Header.Get(contract.ErrorCodeHeader); code != "" {
+		re := &RequestError{Message: rep.Header.Get(contract.ErrorHeader)}
 		re.Code, _ = strconv.Atoi(strings.TrimSpace(code))
 		var body contract.ErrorReply
 		if json.Unmarshal(rep.Data, &body) == nil {

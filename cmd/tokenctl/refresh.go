@@ -9,7 +9,6 @@ import (
 	"strconv"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
 )
@@ -117,7 +116,7 @@ func runRefresh(ctx context.Context, c *cli, args []string, flags any) error {
 	if err != nil {
 		return c.requestError(s, "request "+subject, err)
 	}
-	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+	if code := msg.Header.Get(contract.ErrorCodeHeader); code != "" {
 		return c.refreshFailed(app, code, msg)
 	}
 	var rep contract.RefreshReply
@@ -130,7 +129,7 @@ func runRefresh(ctx context.Context, c *cli, args []string, flags any) error {
 // refreshFailed reports a micro error reply: the JSON body's code and
 // message, or the headers' when the body does not parse.
 func (c *cli) refreshFailed(app, code string, msg *nats.Msg) error {
-	detail := contract.ErrorDetail{Message: msg.Header.Get(micro.ErrorHeader)}
+	detail := contract.ErrorDetail{Message: msg.Header.Get(contract.ErrorHeader)}
 	detail.Code, _ = strconv.Atoi(code)
 	var er contract.ErrorReply
 	if json.Unmarshal(msg.Data, &er) == nil && er.Error.Code != 0 {
