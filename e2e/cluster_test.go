@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
@@ -20,9 +20,9 @@ func TestClusterNodeLoss(t *testing.T) {
 	cfg := writeConfig(t, c.URLs(), 2*time.Second, "", app)
 	startProc(t, cfg, "a", app)
 	startProc(t, cfg, "b", app)
-	_, rev := e.WaitRecord(15*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	_, rev := e.WaitRecord(15*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 
-	node := c.StreamLeader("$G", "KV_"+natsconf.DefaultBucket)
+	node := c.StreamLeader("$G", "KV_"+contract.DefaultBucket)
 	if node < 0 {
 		t.Fatal("no stream leader for the bucket")
 	}
@@ -31,15 +31,15 @@ func TestClusterNodeLoss(t *testing.T) {
 	t.Logf("stopped node %d (leader of KV_tokens)", node)
 	// Keep refreshing without it: several new tokens, each valid.
 	for i := range 3 {
-		var r natsconf.Record
-		r, rev = e.WaitRecord(15*time.Second, "mp", func(_ natsconf.Record, v uint64) bool { return v > rev })
+		var r contract.Record
+		r, rev = e.WaitRecord(15*time.Second, "mp", func(_ contract.Record, v uint64) bool { return v > rev })
 		if err := e.Sim.Check(r.AccessToken); err != nil {
 			t.Fatalf("token %d after the node loss rejected upstream: %v", i, err)
 		}
 	}
 	t.Logf("3 refreshes with a node down in %v", time.Since(stopped).Round(time.Millisecond))
 	c.RestartNode(node)
-	_, _ = e.WaitRecord(15*time.Second, "mp", func(_ natsconf.Record, v uint64) bool { return v > rev })
+	_, _ = e.WaitRecord(15*time.Second, "mp", func(_ contract.Record, v uint64) bool { return v > rev })
 	if ok, rejected := e.Sim.BusinessCalls(); ok+rejected != 0 {
 		t.Logf("business calls: %d ok, %d rejected", ok, rejected)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
@@ -256,7 +257,7 @@ func TestDeployConfigs(t *testing.T) {
 				t.Errorf("deploy/nats.conf: user %s does not take its password from the environment", u.Username)
 			}
 			testutil.ComparePermissions(t, "deploy/nats.conf user "+u.Username, u.Permissions,
-				natsconf.RolePermissions(natsconf.Role(u.Username), natsconf.DefaultBucket, u.Username))
+				natsconf.RolePermissions(natsconf.Role(u.Username), contract.DefaultBucket, u.Username))
 		}
 		if o.Cluster.Username != "route" || o.Cluster.Password != pw["route"] {
 			t.Errorf("deploy/nats.conf: routes authenticate as %q with the route password: %v", o.Cluster.Username, o.Cluster.Password == pw["route"])
@@ -321,13 +322,13 @@ func TestDeployConfigs(t *testing.T) {
 	// valid upstream, a leader.
 	e := harness.New(t, harness.Options{URL: withUser(c.URLs(), "operator", pw["operator"])})
 	for _, a := range cfg.Apps {
-		rec, _ := e.WaitRecord(20*time.Second, a.Name, func(natsconf.Record, uint64) bool { return true })
+		rec, _ := e.WaitRecord(20*time.Second, a.Name, func(contract.Record, uint64) bool { return true })
 		if err := sim.Check(rec.AccessToken); err != nil {
 			t.Errorf("%s: stored token rejected by the emulator: %v", a.Name, err)
 		}
 	}
 	testutil.WaitFor(t, 10*time.Second, func() bool { return leaseHolder(t, e.JS) != "" }, "no leader")
-	opEvents, err := e.NC.SubscribeSync(natsconf.UpdatedPrefix + ">")
+	opEvents, err := e.NC.SubscribeSync(contract.UpdatedPrefix + ">")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -338,22 +339,22 @@ func TestDeployConfigs(t *testing.T) {
 	// The service user: reads the token and asks for a refresh.
 	sErrs := make(asyncErrors, 64)
 	snc, sjs := testutil.Connect(t, c.URLs(), nats.UserInfo("service", pw["service"]),
-		nats.CustomInboxPrefix(natsconf.ServiceInboxPrefix("service")), nats.ErrorHandler(sErrs.handler))
+		nats.CustomInboxPrefix(contract.ServiceInboxPrefix("service")), nats.ErrorHandler(sErrs.handler))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	tokens, err := sjs.KeyValue(ctx, natsconf.DefaultBucket)
+	tokens, err := sjs.KeyValue(ctx, contract.DefaultBucket)
 	if err != nil {
-		t.Fatalf("service: bind %s: %v", natsconf.DefaultBucket, err)
+		t.Fatalf("service: bind %s: %v", contract.DefaultBucket, err)
 	}
 	entry, err := tokens.Get(ctx, "mp-main")
 	if err != nil {
 		t.Fatalf("service: read mp-main: %v", err)
 	}
-	m, err := snc.Request(natsconf.RefreshSubject("mp-main"), nil, 5*time.Second)
+	m, err := snc.Request(contract.RefreshSubject("mp-main"), nil, 5*time.Second)
 	if err != nil {
 		t.Fatalf("service: token.refresh on the compose deployment: %v", err)
 	}
-	var rep natsconf.RefreshReply
+	var rep contract.RefreshReply
 	if err := json.Unmarshal(m.Data, &rep); err != nil || rep.AccessToken == "" {
 		t.Fatalf("service: bad refresh reply %q", m.Data)
 	}
@@ -379,9 +380,9 @@ func TestDeployConfigs(t *testing.T) {
 		return err
 	})
 	denied(`Publish to "$JS.API.STREAM.DELETE.KV_tokens"`, func(ctx context.Context) error {
-		return sjs.DeleteKeyValue(ctx, natsconf.DefaultBucket)
+		return sjs.DeleteKeyValue(ctx, contract.DefaultBucket)
 	})
-	for _, b := range []string{refresher.LeaseBucket(natsconf.DefaultBucket), refresher.StateBucket(natsconf.DefaultBucket)} {
+	for _, b := range []string{contract.LeaseBucket(contract.DefaultBucket), contract.StateBucket(contract.DefaultBucket)} {
 		denied(`Publish to "$JS.API.STREAM.INFO.KV_`+b+`"`, func(ctx context.Context) error {
 			_, err := sjs.KeyValue(ctx, b)
 			return err
@@ -395,7 +396,7 @@ func TestDeployConfigs(t *testing.T) {
 		}
 		sErrs.expectViolation(t, `Subscription to "$KV.`+b+`.>"`)
 	}
-	if err := snc.Publish(natsconf.UpdatedSubject("mp-main"), []byte(`{"app":"mp-main","forged":true}`)); err != nil {
+	if err := snc.Publish(contract.UpdatedSubject("mp-main"), []byte(`{"app":"mp-main","forged":true}`)); err != nil {
 		t.Fatal(err)
 	}
 	sErrs.expectViolation(t, `Publish to "token.updated.mp-main"`)

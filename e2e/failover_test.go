@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
@@ -22,7 +22,7 @@ func TestSignals(t *testing.T) {
 	const ttl = 2 * time.Second
 	cfg := writeConfig(t, e.URL, ttl, "", app)
 	procs := []*proc{startProc(t, cfg, "r1", app), startProc(t, cfg, "r2", app), startProc(t, cfg, "r3", app)}
-	e.WaitRecord(10*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	e.WaitRecord(10*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	var leader string
 	testutil.WaitFor(t, 5*time.Second, func() bool { leader = leaseHolder(t, e.JS); return leader != "" }, "no leader")
 	fetches := e.Sim.Fetches(app.AppID)
@@ -57,9 +57,9 @@ func TestSignals(t *testing.T) {
 	}
 	// The survivor serves refresh requests (a client retries "no
 	// responders" during the handover) and did not re-fetch.
-	var rr natsconf.RefreshReply
+	var rr contract.RefreshReply
 	testutil.WaitFor(t, 2*time.Second, func() bool {
-		rep, err := e.NC.Request(natsconf.RefreshSubject("mp"), nil, time.Second)
+		rep, err := e.NC.Request(contract.RefreshSubject("mp"), nil, time.Second)
 		return err == nil && json.Unmarshal(rep.Data, &rr) == nil && rr.AccessToken != ""
 	}, "no refresh reply after the failover")
 	if n := e.Sim.Fetches(app.AppID); n != fetches {
@@ -76,7 +76,7 @@ func TestFencingPausedLeader(t *testing.T) {
 	const ttl = 2 * time.Second
 	cfg := writeConfig(t, e.URL, ttl, "", app)
 	procs := []*proc{startProc(t, cfg, "a", app), startProc(t, cfg, "b", app)}
-	_, rev := e.WaitRecord(10*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	_, rev := e.WaitRecord(10*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	var leaderID string
 	testutil.WaitFor(t, 5*time.Second, func() bool { leaderID = leaseHolder(t, e.JS); return leaderID != "" }, "no leader")
 	leader := byID(procs, leaderID)
@@ -85,7 +85,7 @@ func TestFencingPausedLeader(t *testing.T) {
 	e.Sim.SetFault(wechatsim.Fault{Latency: 1500 * time.Millisecond})
 	go func() {
 		body, _ := json.Marshal(map[string]uint64{"stale_revision": rev})
-		_, _ = e.NC.Request(natsconf.RefreshSubject("mp"), body, 20*time.Second)
+		_, _ = e.NC.Request(contract.RefreshSubject("mp"), body, 20*time.Second)
 	}()
 	testutil.WaitFor(t, 5*time.Second, func() bool { return e.Sim.InFlight(app.AppID) == 1 }, "the leader did not call upstream")
 	leader.signal(syscall.SIGSTOP)
@@ -101,10 +101,10 @@ func TestFencingPausedLeader(t *testing.T) {
 
 	// The new leader refreshes (the paused one still holds a queue
 	// subscription, so a request may land on it: retry until answered).
-	var fresh natsconf.RefreshReply
+	var fresh contract.RefreshReply
 	testutil.WaitFor(t, 20*time.Second, func() bool {
 		body, _ := json.Marshal(map[string]uint64{"stale_revision": rev})
-		m, err := e.NC.Request(natsconf.RefreshSubject("mp"), body, time.Second)
+		m, err := e.NC.Request(contract.RefreshSubject("mp"), body, time.Second)
 		if err != nil {
 			return false
 		}
@@ -123,7 +123,7 @@ func TestFencingPausedLeader(t *testing.T) {
 	// Its fetch came back after the lease was gone: it must say so, and
 	// must not have written.
 	testutil.WaitFor(t, 10*time.Second, func() bool { return leader.out.Contains("the fetched token is discarded") }, "the resumed leader's fetch was not discarded")
-	rec, gotRev, _ := e.Record(natsconf.DefaultBucket, "mp")
+	rec, gotRev, _ := e.Record(contract.DefaultBucket, "mp")
 	if gotRev != fresh.Revision || rec.AccessToken != tokenN {
 		t.Fatalf("after the paused leader resumed the record moved to revision %d (want %d)", gotRev, fresh.Revision)
 	}

@@ -17,7 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
@@ -143,7 +143,7 @@ func (p *proc) wait(d time.Duration) int {
 func leaseHolder(t testing.TB, js jetstream.JetStream) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, refresher.LeaseBucket(natsconf.DefaultBucket))
+	kv, err := js.KeyValue(ctx, contract.LeaseBucket(contract.DefaultBucket))
 	if err != nil {
 		return ""
 	}
@@ -151,7 +151,7 @@ func leaseHolder(t testing.TB, js jetstream.JetStream) string {
 	if err != nil {
 		return ""
 	}
-	var l refresher.LeaseRecord
+	var l contract.LeaseRecord
 	if json.Unmarshal(e.Value(), &l) != nil {
 		return ""
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
@@ -206,18 +207,18 @@ func TestPermissionsExampleConfig(t *testing.T) {
 	serviceErrs := make(asyncErrors, 64)
 	snc, sjs := testutil.Connect(t, url, nats.UserInfo("service", servicePW),
 		nats.CustomInboxPrefix(serviceInboxPrefix), nats.ErrorHandler(serviceErrs.handler))
-	kv, err := sjs.KeyValue(ctx, natsconf.DefaultBucket)
+	kv, err := sjs.KeyValue(ctx, contract.DefaultBucket)
 	if err != nil {
-		t.Fatalf("service: bind bucket %s: %v", natsconf.DefaultBucket, err)
+		t.Fatalf("service: bind bucket %s: %v", contract.DefaultBucket, err)
 	}
-	events, err := snc.SubscribeSync(natsconf.UpdatedSubject(appName))
+	events, err := snc.SubscribeSync(contract.UpdatedSubject(appName))
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	// The service reads the token the refresher stored.
 	var rev1 uint64
-	var rec1 natsconf.Record
+	var rec1 contract.Record
 	testutil.WaitFor(t, 10*time.Second, func() bool {
 		e, err := kv.Get(ctx, appName)
 		if err != nil {
@@ -227,7 +228,7 @@ func TestPermissionsExampleConfig(t *testing.T) {
 		return json.Unmarshal(e.Value(), &rec1) == nil
 	}, "service: no token readable in the bucket")
 	if classic, _ := sim.LastToken(appID); rec1.AccessToken == "" || rec1.AccessToken != classic {
-		t.Fatalf("service read token %s, the emulator issued %s", wechatsim.Fingerprint(rec1.AccessToken), wechatsim.Fingerprint(classic))
+		t.Fatalf("service read token %s, the emulator issued %s", contract.Fingerprint(rec1.AccessToken), contract.Fingerprint(classic))
 	}
 
 	// The service watches the key.
@@ -255,25 +256,25 @@ func TestPermissionsExampleConfig(t *testing.T) {
 	}
 
 	// The service discovers the refresh service and asks for a refresh.
-	ping, err := snc.Request("$SRV.PING."+natsconf.ServiceName, nil, 2*time.Second)
+	ping, err := snc.Request("$SRV.PING."+contract.ServiceName, nil, 2*time.Second)
 	if err != nil {
-		t.Fatalf("service: $SRV.PING.%s: %v", natsconf.ServiceName, err)
+		t.Fatalf("service: $SRV.PING.%s: %v", contract.ServiceName, err)
 	}
 	var pong struct {
 		Name string `json:"name"`
 	}
-	if err := json.Unmarshal(ping.Data, &pong); err != nil || pong.Name != natsconf.ServiceName {
+	if err := json.Unmarshal(ping.Data, &pong); err != nil || pong.Name != contract.ServiceName {
 		t.Fatalf("service: unexpected PING reply %s", ping.Data)
 	}
-	req, _ := json.Marshal(natsconf.RefreshRequest{StaleRevision: &rev1})
-	msg, err := snc.Request(natsconf.RefreshSubject(appName), req, 5*time.Second)
+	req, _ := json.Marshal(contract.RefreshRequest{StaleRevision: &rev1})
+	msg, err := snc.Request(contract.RefreshSubject(appName), req, 5*time.Second)
 	if err != nil {
-		t.Fatalf("service: request %s: %v", natsconf.RefreshSubject(appName), err)
+		t.Fatalf("service: request %s: %v", contract.RefreshSubject(appName), err)
 	}
 	if code := msg.Header.Get("Nats-Service-Error-Code"); code != "" {
 		t.Fatalf("service: refresh failed: %s %s: %s", code, msg.Header.Get("Nats-Service-Error"), msg.Data)
 	}
-	var reply natsconf.RefreshReply
+	var reply contract.RefreshReply
 	if err := json.Unmarshal(msg.Data, &reply); err != nil {
 		t.Fatalf("service: refresh reply %q: %v", msg.Data, err)
 	}
@@ -289,7 +290,7 @@ func TestPermissionsExampleConfig(t *testing.T) {
 		if err != nil {
 			t.Fatalf("service: no token.updated event of revision %d: %v", rev2, err)
 		}
-		var event natsconf.Event
+		var event contract.Event
 		if err := json.Unmarshal(ev.Data, &event); err != nil {
 			t.Fatalf("service: event %s: %v", ev.Data, err)
 		}
@@ -313,7 +314,7 @@ func TestPermissionsExampleConfig(t *testing.T) {
 		}
 		serviceErrs.expectViolation(t, what)
 	}
-	kvSubject := "$KV." + natsconf.DefaultBucket + "." + appName
+	kvSubject := "$KV." + contract.DefaultBucket + "." + appName
 	denied("kv.Put", `Publish to "`+kvSubject+`"`, func(ctx context.Context) error {
 		_, err := kv.Put(ctx, appName, forged)
 		return err
@@ -325,16 +326,16 @@ func TestPermissionsExampleConfig(t *testing.T) {
 	denied("kv.Delete", `Publish to "`+kvSubject+`"`, func(ctx context.Context) error {
 		return kv.Delete(ctx, appName)
 	})
-	denied("DeleteKeyValue", `Publish to "$JS.API.STREAM.DELETE.KV_`+natsconf.DefaultBucket+`"`, func(ctx context.Context) error {
-		return sjs.DeleteKeyValue(ctx, natsconf.DefaultBucket)
+	denied("DeleteKeyValue", `Publish to "$JS.API.STREAM.DELETE.KV_`+contract.DefaultBucket+`"`, func(ctx context.Context) error {
+		return sjs.DeleteKeyValue(ctx, contract.DefaultBucket)
 	})
 
 	// A forged event is refused too, and so not delivered, not even to
 	// the service's own subscription.
-	if err := snc.Publish(natsconf.UpdatedSubject(appName), forged); err != nil {
+	if err := snc.Publish(contract.UpdatedSubject(appName), forged); err != nil {
 		t.Fatalf("service: publish: %v", err)
 	}
-	serviceErrs.expectViolation(t, `Publish to "`+natsconf.UpdatedSubject(appName)+`"`)
+	serviceErrs.expectViolation(t, `Publish to "`+contract.UpdatedSubject(appName)+`"`)
 	if err := snc.Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -353,7 +354,7 @@ func TestPermissionsExampleConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rec natsconf.Record
+	var rec contract.Record
 	if err := json.Unmarshal(e.Value(), &rec); err != nil || e.Revision() != rev2 || rec.AccessToken != reply.AccessToken {
 		t.Fatalf("service: after the refused writes the bucket holds revision %d (want %d), token changed: %v", e.Revision(), rev2, rec.AccessToken != reply.AccessToken)
 	}
@@ -411,14 +412,14 @@ func TestPermissionsEmbeddedUsers(t *testing.T) {
 
 	serviceErrs := make(asyncErrors, 64)
 	snc, sjs := testutil.Connect(t, url, nats.UserInfo("billing", servicePW),
-		nats.CustomInboxPrefix(natsconf.ServiceInboxPrefix("billing")), nats.ErrorHandler(serviceErrs.handler))
+		nats.CustomInboxPrefix(contract.ServiceInboxPrefix("billing")), nats.ErrorHandler(serviceErrs.handler))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var kv jetstream.KeyValue
 	var rev uint64
 	testutil.WaitFor(t, 15*time.Second, func() bool {
 		if kv == nil {
-			if kv, err = sjs.KeyValue(ctx, natsconf.DefaultBucket); err != nil {
+			if kv, err = sjs.KeyValue(ctx, contract.DefaultBucket); err != nil {
 				kv = nil
 				return false
 			}
@@ -430,12 +431,12 @@ func TestPermissionsEmbeddedUsers(t *testing.T) {
 		rev = e.Revision()
 		return true
 	}, "service: no token readable in the embedded server's bucket")
-	req, _ := json.Marshal(natsconf.RefreshRequest{StaleRevision: &rev})
-	msg, err := snc.Request(natsconf.RefreshSubject(app.Name), req, 5*time.Second)
+	req, _ := json.Marshal(contract.RefreshRequest{StaleRevision: &rev})
+	msg, err := snc.Request(contract.RefreshSubject(app.Name), req, 5*time.Second)
 	if err != nil {
 		t.Fatalf("service: refresh: %v", err)
 	}
-	var reply natsconf.RefreshReply
+	var reply contract.RefreshReply
 	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Revision <= rev {
 		t.Fatalf("service: refresh reply %q", msg.Data)
 	}

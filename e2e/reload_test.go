@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
@@ -20,7 +20,7 @@ func TestSIGHUPReload(t *testing.T) {
 	a, b := e.App("first"), e.App("second")
 	path := writeConfig(t, e.URL, 2*time.Second, "", a)
 	p := startProc(t, path, "r1", a, b)
-	_, revA := e.WaitRecord(10*time.Second, "first", func(natsconf.Record, uint64) bool { return true })
+	_, revA := e.WaitRecord(10*time.Second, "first", func(contract.Record, uint64) bool { return true })
 
 	if err := os.WriteFile(path, []byte("apps: [{name: 'bad name'}]\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -37,8 +37,8 @@ func TestSIGHUPReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.signal(syscall.SIGHUP)
-	e.WaitRecord(10*time.Second, "second", func(natsconf.Record, uint64) bool { return true })
-	if _, v, _ := e.Record(natsconf.DefaultBucket, "first"); v != revA {
+	e.WaitRecord(10*time.Second, "second", func(contract.Record, uint64) bool { return true })
+	if _, v, _ := e.Record(contract.DefaultBucket, "first"); v != revA {
 		t.Fatalf("reload re-fetched the unchanged app: revision %d → %d", revA, v)
 	}
 	if e.Sim.Fetches(a.AppID) != 1 {

@@ -16,7 +16,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/subscriber"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
@@ -69,7 +69,7 @@ func TestSoak(t *testing.T) {
 		return startProc(t, writeConfig(t, strings.Join(urls, ","), ttl, extra, app), id, app)
 	}
 	procs := []*proc{start("r1"), start("r2"), start("r3")}
-	e.WaitRecord(20*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	e.WaitRecord(20*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 
 	// The business client: its own connection, a Source, plain calls
 	// (no RoundTripper retry: every rejection upstream counts).
@@ -142,9 +142,9 @@ func TestSoak(t *testing.T) {
 			start := time.Now()
 			var tries []string // what each failed attempt got, for a slow answer's log
 			for {
-				m, err := rnc.Request(natsconf.RefreshSubject("mp"), nil, time.Second)
+				m, err := rnc.Request(contract.RefreshSubject("mp"), nil, time.Second)
 				if err == nil && m.Header.Get("Nats-Service-Error-Code") == "" {
-					var rep natsconf.RefreshReply
+					var rep contract.RefreshReply
 					if json.Unmarshal(m.Data, &rep) == nil && rep.AccessToken != "" {
 						break
 					}
@@ -223,7 +223,7 @@ func TestSoak(t *testing.T) {
 	term.signal(syscall.SIGTERM)
 	wait(phase)
 
-	node := c.StreamLeader("$G", "KV_"+natsconf.DefaultBucket)
+	node := c.StreamLeader("$G", "KV_"+contract.DefaultBucket)
 	t.Logf("+%s stop NATS node %d (leader of the bucket's stream)", at(), node)
 	c.StopNode(node)
 	wait(phase)

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 )
@@ -29,7 +30,7 @@ func streamConfig(t *testing.T, kv jetstream.KeyValue) jetstream.StreamConfig {
 func TestEnsureBucketIdempotentAndUpdates(t *testing.T) {
 	c := connect(t, natsconf.Options{Embedded: natsconf.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: t.TempDir()}})
 	ctx := testCtx(t, 20*time.Second)
-	cfg := natsconf.BucketConfig{Name: natsconf.DefaultBucket, Description: "tokens v1"}
+	cfg := natsconf.BucketConfig{Name: contract.DefaultBucket, Description: "tokens v1"}
 
 	kv, err := natsconf.EnsureBucket(ctx, c.JS, cfg)
 	if err != nil {
@@ -101,7 +102,7 @@ func TestEnsureBucketReplicasOnCluster(t *testing.T) {
 	c := connect(t, natsconf.Options{URL: cl.URLs()})
 	ctx := testCtx(t, 30*time.Second)
 
-	kv, err := natsconf.EnsureBucket(ctx, c.JS, natsconf.BucketConfig{Name: natsconf.DefaultBucket, Replicas: 3})
+	kv, err := natsconf.EnsureBucket(ctx, c.JS, natsconf.BucketConfig{Name: contract.DefaultBucket, Replicas: 3})
 	if err != nil {
 		t.Fatalf("R3 on a fresh cluster: %v", err)
 	}

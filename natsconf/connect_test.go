@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 )
@@ -280,7 +281,7 @@ func TestConnectCreds(t *testing.T) {
 	s, creds := operatorServer(t)
 	c := connect(t, natsconf.Options{URL: s.ClientURL(), CredsFile: creds})
 	mustWork(t, c)
-	if _, err := natsconf.EnsureBucket(testCtx(t, 10*time.Second), c.JS, natsconf.BucketConfig{Name: natsconf.DefaultBucket}); err != nil {
+	if _, err := natsconf.EnsureBucket(testCtx(t, 10*time.Second), c.JS, natsconf.BucketConfig{Name: contract.DefaultBucket}); err != nil {
 		t.Fatalf("EnsureBucket over creds: %v", err)
 	}
 

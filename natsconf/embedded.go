@@ -15,6 +15,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
+
+	"github.com/tokenkeeper/tokenkeeper/contract"
 )
 
 // Defaults of the embedded server.
@@ -53,15 +55,15 @@ type EmbeddedOptions struct {
 	// bucket. For a trusted network only; it cannot be combined with Users.
 	AllowAnonymous bool `yaml:"allow_anonymous"`
 	// Bucket is the token bucket the roles' permissions name (with its
-	// _lease and _state buckets); default DefaultBucket. The refresher sets
+	// _lease and _state buckets); default contract.DefaultBucket. The refresher sets
 	// it from its bucket: key.
 	Bucket string `yaml:"-"`
 }
 
-// bucket is o.Bucket or DefaultBucket.
+// bucket is o.Bucket or contract.DefaultBucket.
 func (o EmbeddedOptions) bucket() string {
 	if o.Bucket == "" {
-		return DefaultBucket
+		return contract.DefaultBucket
 	}
 	return o.Bucket
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 )
@@ -298,8 +299,8 @@ func TestEmbeddedUsersLeastPrivilege(t *testing.T) {
 	// The service user: reads, watches, follows events.
 	sErrs := make(asyncErrs, 64)
 	snc, sjs := testutil.Connect(t, url, nats.UserInfo("service", servicePW),
-		nats.CustomInboxPrefix(natsconf.ServiceInboxPrefix("service")), nats.ErrorHandler(sErrs.handler))
-	events, err := snc.SubscribeSync(natsconf.UpdatedPrefix + ">")
+		nats.CustomInboxPrefix(contract.ServiceInboxPrefix("service")), nats.ErrorHandler(sErrs.handler))
+	events, err := snc.SubscribeSync(contract.UpdatedPrefix + ">")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -327,7 +328,7 @@ func TestEmbeddedUsersLeastPrivilege(t *testing.T) {
 		t.Fatal("service: watch delivered nothing")
 	}
 	stopWatch()
-	if err := rnc.Publish(natsconf.UpdatedSubject("mp"), []byte(`{"app":"mp"}`)); err != nil {
+	if err := rnc.Publish(contract.UpdatedSubject("mp"), []byte(`{"app":"mp"}`)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := events.NextMsg(5 * time.Second); err != nil {
@@ -359,7 +360,7 @@ func TestEmbeddedUsersLeastPrivilege(t *testing.T) {
 	denied("service", sErrs, `Publish to "$JS.API.STREAM.DELETE.KV_tokens"`, func(ctx context.Context) error {
 		return sjs.DeleteKeyValue(ctx, "tokens")
 	})
-	if err := snc.Publish(natsconf.UpdatedSubject("mp"), []byte(`{"app":"mp","forged":true}`)); err != nil {
+	if err := snc.Publish(contract.UpdatedSubject("mp"), []byte(`{"app":"mp","forged":true}`)); err != nil {
 		t.Fatal(err)
 	}
 	sErrs.violation(t, "service", `Publish to "token.updated.mp"`)
@@ -432,6 +433,6 @@ func TestRolesMatchExampleConfig(t *testing.T) {
 	}
 	for _, u := range o.Users {
 		testutil.ComparePermissions(t, "examples/nats-server.conf user "+u.Username, u.Permissions,
-			natsconf.RolePermissions(natsconf.Role(u.Username), natsconf.DefaultBucket, u.Username))
+			natsconf.RolePermissions(natsconf.Role(u.Username), contract.DefaultBucket, u.Username))
 	}
 }

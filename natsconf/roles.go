@@ -8,6 +8,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
+
+	"github.com/tokenkeeper/tokenkeeper/contract"
 )
 
 // Role is one of the least-privilege roles of tokenkeeper's NATS users,
@@ -22,7 +24,7 @@ const (
 	// RoleService reads and watches the tokens bucket, requests
 	// token.refresh.<app>, receives token.updated.<app>, and writes
 	// nothing. Its replies arrive under its private inbox prefix
-	// ServiceInboxPrefix(user).
+	// contract.ServiceInboxPrefix(user).
 	RoleService Role = "service"
 	// RoleOperator is tokenctl's: what a service may, plus reading the
 	// lease and the state buckets (tokenctl status). It writes nothing.
@@ -31,12 +33,6 @@ const (
 
 // Roles lists the roles, in the order of the documentation.
 var Roles = []Role{RoleRefresher, RoleService, RoleOperator}
-
-// ServiceInboxPrefix is the inbox prefix a user of role service must
-// connect with (nats.CustomInboxPrefix in Go): "_INBOX_<user>". Its
-// replies carry tokens; with the shared "_INBOX." prefix every holder of
-// "_INBOX.>" could read them.
-func ServiceInboxPrefix(user string) string { return "_INBOX_" + user }
 
 // userNameRE is what a user name of nats.embedded.users may be: one
 // subject token, as it becomes part of the service inbox prefix.
@@ -47,7 +43,7 @@ var userNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 // (the service role's inbox is private to the user). It returns nil for
 // an unknown role.
 func RolePermissions(role Role, bucket, user string) *server.Permissions {
-	lease, state := bucket+"_lease", bucket+"_state"
+	lease, state := contract.LeaseBucket(bucket), contract.StateBucket(bucket)
 	// What reading and watching one bucket takes.
 	read := func(b string) []string {
 		return []string{
@@ -60,7 +56,7 @@ func RolePermissions(role Role, bucket, user string) *server.Permissions {
 	}
 	// Writing nothing: implied by the allow lists, spelled out so that
 	// nobody widens them into writing tokens or forging events.
-	readOnly := &server.SubjectPermission{Deny: []string{"$KV.>", UpdatedPrefix + ">"}}
+	readOnly := &server.SubjectPermission{Deny: []string{"$KV.>", contract.UpdatedPrefix + ">"}}
 
 	switch role {
 	case RoleRefresher:
@@ -72,29 +68,29 @@ func RolePermissions(role Role, bucket, user string) *server.Permissions {
 			pub = append(pub, read(b)...)
 			pub = append(pub, "$KV."+b+".>")
 		}
-		pub = append(pub, UpdatedPrefix+">")
+		pub = append(pub, contract.UpdatedPrefix+">")
 		return &server.Permissions{
 			Publish:   &server.SubjectPermission{Allow: pub},
-			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", RefreshPrefix + "*", "$SRV.>"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", contract.RefreshPrefix + "*", "$SRV.>"}},
 			Response: &server.ResponsePermission{
 				MaxMsgs: server.DEFAULT_ALLOW_RESPONSE_MAX_MSGS,
 				Expires: server.DEFAULT_ALLOW_RESPONSE_EXPIRATION,
 			},
 		}
 	case RoleService:
-		readOnly.Allow = append(read(bucket), RefreshPrefix+">", "$SRV.>")
+		readOnly.Allow = append(read(bucket), contract.RefreshPrefix+">", "$SRV.>")
 		return &server.Permissions{
 			Publish:   readOnly,
-			Subscribe: &server.SubjectPermission{Allow: []string{ServiceInboxPrefix(user) + ".>", UpdatedPrefix + ">"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{contract.ServiceInboxPrefix(user) + ".>", contract.UpdatedPrefix + ">"}},
 		}
 	case RoleOperator:
 		// tokenctl status reads the lease and lists the state bucket.
 		// tokenctl has no inbox prefix option: it uses "_INBOX.", like
 		// the refresher, whose replies it may read anyway.
-		readOnly.Allow = append(append(append(read(bucket), read(lease)...), read(state)...), RefreshPrefix+">", "$SRV.>")
+		readOnly.Allow = append(append(append(read(bucket), read(lease)...), read(state)...), contract.RefreshPrefix+">", "$SRV.>")
 		return &server.Permissions{
 			Publish:   readOnly,
-			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", UpdatedPrefix + ">"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", contract.UpdatedPrefix + ">"}},
 		}
 	}
 	return nil

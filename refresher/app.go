@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 )
 
@@ -19,7 +19,7 @@ type app struct {
 	cfg AppConfig
 
 	mu          sync.Mutex
-	rec         *natsconf.Record // last record seen (nil: none, or unparseable)
+	rec         *contract.Record // last record seen (nil: none, or unparseable)
 	rev         uint64           // its revision (0: no key)
 	due         time.Time        // next refresh moment (zero: now)
 	retryAt     time.Time        // not before this, after a failure
@@ -38,7 +38,7 @@ type app struct {
 
 	// pending is a token fetched but not stored (its write failed): the
 	// next refresh writes it instead of fetching.
-	pending *natsconf.Record
+	pending *contract.Record
 
 	stateRev uint64 // revision of the app's key in the state bucket (0: none known)
 }
@@ -75,26 +75,26 @@ func (a *app) inFlight() *flight {
 }
 
 type flightResult struct {
-	rec natsconf.Record
+	rec contract.Record
 	rev uint64
 	err error
 }
 
 // owns reports whether rec is a token of this app's upstream appid
 // (records without an appid predate the field and are trusted).
-func (a *app) owns(rec *natsconf.Record) bool {
+func (a *app) owns(rec *contract.Record) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.ownsLocked(rec)
 }
 
-func (a *app) ownsLocked(rec *natsconf.Record) bool {
+func (a *app) ownsLocked(rec *contract.Record) bool {
 	return rec.AppID == "" || rec.AppID == a.cfg.AppID
 }
 
 // usable returns the record the app holds and whether it can be handed
 // out at now: present, not expired, and of this app's appid.
-func (a *app) usable(now time.Time) (*natsconf.Record, uint64, bool) {
+func (a *app) usable(now time.Time) (*contract.Record, uint64, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.rec, a.rev, a.rec != nil && a.rec.ExpiresAt.After(now) && a.ownsLocked(a.rec)
@@ -137,7 +137,7 @@ func (a *app) finish(f *flight, res flightResult) {
 			var b []byte
 			enc := func() []byte {
 				if b == nil {
-					b, _ = json.Marshal(natsconf.RefreshReply{Record: res.rec, Revision: res.rev})
+					b, _ = json.Marshal(contract.RefreshReply{Record: res.rec, Revision: res.rev})
 				}
 				return b
 			}
@@ -214,7 +214,7 @@ func (a *app) dueAt() (time.Time, bool) {
 
 // adopt takes a record read from the bucket if it is newer than what the
 // app holds; it reports whether it did.
-func (a *app) adopt(rec *natsconf.Record, rev uint64) bool {
+func (a *app) adopt(rec *contract.Record, rev uint64) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if rev <= a.rev && !(rev == 0 && a.rev == 0) {
@@ -238,7 +238,7 @@ func (a *app) adopt(rec *natsconf.Record, rev uint64) bool {
 }
 
 // stored records a successful write of ours.
-func (a *app) stored(rec natsconf.Record, rev uint64) {
+func (a *app) stored(rec contract.Record, rev uint64) {
 	a.adopt(&rec, rev)
 	a.mu.Lock()
 	a.failures, a.retryAt, a.lastErr, a.pending = 0, time.Time{}, nil, nil
@@ -256,7 +256,7 @@ func (a *app) unchanged(fetched, expires time.Time, p Policy) {
 
 // keepPending keeps rec, fetched but not stored, and reports whether it
 // is new (not the one already kept).
-func (a *app) keepPending(rec natsconf.Record) bool {
+func (a *app) keepPending(rec contract.Record) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	first := a.pending == nil || a.pending.AccessToken != rec.AccessToken
@@ -273,7 +273,7 @@ func (a *app) dropPending() {
 
 // unstored returns the token fetched but not stored, if it is still valid
 // at now (an expired one is dropped).
-func (a *app) unstored(now time.Time) *natsconf.Record {
+func (a *app) unstored(now time.Time) *contract.Record {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.pending != nil && !a.pending.ExpiresAt.After(now) {
@@ -298,7 +298,7 @@ func (a *app) paused(now time.Time) (time.Time, error) {
 }
 
 // current returns the record the app holds.
-func (a *app) current() (*natsconf.Record, uint64) {
+func (a *app) current() (*contract.Record, uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.rec, a.rev

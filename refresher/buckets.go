@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 )
 
@@ -375,12 +376,12 @@ func (r *Refresher) bucketConfigs() (tokens, lease, state natsconf.BucketConfig)
 		MaxConsumers: 1_000_000, // one per watching service; the server's default is 1000
 	}
 	lease = natsconf.BucketConfig{
-		Name: LeaseBucket(r.cfg.Bucket), Replicas: r.cfg.Replicas, History: 1,
+		Name: contract.LeaseBucket(r.cfg.Bucket), Replicas: r.cfg.Replicas, History: 1,
 		TTL:         r.cfg.LeaseTTL,
 		Description: "tokenkeeper refresher leader lease",
 	}
 	state = natsconf.BucketConfig{
-		Name: StateBucket(r.cfg.Bucket), Replicas: r.cfg.Replicas, History: 1,
+		Name: contract.StateBucket(r.cfg.Bucket), Replicas: r.cfg.Replicas, History: 1,
 		Description: "tokenkeeper per-app state: upstream calls today, last error",
 	}
 	return tokens, lease, state
@@ -488,7 +489,7 @@ func (r *Refresher) probeLeader(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	e, err := bk.lease.Get(ctx, leaseKey)
+	e, err := bk.lease.Get(ctx, contract.LeaseKey)
 	if err != nil || e.Operation() != jetstream.KeyValuePut {
 		return
 	}

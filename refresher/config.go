@@ -13,6 +13,7 @@ import (
 	"github.com/robfig/cron/v3"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 )
@@ -186,7 +187,7 @@ func yamlProblems(err error) []string {
 // SetDefaults fills in every unset key with its default.
 func (c *Config) SetDefaults() {
 	if c.Bucket == "" {
-		c.Bucket = natsconf.DefaultBucket
+		c.Bucket = contract.DefaultBucket
 	}
 	// The embedded server's roles grant the buckets of this config.
 	c.NATS.Embedded.Bucket = c.Bucket
@@ -270,7 +271,7 @@ func (c *Config) Validate() error {
 	for _, err := range c.NATS.Validate() {
 		add("%v", err)
 	}
-	if !natsconf.ValidAppName(c.Bucket) {
+	if !contract.ValidAppName(c.Bucket) {
 		add("bucket: %q is not a valid bucket name (1-64 of A-Z a-z 0-9 _ -)", c.Bucket)
 	}
 	if c.Replicas < 1 || c.Replicas > 5 {
@@ -314,7 +315,7 @@ func (c *Config) Validate() error {
 		switch {
 		case a.Name == "":
 			add("%s.name: missing", where)
-		case !natsconf.ValidAppName(a.Name):
+		case !contract.ValidAppName(a.Name):
 			add("%s.name: %q is not a valid app name (1-64 of A-Z a-z 0-9 _ -)", where, a.Name)
 		default:
 			if j, dup := seen[a.Name]; dup {

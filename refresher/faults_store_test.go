@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
@@ -25,7 +25,7 @@ import (
 // valid token") until stop is called, and hands every successful reply to
 // check. stop returns the number of successful replies; it is called at
 // the end of the test at the latest.
-func requestLoop(t *testing.T, nc *nats.Conn, app string, check func(natsconf.RefreshReply)) (stop func() int) {
+func requestLoop(t *testing.T, nc *nats.Conn, app string, check func(contract.RefreshReply)) (stop func() int) {
 	t.Helper()
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -40,11 +40,11 @@ func requestLoop(t *testing.T, nc *nats.Conn, app string, check func(natsconf.Re
 				return
 			default:
 			}
-			m, err := nc.Request(natsconf.RefreshSubject(app), nil, 2*time.Second)
+			m, err := nc.Request(contract.RefreshSubject(app), nil, 2*time.Second)
 			if err != nil || m.Header.Get("Nats-Service-Error-Code") != "" {
 				continue // no responder during a handover, or an error reply: neither serves a record
 			}
-			var rep natsconf.RefreshReply
+			var rep contract.RefreshReply
 			if err := json.Unmarshal(m.Data, &rep); err != nil {
 				t.Errorf("refresh reply does not parse: %v", err)
 				continue
@@ -78,8 +78,8 @@ func TestInvalidStoredRecordIsReplaced(t *testing.T) {
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
 	app := e.App("mp")
 	e.Start(e.Config(app))
-	e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
-	kv, err := e.JS.KeyValue(context.Background(), natsconf.DefaultBucket)
+	e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
+	kv, err := e.JS.KeyValue(context.Background(), contract.DefaultBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,13 +88,13 @@ func TestInvalidStoredRecordIsReplaced(t *testing.T) {
 	now := time.Now().UTC()
 	for _, tc := range []struct {
 		name    string
-		rec     natsconf.Record
+		rec     contract.Record
 		problem string
 	}{
-		{"empty token", natsconf.Record{App: "mp", FetchedAt: now, ExpiresAt: now.Add(time.Hour), Source: "manual"}, "empty access_token"},
-		{"wrong app", natsconf.Record{App: "other-app", AccessToken: badToken, FetchedAt: now, ExpiresAt: now.Add(time.Hour), Source: "manual"}, "is not the key"},
-		{"expires before fetched", natsconf.Record{App: "mp", AccessToken: badToken, FetchedAt: now.Add(2 * time.Hour), ExpiresAt: now.Add(time.Hour), Source: "manual"}, "is before fetched_at"},
-		{"expires ten years out", natsconf.Record{App: "mp", AccessToken: badToken, FetchedAt: now, ExpiresAt: now.AddDate(10, 0, 0), Source: "manual"}, "lifetime"},
+		{"empty token", contract.Record{App: "mp", FetchedAt: now, ExpiresAt: now.Add(time.Hour), Source: "manual"}, "empty access_token"},
+		{"wrong app", contract.Record{App: "other-app", AccessToken: badToken, FetchedAt: now, ExpiresAt: now.Add(time.Hour), Source: "manual"}, "is not the key"},
+		{"expires before fetched", contract.Record{App: "mp", AccessToken: badToken, FetchedAt: now.Add(2 * time.Hour), ExpiresAt: now.Add(time.Hour), Source: "manual"}, "is before fetched_at"},
+		{"expires ten years out", contract.Record{App: "mp", AccessToken: badToken, FetchedAt: now, ExpiresAt: now.AddDate(10, 0, 0), Source: "manual"}, "lifetime"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			val, _ := json.Marshal(tc.rec)
@@ -103,35 +103,35 @@ func TestInvalidStoredRecordIsReplaced(t *testing.T) {
 				t.Fatal(err)
 			}
 			var served atomic.Int64
-			stop := requestLoop(t, e.NC, "mp", func(rep natsconf.RefreshReply) {
+			stop := requestLoop(t, e.NC, "mp", func(rep contract.RefreshReply) {
 				if rep.Revision == badRev || rep.AccessToken == badToken || rep.AccessToken == "" || rep.App != "mp" {
 					if served.Add(1) == 1 {
 						t.Errorf("token.refresh served the invalid record (revision %d, app %q)", rep.Revision, rep.App)
 					}
 				}
 			})
-			var rec natsconf.Record
+			var rec contract.Record
 			var rev uint64
 			testutil.WaitFor(t, 5*time.Second, func() bool {
 				var ok bool
-				rec, rev, ok = e.Record(natsconf.DefaultBucket, "mp")
+				rec, rev, ok = e.Record(contract.DefaultBucket, "mp")
 				return ok && rev > badRev
 			}, "the invalid record at revision %d was not replaced", badRev)
 			if n := stop(); n == 0 {
 				t.Log("no request was answered while the invalid record was stored")
 			}
-			if err := rec.Validate("mp", natsconf.MaxTokenLifetime); err != nil {
+			if err := rec.Validate("mp", contract.MaxTokenLifetime); err != nil {
 				t.Fatalf("the replacement is not valid either: %v", err)
 			}
 			if err := e.Sim.Check(rec.AccessToken); err != nil {
 				t.Fatalf("the replacement is not a live upstream token: %v", err)
 			}
 			// A request now gets the replacement.
-			m, err := e.NC.Request(natsconf.RefreshSubject("mp"), nil, 5*time.Second)
+			m, err := e.NC.Request(contract.RefreshSubject("mp"), nil, 5*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
-			var rep natsconf.RefreshReply
+			var rep contract.RefreshReply
 			if err := json.Unmarshal(m.Data, &rep); err != nil || rep.Revision != rev || rep.AccessToken != rec.AccessToken {
 				t.Fatalf("token.refresh after the replacement = revision %d (%v), want %d", rep.Revision, err, rev)
 			}
@@ -153,20 +153,20 @@ func TestInvalidStoredRecordIsReplaced(t *testing.T) {
 }
 
 // cstDay is WeChat's day (China Standard Time) of t as yyyymmdd, the Day
-// of an AppState.
+// of an contract.AppState.
 func cstDay(t time.Time) int {
 	y, m, d := t.In(time.FixedZone("CST", 8*3600)).Date()
 	return y*10000 + int(m)*100 + d
 }
 
 // storedState reads app's state from the state bucket.
-func storedState(t *testing.T, kv jetstream.KeyValue, app string) (refresher.AppState, bool) {
+func storedState(t *testing.T, kv jetstream.KeyValue, app string) (contract.AppState, bool) {
 	t.Helper()
 	e, err := kv.Get(context.Background(), app)
 	if err != nil {
-		return refresher.AppState{}, false
+		return contract.AppState{}, false
 	}
-	var s refresher.AppState
+	var s contract.AppState
 	if err := json.Unmarshal(e.Value(), &s); err != nil {
 		t.Fatalf("stored state does not parse: %v", err)
 	}
@@ -184,8 +184,8 @@ func TestStateWriteNeverLowersCount(t *testing.T) {
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
 	app := e.App("mp")
 	rep := e.Start(e.Config(app))
-	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
-	kv, err := e.JS.KeyValue(context.Background(), refresher.StateBucket(natsconf.DefaultBucket))
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
+	kv, err := e.JS.KeyValue(context.Background(), contract.StateBucket(contract.DefaultBucket))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +196,7 @@ func TestStateWriteNeverLowersCount(t *testing.T) {
 
 	const higher = 50
 	now := time.Now()
-	other, _ := json.Marshal(refresher.AppState{App: "mp", Day: cstDay(now), Calls: higher, Quota: 2000,
+	other, _ := json.Marshal(contract.AppState{App: "mp", Day: cstDay(now), Calls: higher, Quota: 2000,
 		Replica: "another-replica", UpdatedAt: now.UTC()})
 	if _, err := kv.Put(context.Background(), "mp", other); err != nil {
 		t.Fatal(err)
@@ -205,7 +205,7 @@ func TestStateWriteNeverLowersCount(t *testing.T) {
 	if _, err := rep.R.Refresh(context.Background(), "mp", &rev); err != nil {
 		t.Fatal(err)
 	}
-	var s refresher.AppState
+	var s contract.AppState
 	testutil.WaitFor(t, 5*time.Second, func() bool {
 		var ok bool
 		s, ok = storedState(t, kv, "mp")
@@ -232,13 +232,13 @@ func TestLostLeaseBucketRecovered(t *testing.T) {
 	cfg := e.Config(app)
 	// Distinct ids: the default id is the same for replicas of one process.
 	reps := []*harness.Replica{e.Start(cfg, refresher.WithReplicaID("replica-a")), e.Start(cfg, refresher.WithReplicaID("replica-b"))}
-	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	testutil.WaitFor(t, 5*time.Second, func() bool { n, _ := leaders(reps); return n == 1 }, "no single leader")
 	fetches := e.Sim.Fetches(app.AppID)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	leaseBucket := refresher.LeaseBucket(natsconf.DefaultBucket)
+	leaseBucket := contract.LeaseBucket(contract.DefaultBucket)
 	if err := e.JS.DeleteKeyValue(ctx, leaseBucket); err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +258,7 @@ func TestLostLeaseBucketRecovered(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		var lr refresher.LeaseRecord
+		var lr contract.LeaseRecord
 		if json.Unmarshal(ent.Value(), &lr) != nil || lr.ID != leader.R.ID() {
 			return false
 		}
@@ -280,16 +280,16 @@ func TestLostLeaseBucketRecovered(t *testing.T) {
 	// The leader serves token.refresh: a rejected revision is replaced.
 	// (Right after a change of leader, the old one may still answer "not
 	// the leader" for a moment; clients retry, and so does this.)
-	body, _ := json.Marshal(natsconf.RefreshRequest{StaleRevision: &rev})
+	body, _ := json.Marshal(contract.RefreshRequest{StaleRevision: &rev})
 	var last string
 	if !testutil.Eventually(5*time.Second, func() bool {
-		m, err := e.NC.Request(natsconf.RefreshSubject("mp"), body, 2*time.Second)
+		m, err := e.NC.Request(contract.RefreshSubject("mp"), body, 2*time.Second)
 		if err != nil {
 			last = err.Error()
 			return false
 		}
 		last = string(m.Data)
-		var rep natsconf.RefreshReply
+		var rep contract.RefreshReply
 		return m.Header.Get("Nats-Service-Error-Code") == "" && json.Unmarshal(m.Data, &rep) == nil &&
 			rep.Revision > rev && e.Sim.Check(rep.AccessToken) == nil
 	}) {
@@ -315,7 +315,7 @@ func TestLostTokensBucketRecovered(t *testing.T) {
 	app := e.App("mp")
 	cfg := e.Config(app)
 	reps := []*harness.Replica{e.Start(cfg, refresher.WithReplicaID("replica-a")), e.Start(cfg, refresher.WithReplicaID("replica-b"))}
-	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	var leader, follower *harness.Replica
 	testutil.WaitFor(t, 5*time.Second, func() bool {
 		n, l := leaders(reps)
@@ -330,7 +330,7 @@ func TestLostTokensBucketRecovered(t *testing.T) {
 	defer cancel()
 	deleteBuckets := func() {
 		t.Helper()
-		for _, b := range []string{natsconf.DefaultBucket, refresher.StateBucket(natsconf.DefaultBucket)} {
+		for _, b := range []string{contract.DefaultBucket, contract.StateBucket(contract.DefaultBucket)} {
 			if err := e.JS.DeleteKeyValue(ctx, b); err != nil {
 				t.Fatalf("delete %s: %v", b, err)
 			}
@@ -340,14 +340,14 @@ func TestLostTokensBucketRecovered(t *testing.T) {
 	// 1. Lost while idle.
 	deleteBuckets()
 	deleted := time.Now()
-	var rec natsconf.Record
+	var rec contract.Record
 	testutil.WaitFor(t, 10*time.Second, func() bool {
 		var ok bool
-		rec, rev, ok = e.Record(natsconf.DefaultBucket, "mp")
-		return ok && e.Sim.Check(rec.AccessToken) == nil && rec.Validate("mp", natsconf.MaxTokenLifetime) == nil
+		rec, rev, ok = e.Record(contract.DefaultBucket, "mp")
+		return ok && e.Sim.Check(rec.AccessToken) == nil && rec.Validate("mp", contract.MaxTokenLifetime) == nil
 	}, "no valid token in a re-created token bucket")
 	t.Logf("a valid token at revision %d %s after the buckets were deleted", rev, time.Since(deleted).Round(time.Millisecond))
-	stream, err := e.JS.Stream(ctx, "KV_"+natsconf.DefaultBucket)
+	stream, err := e.JS.Stream(ctx, "KV_"+contract.DefaultBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,7 +359,7 @@ func TestLostTokensBucketRecovered(t *testing.T) {
 		return st.Revision == rev && st.Valid
 	}, "the follower does not follow the re-created bucket")
 	testutil.WaitFor(t, 5*time.Second, func() bool {
-		skv, err := e.JS.KeyValue(ctx, refresher.StateBucket(natsconf.DefaultBucket))
+		skv, err := e.JS.KeyValue(ctx, contract.StateBucket(contract.DefaultBucket))
 		if err != nil {
 			return false // not re-created yet
 		}
@@ -371,7 +371,7 @@ func TestLostTokensBucketRecovered(t *testing.T) {
 	// gone is retried on the re-created bucket.
 	e.Sim.SetFault(wechatsim.Fault{Latency: time.Second})
 	type result struct {
-		rep natsconf.RefreshReply
+		rep contract.RefreshReply
 		err error
 	}
 	done := make(chan result, 1)
@@ -391,18 +391,18 @@ func TestLostTokensBucketRecovered(t *testing.T) {
 		t.Fatalf("the refresh answered a token upstream rejects: %v", err)
 	}
 	testutil.WaitFor(t, 5*time.Second, func() bool {
-		r, _, ok := e.Record(natsconf.DefaultBucket, "mp")
+		r, _, ok := e.Record(contract.DefaultBucket, "mp")
 		return ok && r.AccessToken == res.rep.AccessToken
 	}, "the token fetched while the bucket vanished was not stored")
 	if st := leader.R.Statuses()[0]; st.Failures != 0 || st.LastError != "" {
 		t.Errorf("the lost bucket counted as a failed refresh: %+v", st)
 	}
 	// And token.refresh answers from the new bucket.
-	m, err := e.NC.Request(natsconf.RefreshSubject("mp"), nil, 5*time.Second)
+	m, err := e.NC.Request(contract.RefreshSubject("mp"), nil, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rep natsconf.RefreshReply
+	var rep contract.RefreshReply
 	if err := json.Unmarshal(m.Data, &rep); err != nil || rep.AccessToken != res.rep.AccessToken {
 		t.Fatalf("token.refresh after the recovery: %s", m.Data)
 	}
@@ -424,7 +424,7 @@ func TestReadyzReflectsNoLeader(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	stream, err := e.JS.Stream(ctx, "KV_"+refresher.LeaseBucket(natsconf.DefaultBucket))
+	stream, err := e.JS.Stream(ctx, "KV_"+contract.LeaseBucket(contract.DefaultBucket))
 	if err != nil {
 		t.Fatal(err)
 	}

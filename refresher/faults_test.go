@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
@@ -64,7 +64,7 @@ func TestPartitionedLeaderMakesNoUpstreamCall(t *testing.T) {
 	slow := wechat.New(wechat.WithRetry(wechat.RetryPolicy{Attempts: 40, Base: 200 * time.Millisecond, Max: 200 * time.Millisecond}),
 		wechat.WithTimeout(2*time.Second))
 	a := e.Start(cfgA, refresher.WithReplicaID("a"), refresher.WithUpstream(slow))
-	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	testutil.WaitFor(t, 5*time.Second, a.R.Leader, "a never led")
 	b := e.Start(e.Config(app), refresher.WithReplicaID("b"))
 
@@ -139,7 +139,7 @@ func TestFetchedAtIsSendTimeOfSuccessfulAttempt(t *testing.T) {
 	// the 200 ms this test needs to tell attempts apart.
 	c := wechat.New(wechat.WithRetry(wechat.RetryPolicy{Attempts: 6, Base: time.Second, Max: time.Second}))
 	e.Start(e.Config(app), refresher.WithUpstream(c))
-	rec, _ := e.WaitRecord(10*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	rec, _ := e.WaitRecord(10*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	cs := calls.all()
 	if len(cs) != 5 {
 		t.Fatalf("%d upstream calls, want 5 (four busy, one token)", len(cs))
@@ -166,11 +166,11 @@ func TestFailedWriteKeepsFetchedToken(t *testing.T) {
 	cfg := e.Config(app)
 	cfg.Policy.Retry = 100 * time.Millisecond
 	rep := e.Start(cfg)
-	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	fetches := e.Sim.Fetches(app.AppID)
 
 	ctx := context.Background()
-	st, err := e.JS.Stream(ctx, "KV_"+natsconf.DefaultBucket)
+	st, err := e.JS.Stream(ctx, "KV_"+contract.DefaultBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +206,7 @@ func TestFailedWriteKeepsFetchedToken(t *testing.T) {
 	if _, err := e.JS.UpdateStream(ctx, scfg); err != nil {
 		t.Fatal(err)
 	}
-	rec, _ := e.WaitRecord(10*time.Second, "mp", func(_ natsconf.Record, v uint64) bool { return v > rev })
+	rec, _ := e.WaitRecord(10*time.Second, "mp", func(_ contract.Record, v uint64) bool { return v > rev })
 	if rec.AccessToken != fetched {
 		t.Error("the stored token is not the one fetched while writes failed")
 	}
@@ -237,11 +237,11 @@ func TestPassiveRequestsHonourUpstreamStops(t *testing.T) {
 			e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour, OnCall: log.record}})
 			app := e.App("mp")
 			e.Start(e.Config(app))
-			_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+			_, rev := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 
 			e.Sim.SetFault(wechatsim.Fault{Errcode: tc.errcode})
 			// The first rejected-token request meets the errcode.
-			m, err := e.NC.Request(natsconf.RefreshSubject("mp"), []byte(`{"stale_revision":`+utoa(rev)+`}`), 5*time.Second)
+			m, err := e.NC.Request(contract.RefreshSubject("mp"), []byte(`{"stale_revision":`+utoa(rev)+`}`), 5*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -253,10 +253,10 @@ func TestPassiveRequestsHonourUpstreamStops(t *testing.T) {
 			// A fleet keeps asking: nothing reaches upstream.
 			for i := range 50 {
 				body := []byte(`{"stale_revision":` + utoa(rev) + `}`)
-				msg := nats.NewMsg(natsconf.RefreshSubject("mp"))
+				msg := nats.NewMsg(contract.RefreshSubject("mp"))
 				msg.Data = body
 				if i%2 == 1 {
-					msg.Header.Set(natsconf.SourceHeader, natsconf.SourceManual)
+					msg.Header.Set(contract.SourceHeader, contract.SourceManual)
 				}
 				m, err := e.NC.RequestMsg(msg, 5*time.Second)
 				if err != nil {
@@ -265,7 +265,7 @@ func TestPassiveRequestsHonourUpstreamStops(t *testing.T) {
 				if got := m.Header.Get("Nats-Service-Error-Code"); got != tc.code {
 					t.Fatalf("request %d answered code %q (%s), want %s", i, got, m.Data, tc.code)
 				}
-				var er natsconf.ErrorReply
+				var er contract.ErrorReply
 				if err := json.Unmarshal(m.Data, &er); err != nil {
 					t.Fatal(err)
 				}
@@ -274,7 +274,7 @@ func TestPassiveRequestsHonourUpstreamStops(t *testing.T) {
 				}
 			}
 			// "Give me a valid token" is answered with the current record.
-			m, err = e.NC.Request(natsconf.RefreshSubject("mp"), nil, 5*time.Second)
+			m, err = e.NC.Request(contract.RefreshSubject("mp"), nil, 5*time.Second)
 			if err != nil || m.Header.Get("Nats-Service-Error-Code") != "" {
 				t.Fatalf("empty request during a stop: %v %s", err, m.Data)
 			}
@@ -308,7 +308,7 @@ func TestDeposedLeaderLeavesNoZombieResponder(t *testing.T) {
 	cfgA := e.Config(app)
 	cfgA.NATS.URL = proxy.URL()
 	a := e.Start(cfgA, refresher.WithReplicaID("a"))
-	e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	testutil.WaitFor(t, 5*time.Second, a.R.Leader, "a never led")
 	b := e.Start(e.Config(app), refresher.WithReplicaID("b"))
 
@@ -323,7 +323,7 @@ func TestDeposedLeaderLeavesNoZombieResponder(t *testing.T) {
 	}, "a did not reconnect")
 
 	for i := range 40 {
-		m, err := e.NC.Request(natsconf.RefreshSubject("mp"), nil, time.Second)
+		m, err := e.NC.Request(contract.RefreshSubject("mp"), nil, time.Second)
 		if err != nil {
 			t.Fatalf("request %d after the partition healed: %v", i, err)
 		}

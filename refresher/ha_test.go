@@ -9,7 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
@@ -32,7 +32,7 @@ func followTokens(t *testing.T, e *harness.Env, app string) *storedTokens {
 	var kv jetstream.KeyValue
 	testutil.WaitFor(t, 5*time.Second, func() bool {
 		var err error
-		kv, err = e.JS.KeyValue(ctx, natsconf.DefaultBucket)
+		kv, err = e.JS.KeyValue(ctx, contract.DefaultBucket)
 		return err == nil
 	}, "bucket never appeared")
 	w, err := kv.Watch(ctx, app)
@@ -44,7 +44,7 @@ func followTokens(t *testing.T, e *harness.Env, app string) *storedTokens {
 			if ent == nil || ent.Operation() != jetstream.KeyValuePut {
 				continue
 			}
-			var rec natsconf.Record
+			var rec contract.Record
 			if json.Unmarshal(ent.Value(), &rec) != nil {
 				continue
 			}
@@ -112,7 +112,7 @@ func TestHandover(t *testing.T) {
 	app := e.App("mp")
 	cfg := e.Config(app)
 	reps := []*harness.Replica{e.Start(cfg), e.Start(cfg), e.Start(cfg)}
-	e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	testutil.WaitFor(t, 5*time.Second, func() bool { n, _ := leaders(reps); return n == 1 }, "no single leader")
 	fetches := e.Sim.Fetches(app.AppID)
 
@@ -154,7 +154,7 @@ func TestFollowerDoesNotFetch(t *testing.T) {
 	app := e.App("mp")
 	cfg := e.Config(app)
 	a, b := e.Start(cfg), e.Start(cfg)
-	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	testutil.WaitFor(t, 5*time.Second, func() bool { return a.R.Leader() != b.R.Leader() }, "no single leader")
 	follower := a
 	if a.R.Leader() {

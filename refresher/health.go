@@ -8,9 +8,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/nats-io/nats.go"
 )
 
 // Timing of the bucket probe of /readyz.

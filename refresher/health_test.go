@@ -15,7 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
@@ -113,7 +113,7 @@ func TestHealthReadyAfterFirstToken(t *testing.T) {
 	}
 
 	// /status, through the daemon's handler (with /metrics).
-	rec, _ := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	rec, _ := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	full := refresher.NewHTTPHandler(r, prometheus.NewRegistry())
 	testutil.WaitFor(t, 5*time.Second, func() bool {
 		_, body := healthGet(t, full, "/status")
@@ -227,16 +227,16 @@ func TestHealthNotReadyWithoutBucket(t *testing.T) {
 	// Delete the bucket and take its subjects, before the refresher
 	// re-creates it (if it was quicker, try again).
 	testutil.WaitFor(t, 5*time.Second, func() bool {
-		if err := e.JS.DeleteKeyValue(ctx, natsconf.DefaultBucket); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+		if err := e.JS.DeleteKeyValue(ctx, contract.DefaultBucket); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
 			t.Logf("delete bucket: %v", err)
 		}
-		_, err := e.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "in-the-way", Subjects: []string{"$KV." + natsconf.DefaultBucket + ".>"}})
+		_, err := e.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "in-the-way", Subjects: []string{"$KV." + contract.DefaultBucket + ".>"}})
 		return err == nil
 	}, "could not put a stream in the bucket's way")
 	testutil.WaitFor(t, 5*time.Second, func() bool {
 		code, rd := healthReadiness(t, h)
 		c, _ := findCheck(rd, refresher.CheckBucket, "")
-		return code == http.StatusServiceUnavailable && !c.OK && strings.Contains(c.Reason, natsconf.DefaultBucket)
+		return code == http.StatusServiceUnavailable && !c.OK && strings.Contains(c.Reason, contract.DefaultBucket)
 	}, "/readyz does not fail when the bucket is gone")
 
 	if err := e.JS.DeleteStream(ctx, "in-the-way"); err != nil {

@@ -23,7 +23,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
@@ -48,12 +48,12 @@ func refreshRequest(t *testing.T, nc *nats.Conn, subject, body string, hdr ...st
 }
 
 // okReply decodes a successful reply, failing the test on an error reply.
-func okReply(t *testing.T, m *nats.Msg) natsconf.RefreshReply {
+func okReply(t *testing.T, m *nats.Msg) contract.RefreshReply {
 	t.Helper()
 	if code := m.Header.Get(micro.ErrorCodeHeader); code != "" {
 		t.Fatalf("error reply %s: %s (%s)", code, m.Header.Get(micro.ErrorHeader), m.Data)
 	}
-	var rep natsconf.RefreshReply
+	var rep contract.RefreshReply
 	if err := json.Unmarshal(m.Data, &rep); err != nil || rep.AccessToken == "" {
 		t.Fatalf("reply %q: %v", m.Data, err)
 	}
@@ -69,13 +69,13 @@ func TestStaleRevisionFromTheFutureDoesNotFetch(t *testing.T) {
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
 	app := e.App("mp")
 	e.Start(e.Config(app)) // passive_min_interval 0: nothing but the revision check stands between a request and a fetch
-	rec, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	rec, rev := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	calls := e.Sim.Calls(app.AppID)
 
-	subj := natsconf.RefreshSubject("mp")
+	subj := contract.RefreshSubject("mp")
 	for _, stale := range []uint64{rev + 1, rev + 1000, math.MaxUint64} {
 		body := `{"stale_revision": ` + strconv.FormatUint(stale, 10) + `}`
-		for _, hdr := range [][]string{nil, {natsconf.SourceHeader, natsconf.SourceManual}} {
+		for _, hdr := range [][]string{nil, {contract.SourceHeader, contract.SourceManual}} {
 			got := okReply(t, refreshRequest(t, e.NC, subj, body, hdr...))
 			if got.Revision != rev || got.AccessToken != rec.AccessToken {
 				t.Errorf("stale %d (headers %v): reply revision %d, want the stored %d", stale, hdr, got.Revision, rev)
@@ -114,7 +114,7 @@ func errorReply(t *testing.T, m *nats.Msg, code int) string {
 // message is printable, valid UTF-8.
 func checkErrorReply(m *nats.Msg) error {
 	code, msg := m.Header.Get(micro.ErrorCodeHeader), m.Header.Get(micro.ErrorHeader)
-	var er natsconf.ErrorReply
+	var er contract.ErrorReply
 	if err := json.Unmarshal(m.Data, &er); err != nil || strconv.Itoa(er.Error.Code) != code || er.Error.Message != msg {
 		return fmt.Errorf("error reply: headers %q %q, body %q (%v)", code, msg, m.Data, err)
 	}
@@ -148,7 +148,7 @@ func TestNonUTF8SubjectDoesNotCrashLeader(t *testing.T) {
 	app := e.App("mp")
 	reg := prometheus.NewRegistry()
 	rep := e.Start(e.Config(app), refresher.WithObserver(refresher.NewMetrics(reg)))
-	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	calls := e.Sim.Calls(app.AppID)
 
 	subj := "token.refresh.\xff\xfe"
@@ -157,9 +157,9 @@ func TestNonUTF8SubjectDoesNotCrashLeader(t *testing.T) {
 		hdr  []string
 		code int
 	}{
-		{``, nil, natsconf.CodeNotFound},
-		{`{"stale_revision": 1}`, []string{natsconf.SourceHeader, natsconf.SourceManual}, natsconf.CodeNotFound},
-		{`{"stale_revision": "\xff"}`, nil, natsconf.CodeBadRequest},
+		{``, nil, contract.CodeNotFound},
+		{`{"stale_revision": 1}`, []string{contract.SourceHeader, contract.SourceManual}, contract.CodeNotFound},
+		{`{"stale_revision": "\xff"}`, nil, contract.CodeBadRequest},
 	} {
 		errorReply(t, refreshRequest(t, e.NC, subj, c.body, c.hdr...), c.code)
 	}
@@ -168,7 +168,7 @@ func TestNonUTF8SubjectDoesNotCrashLeader(t *testing.T) {
 	}
 
 	// Still the leader, still serving.
-	if got := okReply(t, refreshRequest(t, e.NC, natsconf.RefreshSubject("mp"), "")); got.Revision != rev {
+	if got := okReply(t, refreshRequest(t, e.NC, contract.RefreshSubject("mp"), "")); got.Revision != rev {
 		t.Fatalf("after the hostile requests: revision %d, want %d", got.Revision, rev)
 	}
 	if !rep.R.Leader() {
@@ -188,10 +188,10 @@ func TestUnknownAppNamesDoNotGrowMetrics(t *testing.T) {
 	app := e.App("mp")
 	reg := prometheus.NewRegistry()
 	e.Start(e.Config(app), refresher.WithObserver(refresher.NewMetrics(reg)))
-	e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	// One request of each outcome for the configured app first, so that
 	// the count below is of series the unknown names add.
-	okReply(t, refreshRequest(t, e.NC, natsconf.RefreshSubject("mp"), ""))
+	okReply(t, refreshRequest(t, e.NC, contract.RefreshSubject("mp"), ""))
 	before := seriesCount(t, reg)
 
 	const n = 1000
@@ -209,7 +209,7 @@ func TestUnknownAppNamesDoNotGrowMetrics(t *testing.T) {
 		if i%2 == 1 {
 			body = `{"stale_revision": 1}`
 		}
-		errorReply(t, refreshRequest(t, e.NC, natsconf.RefreshSubject(string(name)), body), natsconf.CodeNotFound)
+		errorReply(t, refreshRequest(t, e.NC, contract.RefreshSubject(string(name)), body), contract.CodeNotFound)
 	}
 	if after := seriesCount(t, reg); after > before+1 {
 		t.Fatalf("%d requests for unknown apps grew the metrics from %d to %d series, want at most one more", n, before, after)
@@ -249,11 +249,11 @@ func TestRefreshQueueBoundedReplies503(t *testing.T) {
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
 	app := e.App("mp")
 	e.Start(e.Config(app), refresher.WithMaxPendingRequests(2))
-	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	fetches := e.Sim.Fetches(app.AppID)
 
 	e.Sim.SetFault(wechatsim.Fault{Latency: 1500 * time.Millisecond}) // under the harness client's 2 s timeout
-	subj := natsconf.RefreshSubject("mp")
+	subj := contract.RefreshSubject("mp")
 	stale := `{"stale_revision": ` + strconv.FormatUint(rev, 10) + `}`
 	const n = 20
 	replies := make(chan asyncReply, n)
@@ -273,7 +273,7 @@ func TestRefreshQueueBoundedReplies503(t *testing.T) {
 			ok++
 			continue
 		}
-		msg := errorReply(t, r.m, natsconf.CodeUnavailable)
+		msg := errorReply(t, r.m, contract.CodeUnavailable)
 		if !strings.Contains(msg, "overloaded") || !strings.Contains(msg, "retry later") {
 			t.Errorf("503 message %q does not say overloaded, retry later", msg)
 		}
@@ -300,7 +300,7 @@ func TestRefreshQueueBoundedReplies503(t *testing.T) {
 
 	// The slots are free again: two requests that need one each are served.
 	e.Sim.SetFault(wechatsim.Fault{})
-	_, rev2 := e.WaitRecord(5*time.Second, "mp", func(_ natsconf.Record, v uint64) bool { return v > rev })
+	_, rev2 := e.WaitRecord(5*time.Second, "mp", func(_ contract.Record, v uint64) bool { return v > rev })
 	for range 2 {
 		asyncRequest(e.NC, subj, `{"stale_revision": `+strconv.FormatUint(rev2, 10)+`}`, replies)
 	}
@@ -331,13 +331,13 @@ func TestHandlerPanicRecovered(t *testing.T) {
 	// Bound 2: a slot leaked by each of the two panics off the
 	// subscription's goroutine would refuse the last requests.
 	e.Start(e.Config(app), refresher.WithRequestHook(hook), refresher.WithMaxPendingRequests(2))
-	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 
 	// On the subscription's goroutine, with a subject full of escapes,
 	// invalid UTF-8 and length.
 	hostile := "token.refresh.boom\x1b[31m\xff\xfe\x00" + strings.Repeat("x", 300)
 	panicAt.Store(refresher.StageReceive)
-	errorReply(t, refreshRequest(t, e.NC, hostile, ""), natsconf.CodeInternal)
+	errorReply(t, refreshRequest(t, e.NC, hostile, ""), contract.CodeInternal)
 	want := refresher.Sanitize(hostile, refresher.MaxLoggedSubject)
 	if !strings.HasPrefix(want, "token.refresh.boom?[31m\uFFFD?x") || !strings.HasSuffix(want, "x…") || len(want) > refresher.MaxLoggedSubject+len("…") {
 		t.Fatalf("sanitised subject %q", want)
@@ -355,16 +355,16 @@ func TestHandlerPanicRecovered(t *testing.T) {
 
 	// In a slow request's goroutine (a manual request takes that path).
 	panicAt.Store(refresher.StageSlow)
-	errorReply(t, refreshRequest(t, e.NC, natsconf.RefreshSubject("mp"), "", natsconf.SourceHeader, natsconf.SourceManual), natsconf.CodeInternal)
+	errorReply(t, refreshRequest(t, e.NC, contract.RefreshSubject("mp"), "", contract.SourceHeader, contract.SourceManual), contract.CodeInternal)
 
 	// In a request parked on a fetch: the fetch's own request is served.
 	panicAt.Store(refresher.StageParked)
 	e.Sim.SetFault(wechatsim.Fault{Latency: 500 * time.Millisecond})
 	stale := `{"stale_revision": ` + strconv.FormatUint(rev, 10) + `}`
 	replies := make(chan asyncReply, 2)
-	asyncRequest(e.NC, natsconf.RefreshSubject("mp"), stale, replies)
+	asyncRequest(e.NC, contract.RefreshSubject("mp"), stale, replies)
 	testutil.WaitFor(t, 5*time.Second, func() bool { return e.Sim.InFlight(app.AppID) == 1 }, "the forced fetch did not start")
-	asyncRequest(e.NC, natsconf.RefreshSubject("mp"), stale, replies)
+	asyncRequest(e.NC, contract.RefreshSubject("mp"), stale, replies)
 	var codes []string
 	for range 2 {
 		r := <-replies
@@ -373,7 +373,7 @@ func TestHandlerPanicRecovered(t *testing.T) {
 		}
 		codes = append(codes, r.m.Header.Get(micro.ErrorCodeHeader))
 		if r.m.Header.Get(micro.ErrorCodeHeader) != "" {
-			errorReply(t, r.m, natsconf.CodeInternal)
+			errorReply(t, r.m, contract.CodeInternal)
 		}
 	}
 	slices.Sort(codes)
@@ -388,7 +388,7 @@ func TestHandlerPanicRecovered(t *testing.T) {
 	panicAt.Store("")
 	e.Sim.SetFault(wechatsim.Fault{})
 	for range 2 {
-		asyncRequest(e.NC, natsconf.RefreshSubject("mp"), "", replies, natsconf.SourceHeader, natsconf.SourceManual)
+		asyncRequest(e.NC, contract.RefreshSubject("mp"), "", replies, contract.SourceHeader, contract.SourceManual)
 	}
 	for range 2 {
 		r := <-replies
@@ -397,7 +397,7 @@ func TestHandlerPanicRecovered(t *testing.T) {
 		}
 		okReply(t, r.m)
 	}
-	okReply(t, refreshRequest(t, e.NC, natsconf.RefreshSubject("mp"), ""))
+	okReply(t, refreshRequest(t, e.NC, contract.RefreshSubject("mp"), ""))
 }
 
 // panickyObserver panics in PassiveRequest, like a third-party observer
@@ -417,15 +417,15 @@ func TestPanickingObserverDoesNotCrashLeader(t *testing.T) {
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
 	app := e.App("mp")
 	rep := e.Start(e.Config(app), refresher.WithObserver(panickyObserver{refresher.NewMetrics(nil)}))
-	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 
-	subj := natsconf.RefreshSubject("mp")
+	subj := contract.RefreshSubject("mp")
 	for range 2 {
 		if got := okReply(t, refreshRequest(t, e.NC, subj, "")); got.Revision != rev { // fast path
 			t.Fatalf("revision %d, want %d", got.Revision, rev)
 		}
-		okReply(t, refreshRequest(t, e.NC, subj, "", natsconf.SourceHeader, natsconf.SourceManual)) // slow path
-		errorReply(t, refreshRequest(t, e.NC, natsconf.RefreshSubject("nope"), ""), natsconf.CodeNotFound)
+		okReply(t, refreshRequest(t, e.NC, subj, "", contract.SourceHeader, contract.SourceManual)) // slow path
+		errorReply(t, refreshRequest(t, e.NC, contract.RefreshSubject("nope"), ""), contract.CodeNotFound)
 	}
 	if !rep.R.Leader() {
 		t.Fatal("the replica lost its leadership")
@@ -479,7 +479,7 @@ func FuzzRefreshRequestPath(f *testing.F) {
 	cfg.PassiveMinInterval = &limit
 	reg := prometheus.NewRegistry()
 	rep := e.Start(cfg, refresher.WithObserver(refresher.NewMetrics(reg)))
-	e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	maxSeries := seriesCount(f, reg) + 16 // (unknown) and mp × the reply codes, some slack
 
 	for _, c := range []struct {
@@ -498,9 +498,9 @@ func FuzzRefreshRequestPath(f *testing.F) {
 		calls := e.Sim.Calls(app.AppID)
 		var hdr nats.Header
 		if manual {
-			hdr = nats.Header{natsconf.SourceHeader: {natsconf.SourceManual}}
+			hdr = nats.Header{contract.SourceHeader: {contract.SourceManual}}
 		}
-		m := rep.R.HandleDirect(natsconf.RefreshPrefix+string(name), hdr, body, 20*time.Second)
+		m := rep.R.HandleDirect(contract.RefreshPrefix+string(name), hdr, body, 20*time.Second)
 		if m == nil {
 			t.Fatal("no reply")
 		}
@@ -512,7 +512,7 @@ func FuzzRefreshRequestPath(f *testing.F) {
 				t.Fatalf("error %s: %s", code, m.Header.Get(micro.ErrorHeader))
 			}
 		} else {
-			var r natsconf.RefreshReply
+			var r contract.RefreshReply
 			if err := json.Unmarshal(m.Data, &r); err != nil || r.App != "mp" || string(name) != "mp" || r.AccessToken == "" {
 				t.Fatalf("request for %q answered %q (%v)", name, m.Data, err)
 			}

@@ -10,20 +10,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenkeeper/tokenkeeper/contract"
 )
-
-// leaseKey is the one key of the lease bucket.
-const leaseKey = "leader"
-
-// LeaseRecord is the value of the lease key.
-type LeaseRecord struct {
-	ID         string    `json:"id"`
-	AcquiredAt time.Time `json:"acquired_at"`
-	RenewedAt  time.Time `json:"renewed_at"`
-}
-
-// LeaseBucket names the lease bucket of a token bucket.
-func LeaseBucket(bucket string) string { return bucket + "_lease" }
 
 // lease is leader election through one key in a KV bucket, safe on each
 // process's monotonic clock alone.
@@ -93,7 +82,7 @@ type lease struct {
 
 // newLease returns the lease of the lease bucket kv.
 func newLease(nc *nats.Conn, js jetstream.JetStream, kv jetstream.KeyValue, id string, ttl time.Duration, log *slog.Logger, now func() time.Time, changed func(bool)) *lease {
-	return &lease{nc: nc, js: js, kv: kv, stream: "KV_" + kv.Bucket(), subject: "$KV." + kv.Bucket() + "." + leaseKey,
+	return &lease{nc: nc, js: js, kv: kv, stream: "KV_" + kv.Bucket(), subject: "$KV." + kv.Bucket() + "." + contract.LeaseKey,
 		id: id, ttl: ttl, log: log, now: now, changed: changed, wakeReport: make(chan struct{}, 1)}
 }
 
@@ -189,7 +178,7 @@ func (l *lease) Bound(ctx context.Context) (context.Context, context.CancelFunc,
 }
 
 func (l *lease) value(acquired time.Time) []byte {
-	b, _ := json.Marshal(LeaseRecord{ID: l.id, AcquiredAt: acquired.UTC(), RenewedAt: l.now().UTC()})
+	b, _ := json.Marshal(contract.LeaseRecord{ID: l.id, AcquiredAt: acquired.UTC(), RenewedAt: l.now().UTC()})
 	return b
 }
 
@@ -327,7 +316,7 @@ func (l *lease) lastWrite(ctx context.Context, acquired time.Time) (uint64, int)
 	if m.Header.Get(markerReasonHeader) != "" {
 		return m.Sequence, writeExpiry
 	}
-	var rec LeaseRecord
+	var rec contract.LeaseRecord
 	if m.Header.Get(kvOperationHeader) != "" || json.Unmarshal(m.Data, &rec) != nil ||
 		rec.ID != l.id || !rec.AcquiredAt.Equal(acquired.UTC()) {
 		return m.Sequence, writeOther
@@ -529,7 +518,7 @@ func (l *lease) nextLook(poll time.Duration) time.Duration {
 // watch follows the lease key: a release (delete marker) wakes run at
 // once, and every value updates the known leader id.
 func (l *lease) watch(ctx context.Context, wake chan<- struct{}) {
-	followKV(ctx, l.nc, l.kv, leaseKey, func(e jetstream.KeyValueEntry) {
+	followKV(ctx, l.nc, l.kv, contract.LeaseKey, func(e jetstream.KeyValueEntry) {
 		if e.Operation() != jetstream.KeyValuePut {
 			l.mu.Lock()
 			l.leaderID = ""
@@ -540,7 +529,7 @@ func (l *lease) watch(ctx context.Context, wake chan<- struct{}) {
 			}
 			return
 		}
-		var rec LeaseRecord
+		var rec contract.LeaseRecord
 		l.mu.Lock()
 		if json.Unmarshal(e.Value(), &rec) == nil {
 			l.leaderID = rec.ID

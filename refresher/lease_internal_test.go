@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 )
@@ -133,7 +134,7 @@ func TestLeaseSafeWhenServerExpiresItEarly(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Count the markers the server leaves each time it ages the key out.
-	w, err := ls[0].kv.Watch(ctx, leaseKey, jetstream.UpdatesOnly())
+	w, err := ls[0].kv.Watch(ctx, contract.LeaseKey, jetstream.UpdatesOnly())
 	if err != nil {
 		t.Fatal(err)
 	}

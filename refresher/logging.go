@@ -1,8 +1,6 @@
 package refresher
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -29,14 +27,4 @@ func NewLogger(c LogConfig, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, o))
 	}
 	return slog.New(slog.NewTextHandler(w, o))
-}
-
-// Fingerprint is the only form in which a token may appear in logs,
-// metrics or status: the first 8 hex digits of its SHA-256.
-func Fingerprint(token string) string {
-	if token == "" {
-		return ""
-	}
-	s := sha256.Sum256([]byte(token))
-	return hex.EncodeToString(s[:4])
 }

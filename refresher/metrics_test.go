@@ -17,7 +17,7 @@ import (
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
@@ -69,11 +69,11 @@ func TestMetricsObserverEvents(t *testing.T) {
 	m := refresher.NewMetrics(reg)
 
 	now := time.Now()
-	m.Refreshed("mp", natsconf.SourceStartup, now.Add(100*time.Second))
-	m.Refreshed("mp", natsconf.SourceScheduled, now.Add(100*time.Second))
+	m.Refreshed("mp", contract.SourceStartup, now.Add(100*time.Second))
+	m.Refreshed("mp", contract.SourceScheduled, now.Add(100*time.Second))
 	m.Refreshed("mini", "", now.Add(-50*time.Second)) // read from the bucket: no refresh counted
-	m.RefreshFailed("mp", natsconf.SourceScheduled, errors.New("boom"))
-	m.RefreshFailed("mp", natsconf.SourcePassive, &wechat.Error{Code: 40164})
+	m.RefreshFailed("mp", contract.SourceScheduled, errors.New("boom"))
+	m.RefreshFailed("mp", contract.SourcePassive, &wechat.Error{Code: 40164})
 
 	m.UpstreamCall("mp", 20*time.Millisecond, nil)
 	m.UpstreamCall("mp", time.Millisecond, &wechat.Error{Code: 40164, Msg: "invalid ip"})
@@ -261,7 +261,7 @@ func TestMetricsWithRefresher(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := refresher.NewMetrics(reg)
 	rep := e.Start(e.Config(app), refresher.WithObserver(m))
-	rec, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	rec, rev := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 
 	val := func(name string, labels map[string]string) float64 {
 		v, _ := metricValue(t, reg, name, labels)
@@ -280,12 +280,12 @@ func TestMetricsWithRefresher(t *testing.T) {
 	}
 
 	// A passive refresh of the stored revision.
-	body, _ := json.Marshal(natsconf.RefreshRequest{StaleRevision: &rev})
-	msg, err := e.NC.Request(natsconf.RefreshSubject("mp"), body, 5*time.Second)
+	body, _ := json.Marshal(contract.RefreshRequest{StaleRevision: &rev})
+	msg, err := e.NC.Request(contract.RefreshSubject("mp"), body, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var reply natsconf.RefreshReply
+	var reply contract.RefreshReply
 	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Revision <= rev {
 		t.Fatalf("refresh reply %s: %v", msg.Data, err)
 	}

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 )
@@ -48,8 +48,8 @@ func benchRefresher(b *testing.B, n int) *Refresher {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for _, a := range r.apps {
 		fetched := now.Add(-time.Duration(rng.Int64N(int64(70 * time.Minute)))).UTC()
-		rec := &natsconf.Record{App: a.name, AppID: a.cfg.AppID, AccessToken: "tok-" + a.name,
-			FetchedAt: fetched, ExpiresAt: fetched.Add(2 * time.Hour), Source: natsconf.SourceScheduled}
+		rec := &contract.Record{App: a.name, AppID: a.cfg.AppID, AccessToken: "tok-" + a.name,
+			FetchedAt: fetched, ExpiresAt: fetched.Add(2 * time.Hour), Source: contract.SourceScheduled}
 		a.adopt(rec, uint64(rng.Int64N(1<<40))+1)
 	}
 	// A held lease, trusted for the whole benchmark (no renewals: plan

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
@@ -23,7 +23,7 @@ func TestQuotaReserveAndRestart(t *testing.T) {
 	app.DailyQuota = 10
 	cfg := e.Config(app)
 	rep := e.Start(cfg)
-	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 
 	var refused error
 	for i := 0; i < 20 && refused == nil; i++ {
@@ -121,5 +121,5 @@ func TestAlertPolitePaceAndRecovery(t *testing.T) {
 		t.Error("no distinct ALERT line for 40164")
 	}
 	e.Sim.SetFault(wechatsim.Fault{}) // the allow list is fixed
-	e.WaitRecord(15*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	e.WaitRecord(15*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 }

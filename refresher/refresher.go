@@ -26,7 +26,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/robfig/cron/v3"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 )
 
@@ -312,9 +312,9 @@ func (r *Refresher) plan() time.Time {
 			continue
 		}
 		if !due.After(now) {
-			source := natsconf.SourceScheduled
+			source := contract.SourceScheduled
 			if rec, _ := a.current(); rec == nil {
-				source = natsconf.SourceStartup // first token of this app
+				source = contract.SourceStartup // first token of this app
 			}
 			r.startRefresh(a, source)
 			continue
@@ -395,7 +395,7 @@ type refreshNeed struct {
 
 // satisfiedBy reports whether the stored record (rec, rev) already
 // satisfies the need, so that no fetch is made.
-func (r *Refresher) satisfiedBy(a *app, rec *natsconf.Record, rev uint64, need refreshNeed, now time.Time) bool {
+func (r *Refresher) satisfiedBy(a *app, rec *contract.Record, rev uint64, need refreshNeed, now time.Time) bool {
 	if rec == nil || !rec.ExpiresAt.After(now) || !a.owns(rec) {
 		return false
 	}
@@ -409,7 +409,7 @@ func (r *Refresher) satisfiedBy(a *app, rec *natsconf.Record, rev uint64, need r
 
 // dueFor is the refresh moment of a stored record: a pure function of the
 // record, so that every replica and every restart agrees on it.
-func (r *Refresher) dueFor(name string, rec *natsconf.Record) time.Time {
+func (r *Refresher) dueFor(name string, rec *contract.Record) time.Time {
 	return r.policy.RefreshAt(rec.FetchedAt, rec.ExpiresAt, jitterDraw(name, rec.FetchedAt))
 }
 
@@ -492,7 +492,7 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 		a.unchanged(fetched, fetched.Add(tok.ExpiresIn), r.policy)
 		return flightResult{rec: *rec, rev: rev}
 	}
-	nrec := natsconf.Record{
+	nrec := contract.Record{
 		App: name, AppID: cfg.AppID, AccessToken: tok.AccessToken,
 		FetchedAt: fetched, ExpiresAt: fetched.Add(capLifetime(tok.ExpiresIn)),
 		Source: source,
@@ -504,7 +504,7 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 // A write that fails for any reason but a newer stored token or a lost
 // lease keeps the record in memory (app.pending): the next attempt, paced
 // like a transient failure, writes it instead of fetching again.
-func (r *Refresher) store(ctx context.Context, a *app, nrec natsconf.Record, rev uint64, source string, start time.Time) flightResult {
+func (r *Refresher) store(ctx context.Context, a *app, nrec contract.Record, rev uint64, source string, start time.Time) flightResult {
 	name := a.name
 	nrev, err := r.write(ctx, a, nrec, rev)
 	if err != nil {
@@ -523,7 +523,7 @@ func (r *Refresher) store(ctx context.Context, a *app, nrec natsconf.Record, rev
 			if first {
 				r.log.Error("ALERT token_not_stored: a token fetched from upstream could not be written to the bucket; "+
 					"it is kept in memory and only the write is retried (no new fetch while it is valid)",
-					"app", name, "alert", AlertTokenNotStored, "token", Fingerprint(nrec.AccessToken),
+					"app", name, "alert", AlertTokenNotStored, "token", contract.Fingerprint(nrec.AccessToken),
 					"expires_at", nrec.ExpiresAt.Format(time.RFC3339), "err", err)
 			}
 			err = fmt.Errorf("%w: %w", ErrNotStored, err)
@@ -536,14 +536,14 @@ func (r *Refresher) store(ctx context.Context, a *app, nrec natsconf.Record, rev
 	r.publish(nrec, nrev)
 	r.obs.Refreshed(name, source, nrec.ExpiresAt)
 	r.log.Info("token refreshed", "app", name, "source", source, "revision", nrev,
-		"token", Fingerprint(nrec.AccessToken), "expires_at", nrec.ExpiresAt.Format(time.RFC3339),
+		"token", contract.Fingerprint(nrec.AccessToken), "expires_at", nrec.ExpiresAt.Format(time.RFC3339),
 		"duration", time.Since(start).Round(time.Millisecond))
 	return flightResult{rec: nrec, rev: nrev}
 }
 
-func derefRec(rec *natsconf.Record) natsconf.Record {
+func derefRec(rec *contract.Record) contract.Record {
 	if rec == nil {
-		return natsconf.Record{}
+		return contract.Record{}
 	}
 	return *rec
 }
@@ -617,7 +617,7 @@ func alertMessage(code int) string {
 
 // read returns the stored record of name and its revision (nil, 0 if none;
 // nil and the revision if the stored record is invalid).
-func (r *Refresher) read(ctx context.Context, name string) (*natsconf.Record, uint64, error) {
+func (r *Refresher) read(ctx context.Context, name string) (*contract.Record, uint64, error) {
 	e, err := r.kv.Get(ctx, name)
 	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, err
@@ -636,7 +636,7 @@ func (r *Refresher) read(ctx context.Context, name string) (*natsconf.Record, ui
 // dropped (ErrSuperseded: the upstream honours only the newest token);
 // otherwise the write is retried over the revision just read. A replica
 // that no longer holds the lease writes nothing (ErrNotLeader).
-func (r *Refresher) write(ctx context.Context, a *app, rec natsconf.Record, rev uint64) (uint64, error) {
+func (r *Refresher) write(ctx context.Context, a *app, rec contract.Record, rev uint64) (uint64, error) {
 	if err := rec.Validate(rec.App, maxRecordLifetime); err != nil {
 		return 0, fmt.Errorf("write %s: not storing a record that readers reject: %w", rec.App, err)
 	}
@@ -647,7 +647,7 @@ func (r *Refresher) write(ctx context.Context, a *app, rec natsconf.Record, rev 
 	for attempt := 0; attempt < 5; attempt++ {
 		if !r.lease.Held() {
 			// Fenced: the lease may be someone else's by now.
-			r.log.Warn("lease lost during the fetch; the fetched token is discarded", "app", rec.App, "token", Fingerprint(rec.AccessToken))
+			r.log.Warn("lease lost during the fetch; the fetched token is discarded", "app", rec.App, "token", contract.Fingerprint(rec.AccessToken))
 			return 0, ErrNotLeader
 		}
 		var nrev uint64
@@ -678,9 +678,9 @@ func (r *Refresher) write(ctx context.Context, a *app, rec natsconf.Record, rev 
 }
 
 // publish sends the token.updated event. It carries no token.
-func (r *Refresher) publish(rec natsconf.Record, rev uint64) {
-	ev, _ := json.Marshal(natsconf.Event{App: rec.App, Revision: rev, ExpiresAt: rec.ExpiresAt, FetchedAt: rec.FetchedAt, Source: rec.Source})
-	if err := r.nc.Publish(natsconf.UpdatedSubject(rec.App), ev); err != nil {
+func (r *Refresher) publish(rec contract.Record, rev uint64) {
+	ev, _ := json.Marshal(contract.Event{App: rec.App, Revision: rev, ExpiresAt: rec.ExpiresAt, FetchedAt: rec.FetchedAt, Source: rec.Source})
+	if err := r.nc.Publish(contract.UpdatedSubject(rec.App), ev); err != nil {
 		r.log.Warn("publish event failed", "app", rec.App, "err", err)
 	}
 }
@@ -715,7 +715,7 @@ func (r *Refresher) loadAll(ctx context.Context) error {
 }
 
 type storedRec struct {
-	rec *natsconf.Record
+	rec *contract.Record
 	rev uint64
 }
 

@@ -12,8 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
@@ -26,12 +25,12 @@ func TestFirstFetchLandsInKV(t *testing.T) {
 	before := time.Now()
 	e.Start(e.Config(app))
 
-	rec, rev := e.WaitRecord(5*time.Second, "mp-main", func(natsconf.Record, uint64) bool { return true })
+	rec, rev := e.WaitRecord(5*time.Second, "mp-main", func(contract.Record, uint64) bool { return true })
 	classic, _ := e.Sim.LastToken(app.AppID)
 	if rec.AccessToken != classic || classic == "" {
 		t.Fatalf("stored token %q is not the emulator's %q", rec.AccessToken, classic)
 	}
-	if rec.App != "mp-main" || rec.Source != natsconf.SourceStartup {
+	if rec.App != "mp-main" || rec.Source != contract.SourceStartup {
 		t.Errorf("record app=%q source=%q, want mp-main/startup", rec.App, rec.Source)
 	}
 	if rec.FetchedAt.Before(before.Add(-time.Second)) || rec.FetchedAt.After(time.Now()) {
@@ -47,7 +46,7 @@ func TestFirstFetchLandsInKV(t *testing.T) {
 		t.Errorf("stored token is not valid upstream: %v", err)
 	}
 	ev := nextEvent(t, events)
-	if ev.Revision != rev || ev.App != "mp-main" || ev.Source != natsconf.SourceStartup || !ev.ExpiresAt.Equal(rec.ExpiresAt) {
+	if ev.Revision != rev || ev.App != "mp-main" || ev.Source != contract.SourceStartup || !ev.ExpiresAt.Equal(rec.ExpiresAt) {
 		t.Errorf("event %+v does not match the record (revision %d)", ev, rev)
 	}
 	if got := e.Sim.Fetches(app.AppID); got != 1 {
@@ -56,14 +55,14 @@ func TestFirstFetchLandsInKV(t *testing.T) {
 }
 
 type rawEvent struct {
-	natsconf.Event
+	contract.Event
 	raw map[string]any
 }
 
 func subscribeEvents(t *testing.T, nc *nats.Conn, app string) chan rawEvent {
 	t.Helper()
 	ch := make(chan rawEvent, 100)
-	sub, err := nc.Subscribe(natsconf.UpdatedSubject(app), func(m *nats.Msg) {
+	sub, err := nc.Subscribe(contract.UpdatedSubject(app), func(m *nats.Msg) {
 		var ev rawEvent
 		if err := json.Unmarshal(m.Data, &ev.Event); err != nil {
 			t.Errorf("event does not parse: %v", err)
@@ -106,7 +105,7 @@ func TestRefreshHappensBeforeExpiryAndEventCarriesNoToken(t *testing.T) {
 	if !second.FetchedAt.Before(first.ExpiresAt) {
 		t.Fatalf("refresh at %v came after the old token expired at %v", second.FetchedAt, first.ExpiresAt)
 	}
-	if second.Source != natsconf.SourceScheduled {
+	if second.Source != contract.SourceScheduled {
 		t.Errorf("source %q, want scheduled", second.Source)
 	}
 	for _, ev := range []rawEvent{first, second} {
@@ -119,7 +118,7 @@ func TestRefreshHappensBeforeExpiryAndEventCarriesNoToken(t *testing.T) {
 			t.Errorf("event keys %v, want app, revision, expires_at, fetched_at, source", ev.raw)
 		}
 	}
-	rec, rev, _ := e.Record(natsconf.DefaultBucket, "short")
+	rec, rev, _ := e.Record(contract.DefaultBucket, "short")
 	if rev < second.Revision {
 		t.Fatalf("KV revision %d behind the event's %d", rev, second.Revision)
 	}
@@ -133,7 +132,7 @@ func TestRestartReusesStoredToken(t *testing.T) {
 	app := e.App("mp-main")
 	cfg := e.Config(app)
 	rep := e.Start(cfg)
-	rec, rev := e.WaitRecord(5*time.Second, "mp-main", func(natsconf.Record, uint64) bool { return true })
+	rec, rev := e.WaitRecord(5*time.Second, "mp-main", func(contract.Record, uint64) bool { return true })
 	if err := rep.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -172,14 +171,14 @@ func TestUpstreamOutageKeepsOldToken(t *testing.T) {
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: 4 * time.Second, Grace: 4 * time.Second}})
 	app := e.App("mp")
 	rep := e.Start(e.Config(app))
-	rec, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	rec, rev := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 
 	e.Sim.SetFault(wechatsim.Fault{HTTP5xx: -1})
 	testutil.WaitFor(t, 8*time.Second, func() bool {
 		st := rep.R.Statuses()
 		return st[0].Failures >= 2
 	}, "refresh did not fail during the outage")
-	got, gotRev, ok := e.Record(natsconf.DefaultBucket, "mp")
+	got, gotRev, ok := e.Record(contract.DefaultBucket, "mp")
 	if !ok || gotRev != rev || got.AccessToken != rec.AccessToken || got.AccessToken == "" {
 		t.Fatalf("during the outage the record changed: rev %d→%d, token kept %v", rev, gotRev, got.AccessToken == rec.AccessToken)
 	}
@@ -189,13 +188,13 @@ func TestUpstreamOutageKeepsOldToken(t *testing.T) {
 	}
 	// Wait past the expiry: the record stays (expired), never blanked.
 	testutil.WaitFor(t, 6*time.Second, func() bool { return time.Now().After(rec.ExpiresAt) }, "clock")
-	got, gotRev, _ = e.Record(natsconf.DefaultBucket, "mp")
+	got, gotRev, _ = e.Record(contract.DefaultBucket, "mp")
 	if gotRev != rev || got.AccessToken != rec.AccessToken {
 		t.Fatal("an expired token was deleted or blanked during the outage")
 	}
 
 	e.Sim.SetFault(wechatsim.Fault{})
-	rec2, _ := e.WaitRecord(10*time.Second, "mp", func(_ natsconf.Record, v uint64) bool { return v > rev })
+	rec2, _ := e.WaitRecord(10*time.Second, "mp", func(_ contract.Record, v uint64) bool { return v > rev })
 	if err := e.Sim.Check(rec2.AccessToken); err != nil {
 		t.Fatalf("token after recovery rejected: %v", err)
 	}
@@ -205,7 +204,7 @@ func TestLongTokenStoredIntact(t *testing.T) {
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour, TokenLength: 2048}})
 	app := e.App("long")
 	e.Start(e.Config(app))
-	rec, _ := e.WaitRecord(5*time.Second, "long", func(natsconf.Record, uint64) bool { return true })
+	rec, _ := e.WaitRecord(5*time.Second, "long", func(contract.Record, uint64) bool { return true })
 	want, _ := e.Sim.LastToken(app.AppID)
 	if len(rec.AccessToken) != 2048 || rec.AccessToken != want {
 		t.Fatalf("stored token of %d chars differs from the issued one of %d", len(rec.AccessToken), len(want))
@@ -219,9 +218,9 @@ func TestConcurrentWritersConflictCleanly(t *testing.T) {
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
 	app := e.App("mp")
 	rep := e.Start(e.Config(app))
-	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 
-	kv, err := e.JS.KeyValue(context.Background(), natsconf.DefaultBucket)
+	kv, err := e.JS.KeyValue(context.Background(), contract.DefaultBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +233,7 @@ func TestConcurrentWritersConflictCleanly(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			v, _ := json.Marshal(natsconf.Record{App: "mp", AccessToken: "other-writer-" + string(rune('a'+i)),
+			v, _ := json.Marshal(contract.Record{App: "mp", AccessToken: "other-writer-" + string(rune('a'+i)),
 				FetchedAt: time.Now().UTC().Add(-time.Hour), ExpiresAt: time.Now().UTC().Add(time.Minute), Source: "manual"})
 			_, err := kv.Update(context.Background(), "mp", v, rev)
 			mu.Lock()
@@ -255,7 +254,7 @@ func TestConcurrentWritersConflictCleanly(t *testing.T) {
 	}
 	// The refresher saw the other write; a forced refresh of that
 	// revision writes over it (revision-checked), with a newer token.
-	_, rev2, _ := e.Record(natsconf.DefaultBucket, "mp")
+	_, rev2, _ := e.Record(contract.DefaultBucket, "mp")
 	testutil.WaitFor(t, 5*time.Second, func() bool { return rep.R.Statuses()[0].Revision == rev2 }, "refresher did not follow the other writer")
 	got, err := rep.R.Refresh(context.Background(), "mp", &rev2)
 	if err != nil {
@@ -278,7 +277,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	all := subscribeEvents(t, e.NC, "*")
 	cfg := e.Config(good, wrong, dead)
 	rep := e.Start(cfg)
-	e.WaitRecord(5*time.Second, "good", func(natsconf.Record, uint64) bool { return true })
+	e.WaitRecord(5*time.Second, "good", func(contract.Record, uint64) bool { return true })
 	e.Sim.SetFault(wechatsim.Fault{HTTP5xx: 1, Garbage: 1})
 	testutil.WaitFor(t, 10*time.Second, func() bool {
 		st := rep.R.Statuses()
@@ -293,7 +292,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	for _, s := range rep.R.Statuses() {
 		haystacks["status "+s.App] = s.LastError
 	}
-	kv, _ := e.JS.KeyValue(context.Background(), natsconf.DefaultBucket)
+	kv, _ := e.JS.KeyValue(context.Background(), contract.DefaultBucket)
 	keys, _ := kv.ListKeys(context.Background())
 	for k := range keys.Keys() {
 		ent, _ := kv.Get(context.Background(), k)
@@ -325,11 +324,11 @@ func TestSecretsNeverLeak(t *testing.T) {
 		t.Errorf("the wrong secret does not raise its alert")
 	}
 	// The token itself appears only as a fingerprint.
-	rec, _, _ := e.Record(natsconf.DefaultBucket, "good")
+	rec, _, _ := e.Record(contract.DefaultBucket, "good")
 	if strings.Contains(haystacks["logs"], rec.AccessToken) {
 		t.Error("a full token appears in the logs")
 	}
-	if !strings.Contains(haystacks["logs"], refresher.Fingerprint(rec.AccessToken)) {
+	if !strings.Contains(haystacks["logs"], contract.Fingerprint(rec.AccessToken)) {
 		t.Error("the token's fingerprint is not logged")
 	}
 }
@@ -340,7 +339,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 func TestBucketAllowsManyWatchers(t *testing.T) {
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
 	e.Start(e.Config(e.App("mp")))
-	st, err := e.JS.Stream(context.Background(), "KV_"+natsconf.DefaultBucket)
+	st, err := e.JS.Stream(context.Background(), "KV_"+contract.DefaultBucket)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
@@ -17,10 +17,10 @@ func TestReload(t *testing.T) {
 	keep, drop, rot := e.App("keep"), e.App("drop"), e.App("rot")
 	rep := e.Start(e.Config(keep, drop, rot))
 	for _, n := range []string{"keep", "drop", "rot"} {
-		e.WaitRecord(5*time.Second, n, func(natsconf.Record, uint64) bool { return true })
+		e.WaitRecord(5*time.Second, n, func(contract.Record, uint64) bool { return true })
 	}
-	_, keepRev, _ := e.Record(natsconf.DefaultBucket, "keep")
-	_, rotRev, _ := e.Record(natsconf.DefaultBucket, "rot")
+	_, keepRev, _ := e.Record(contract.DefaultBucket, "keep")
+	_, rotRev, _ := e.Record(contract.DefaultBucket, "rot")
 
 	// The secret is rotated in the WeChat console: the old one fails.
 	e.Sim.SetSecret(rot.AppID, "rotated-"+harness.Secret(rot.AppID))
@@ -37,7 +37,7 @@ func TestReload(t *testing.T) {
 	if err != nil || len(need) != 0 {
 		t.Fatalf("Reload = %v, %v", need, err)
 	}
-	e.WaitRecord(5*time.Second, "added", func(natsconf.Record, uint64) bool { return true })
+	e.WaitRecord(5*time.Second, "added", func(contract.Record, uint64) bool { return true })
 	// The rotated app's backoff is cleared and the new secret works.
 	if st := statusOf(rep.R, "rot"); st.Failures != 0 || !st.RetryAt.IsZero() {
 		t.Fatalf("reload did not clear the rotated app's backoff: %+v", st)
@@ -46,7 +46,7 @@ func TestReload(t *testing.T) {
 	if err != nil || got.Revision <= rotRev {
 		t.Fatalf("refresh with the rotated secret = %v, %v", got.Revision, err)
 	}
-	if _, v, _ := e.Record(natsconf.DefaultBucket, "keep"); v != keepRev || e.Sim.Fetches(keep.AppID) != fetchesKeep {
+	if _, v, _ := e.Record(contract.DefaultBucket, "keep"); v != keepRev || e.Sim.Fetches(keep.AppID) != fetchesKeep {
 		t.Fatal("an unchanged app was re-fetched by the reload")
 	}
 	if statusOf(rep.R, "drop").App != "" {

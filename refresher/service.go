@@ -17,7 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 )
 
@@ -38,7 +38,7 @@ func (r *Refresher) startService() error {
 		return nil
 	}
 	svc, err := micro.AddService(r.nc, micro.Config{
-		Name:        natsconf.ServiceName,
+		Name:        contract.ServiceName,
 		Version:     Version,
 		Description: "tokenkeeper passive token refresh",
 		Metadata:    map[string]string{"replica": r.id, "bucket": r.cfg.Bucket},
@@ -53,7 +53,7 @@ func (r *Refresher) startService() error {
 		return err
 	}
 	err = svc.AddEndpoint("refresh", micro.HandlerFunc(r.handleRefresh),
-		micro.WithEndpointSubject(natsconf.RefreshPrefix+"*"),
+		micro.WithEndpointSubject(contract.RefreshPrefix+"*"),
 		// Bounded: the handler never blocks, so the queue holds only a
 		// burst not handled yet; the requests in progress are bounded by
 		// r.reqs, answered with a 503 past it.
@@ -100,14 +100,14 @@ func (e *RequestError) Error() string { return e.Message }
 func (e *RequestError) Unwrap() error { return e.Err }
 
 func badRequest(format string, args ...any) *RequestError {
-	return &RequestError{Code: natsconf.CodeBadRequest, Message: fmt.Sprintf(format, args...)}
+	return &RequestError{Code: contract.CodeBadRequest, Message: fmt.Sprintf(format, args...)}
 }
 
 // ParseRefreshRequest parses a token.refresh request body: empty (or
 // JSON null, or {}) means no stale revision. It never panics.
 func ParseRefreshRequest(body []byte) (*uint64, error) {
-	if len(body) > natsconf.MaxRequestBody {
-		return nil, badRequest("request body of %d bytes is over the limit of %d", len(body), natsconf.MaxRequestBody)
+	if len(body) > contract.MaxRequestBody {
+		return nil, badRequest("request body of %d bytes is over the limit of %d", len(body), contract.MaxRequestBody)
 	}
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 || string(body) == "null" {
@@ -260,7 +260,7 @@ func (r *Refresher) handle(req micro.Request, send func(*nats.Msg) error) {
 	// '.' and white space): it is only ever looked up, never used as a
 	// label or logged as is. Observers see the configured name or
 	// UnknownAppLabel.
-	name := strings.TrimPrefix(q.Subject(), natsconf.RefreshPrefix)
+	name := strings.TrimPrefix(q.Subject(), contract.RefreshPrefix)
 	r.mu.Lock()
 	a := r.apps[name]
 	r.mu.Unlock()
@@ -277,15 +277,15 @@ func (r *Refresher) handle(req micro.Request, send func(*nats.Msg) error) {
 		r.replyError(q, label, unknownApp(name))
 		return
 	}
-	source := natsconf.SourcePassive
-	if q.Headers().Get(natsconf.SourceHeader) == natsconf.SourceManual {
-		source = natsconf.SourceManual
+	source := contract.SourcePassive
+	if q.Headers().Get(contract.SourceHeader) == contract.SourceManual {
+		source = contract.SourceManual
 	}
 	// Fast paths without a goroutine: the stored record answers, or a
 	// refresh of the stale revision is in flight and the request parks
 	// on it (one goroutine answers every parked request, with one
 	// encoding of the reply).
-	if source == natsconf.SourcePassive && r.lease != nil && r.lease.Held() {
+	if source == contract.SourcePassive && r.lease != nil && r.lease.Held() {
 		rec, rev, valid := a.usable(r.now())
 		if valid && answers(rev, stale) {
 			r.replyOK(q, label, reply(rec, rev))
@@ -370,13 +370,13 @@ func (r *Refresher) recovered(q *refreshReq) {
 	}
 	defer func() { _ = recover() }()
 	label := UnknownAppLabel
-	name := strings.TrimPrefix(q.Subject(), natsconf.RefreshPrefix)
+	name := strings.TrimPrefix(q.Subject(), contract.RefreshPrefix)
 	r.mu.Lock()
 	if a := r.apps[name]; a != nil {
 		label = a.name
 	}
 	r.mu.Unlock()
-	r.replyError(q, label, &RequestError{Code: natsconf.CodeInternal,
+	r.replyError(q, label, &RequestError{Code: contract.CodeInternal,
 		Message: "refresher: internal error while handling the request (logged); retry later"})
 }
 
@@ -396,7 +396,7 @@ func (r *Refresher) replyOverloaded(q *refreshReq, label string) {
 		r.reqs.refused.Add(-n)
 		r.log.Warn("token.refresh overloaded: requests refused with 503", "refused", n, "in_progress_limit", r.reqs.max())
 	}
-	r.replyError(q, label, &RequestError{Code: natsconf.CodeUnavailable,
+	r.replyError(q, label, &RequestError{Code: contract.CodeUnavailable,
 		Message: fmt.Sprintf("refresher overloaded: %d token.refresh requests are in progress already; retry later", r.reqs.max())})
 }
 
@@ -436,8 +436,8 @@ func unknownApp(name string) error {
 // configured app or UnknownAppLabel.
 func (r *Refresher) replyError(q *refreshReq, label string, err error) {
 	re := requestError(err)
-	msg := sanitize(re.Message, natsconf.MaxRequestBody)
-	body, _ := json.Marshal(natsconf.ErrorReply{Error: natsconf.ErrorDetail{Code: re.Code, Message: msg, RetryAt: re.RetryAt}})
+	msg := sanitize(re.Message, contract.MaxRequestBody)
+	body, _ := json.Marshal(contract.ErrorReply{Error: contract.ErrorDetail{Code: re.Code, Message: msg, RetryAt: re.RetryAt}})
 	_ = q.Error(strconv.Itoa(re.Code), msg, body)
 	r.obs.PassiveRequest(label, strconv.Itoa(re.Code))
 }
@@ -445,9 +445,9 @@ func (r *Refresher) replyError(q *refreshReq, label string, err error) {
 // pausedError is the reply to a request that would need an upstream call
 // while the app's calls are paused after the failure why.
 func pausedError(name string, until time.Time, why error) *RequestError {
-	code := natsconf.CodeUnavailable
+	code := contract.CodeUnavailable
 	if errors.Is(why, ErrQuotaReserved) || errors.Is(why, wechat.ErrQuotaExceeded) || errors.Is(why, wechat.ErrRateLimited) {
-		code = natsconf.CodeTooMany
+		code = contract.CodeTooMany
 	}
 	return &RequestError{Code: code, RetryAt: until, Err: errors.Join(ErrPaused, why),
 		Message: fmt.Sprintf("upstream calls for %s are paused until %s after: %v", name, until.UTC().Format(time.RFC3339), why)}
@@ -460,14 +460,14 @@ func requestError(err error) *RequestError {
 	if errors.As(err, &re) {
 		return re
 	}
-	code := natsconf.CodeUpstream
+	code := contract.CodeUpstream
 	switch {
 	case errors.Is(err, ErrUnknownApp):
-		code = natsconf.CodeNotFound
+		code = contract.CodeNotFound
 	case errors.Is(err, ErrNotLeader), errors.Is(err, ErrClosed), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		code = natsconf.CodeUnavailable
+		code = contract.CodeUnavailable
 	case errors.Is(err, ErrQuotaReserved), errors.Is(err, wechat.ErrQuotaExceeded), errors.Is(err, wechat.ErrRateLimited):
-		code = natsconf.CodeTooMany
+		code = contract.CodeTooMany
 	}
 	return &RequestError{Code: code, Message: err.Error(), Err: err}
 }
@@ -484,20 +484,20 @@ func requestError(err error) *RequestError {
 // follower Refresh returns ErrNotLeader unless the stored record already
 // answers the request. ctx bounds the wait, not the fetch: a fetch that
 // has started is completed and stored.
-func (r *Refresher) Refresh(ctx context.Context, name string, stale *uint64) (natsconf.RefreshReply, error) {
-	return r.refreshAs(ctx, name, stale, natsconf.SourcePassive)
+func (r *Refresher) Refresh(ctx context.Context, name string, stale *uint64) (contract.RefreshReply, error) {
+	return r.refreshAs(ctx, name, stale, contract.SourcePassive)
 }
 
-func (r *Refresher) refreshAs(ctx context.Context, name string, stale *uint64, source string) (natsconf.RefreshReply, error) {
+func (r *Refresher) refreshAs(ctx context.Context, name string, stale *uint64, source string) (contract.RefreshReply, error) {
 	r.mu.Lock()
 	a := r.apps[name]
 	closed := r.closed
 	r.mu.Unlock()
 	if a == nil {
-		return natsconf.RefreshReply{}, unknownApp(name)
+		return contract.RefreshReply{}, unknownApp(name)
 	}
 	if closed || r.refreshCtx == nil {
-		return natsconf.RefreshReply{}, ErrClosed
+		return contract.RefreshReply{}, ErrClosed
 	}
 	for range 3 {
 		now := r.now()
@@ -506,13 +506,13 @@ func (r *Refresher) refreshAs(ctx context.Context, name string, stale *uint64, s
 			return reply(rec, rev), nil
 		}
 		if !r.lease.Held() {
-			return natsconf.RefreshReply{}, ErrNotLeader
+			return contract.RefreshReply{}, ErrNotLeader
 		}
 		// After a failure upstream calls wait (a polite pace after an
 		// alert-worthy errcode, the WeChat midnight after 45009, a backoff
 		// after a transient error): requests wait too, and say until when.
 		if until, why := a.paused(now); !until.IsZero() && a.inFlight() == nil {
-			return natsconf.RefreshReply{}, pausedError(name, until, why)
+			return contract.RefreshReply{}, pausedError(name, until, why)
 		}
 		// A forced refresh only when the stored token is still valid and
 		// was rejected; a missing or expired one is simply fetched.
@@ -533,12 +533,12 @@ func (r *Refresher) refreshAs(ctx context.Context, name string, stale *uint64, s
 		}
 		select {
 		case <-ctx.Done():
-			return natsconf.RefreshReply{}, ctx.Err()
+			return contract.RefreshReply{}, ctx.Err()
 		case <-f.done:
 		}
 		res := f.res
 		if res.err != nil {
-			return natsconf.RefreshReply{}, res.err
+			return contract.RefreshReply{}, res.err
 		}
 		if res.rec.AccessToken != "" && answers(res.rev, stale) {
 			return reply(&res.rec, res.rev), nil
@@ -548,7 +548,7 @@ func (r *Refresher) refreshAs(ctx context.Context, name string, stale *uint64, s
 	}
 	rec, rev := a.current()
 	if rec == nil {
-		return natsconf.RefreshReply{}, &RequestError{Code: natsconf.CodeUnavailable, Message: "no token stored yet"}
+		return contract.RefreshReply{}, &RequestError{Code: contract.CodeUnavailable, Message: "no token stored yet"}
 	}
 	return reply(rec, rev), nil
 }
@@ -575,6 +575,6 @@ func (r *Refresher) passiveMinFor(a *app) time.Duration {
 	return d
 }
 
-func reply(rec *natsconf.Record, rev uint64) natsconf.RefreshReply {
-	return natsconf.RefreshReply{Record: *rec, Revision: rev}
+func reply(rec *contract.Record, rev uint64) contract.RefreshReply {
+	return contract.RefreshReply{Record: *rec, Revision: rev}
 }

@@ -8,7 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
@@ -20,7 +20,7 @@ func TestRefreshServiceBadRequests(t *testing.T) {
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
 	app := e.App("mp")
 	e.Start(e.Config(app))
-	_, rev := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	_, rev := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	calls := e.Sim.Calls(app.AppID)
 
 	cases := []struct {
@@ -38,7 +38,7 @@ func TestRefreshServiceBadRequests(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			m, err := e.NC.Request(natsconf.RefreshSubject(c.subject), []byte(c.body), 5*time.Second)
+			m, err := e.NC.Request(contract.RefreshSubject(c.subject), []byte(c.body), 5*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -48,7 +48,7 @@ func TestRefreshServiceBadRequests(t *testing.T) {
 			if !strings.Contains(m.Header.Get(micro.ErrorHeader), c.says) {
 				t.Errorf("error header %q does not say %q", m.Header.Get(micro.ErrorHeader), c.says)
 			}
-			var er natsconf.ErrorReply
+			var er contract.ErrorReply
 			if err := json.Unmarshal(m.Data, &er); err != nil || er.Error.Code != c.code || !strings.Contains(er.Error.Message, c.says) {
 				t.Errorf("error body %s", m.Data)
 			}
@@ -61,11 +61,11 @@ func TestRefreshServiceBadRequests(t *testing.T) {
 	// Still serving: an older revision and an empty body are answered
 	// with the stored record, without a fetch; so are unknown fields.
 	for _, body := range []string{`{"stale_revision": 0}`, ``, `null`, `{}`, `{"stale_revision": null, "extra": true}`} {
-		m, err := e.NC.Request(natsconf.RefreshSubject("mp"), []byte(body), 5*time.Second)
+		m, err := e.NC.Request(contract.RefreshSubject("mp"), []byte(body), 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var rep natsconf.RefreshReply
+		var rep contract.RefreshReply
 		if err := json.Unmarshal(m.Data, &rep); err != nil || rep.Revision != rev || rep.AccessToken == "" {
 			t.Errorf("body %q: reply %s", body, m.Data)
 		}
@@ -80,8 +80,8 @@ func TestRefreshServiceBadRequests(t *testing.T) {
 func TestRefreshServiceDiscovery(t *testing.T) {
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
 	rep := e.Start(e.Config(e.App("mp")))
-	e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
-	m, err := e.NC.Request("$SRV.INFO."+natsconf.ServiceName, nil, 5*time.Second)
+	e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
+	m, err := e.NC.Request("$SRV.INFO."+contract.ServiceName, nil, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestRefreshServiceDiscovery(t *testing.T) {
 	if err := json.Unmarshal(m.Data, &info); err != nil {
 		t.Fatal(err)
 	}
-	if info.Name != natsconf.ServiceName || len(info.Endpoints) != 1 || info.Endpoints[0].Subject != natsconf.RefreshPrefix+"*" {
+	if info.Name != contract.ServiceName || len(info.Endpoints) != 1 || info.Endpoints[0].Subject != contract.RefreshPrefix+"*" {
 		t.Fatalf("service info %+v", info)
 	}
 	if info.Metadata["replica"] != rep.R.ID() {
@@ -106,12 +106,12 @@ func FuzzParseRefreshRequest(f *testing.F) {
 		if err != nil && stale != nil {
 			t.Fatal("both a revision and an error")
 		}
-		if len(body) > natsconf.MaxRequestBody && err == nil {
+		if len(body) > contract.MaxRequestBody && err == nil {
 			t.Fatal("an oversized body was accepted")
 		}
 		if err == nil && stale != nil {
 			// What was understood round-trips through the contract's type.
-			b, _ := json.Marshal(natsconf.RefreshRequest{StaleRevision: stale})
+			b, _ := json.Marshal(contract.RefreshRequest{StaleRevision: stale})
 			again, err := refresher.ParseRefreshRequest(b)
 			if err != nil || again == nil || *again != *stale {
 				t.Fatalf("%s parsed to %d, its encoding %s to %v, %v", body, *stale, b, again, err)

@@ -8,38 +8,15 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 )
 
-// StateBucket names the bucket that keeps each app's operational state
-// (upstream calls today, last error) so that it survives restarts and
-// failover: the daily quota is counted across replicas.
-func StateBucket(bucket string) string { return bucket + "_state" }
-
-// AppState is the value of key <app> in the state bucket. It never holds
-// a token or a secret.
-type AppState struct {
-	App string `json:"app"`
-	// Day is WeChat's day (China Standard Time) of the counters, yyyymmdd.
-	Day int `json:"day"`
-	// Calls counts upstream token calls on Day (the daily quota).
-	Calls int `json:"calls"`
-	// Forced counts stable_token force_refresh calls on Day.
-	Forced      int       `json:"forced,omitempty"`
-	Quota       int       `json:"quota"`
-	Failures    int       `json:"failures,omitempty"`
-	LastError   string    `json:"last_error,omitempty"`
-	LastErrcode int       `json:"last_errcode,omitempty"`
-	LastErrorAt time.Time `json:"last_error_at,omitzero"`
-	Replica     string    `json:"replica"`
-	UpdatedAt   time.Time `json:"updated_at"`
-}
-
 // state returns the app's state for the state bucket.
-func (a *app) state(now time.Time, replica string) AppState {
+func (a *app) state(now time.Time, replica string) contract.AppState {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	s := AppState{App: a.name, Day: appDay(now), Quota: a.cfg.dailyQuota(), Failures: a.failures,
+	s := contract.AppState{App: a.name, Day: appDay(now), Quota: a.cfg.dailyQuota(), Failures: a.failures,
 		LastErrorAt: a.lastErrAt, Replica: replica, UpdatedAt: now.UTC()}
 	if a.day == s.Day {
 		s.Calls = a.calls
@@ -59,7 +36,7 @@ func (a *app) state(now time.Time, replica string) AppState {
 
 // restore adopts counters of today from a stored state: the larger count
 // wins, so a restart or a new leader never forgets calls already made.
-func (a *app) restore(s AppState, now time.Time) {
+func (a *app) restore(s contract.AppState, now time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	today := appDay(now)
@@ -139,7 +116,7 @@ func (r *Refresher) mergeStoredState(ctx context.Context, a *app) error {
 	case err != nil:
 		return err
 	}
-	var s AppState
+	var s contract.AppState
 	if json.Unmarshal(e.Value(), &s) == nil {
 		a.restore(s, r.now())
 	}
@@ -183,7 +160,7 @@ func (r *Refresher) loadStates(ctx context.Context) error {
 			a.mu.Lock()
 			a.stateRev = max(a.stateRev, e.Revision())
 			a.mu.Unlock()
-			var s AppState
+			var s contract.AppState
 			if json.Unmarshal(e.Value(), &s) != nil {
 				continue
 			}

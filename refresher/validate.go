@@ -6,13 +6,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 )
 
 // maxRecordLifetime is the longest lifetime (expires_at − fetched_at) of
 // a record the refresher accepts from the bucket; it writes at most
-// natsconf.MaxTokenLifetime itself.
-const maxRecordLifetime = natsconf.MaxTokenLifetime + natsconf.LifetimeSlack
+// contract.MaxTokenLifetime itself.
+const maxRecordLifetime = contract.MaxTokenLifetime + contract.LifetimeSlack
 
 // recordGuard remembers which invalid records were reported, so that a
 // record read by the watcher, the snapshot and the refresh path raises
@@ -24,15 +24,15 @@ type recordGuard struct {
 
 // parseRecord parses and validates the value stored under key at
 // revision rev. A value that does not parse or fails
-// natsconf.Record.Validate is treated as missing: parseRecord returns nil
+// contract.Record.Validate is treated as missing: parseRecord returns nil
 // and logs ALERT invalid_record (once per key and revision) naming the
 // key, the revision and what is wrong, never the token.
-func (r *Refresher) parseRecord(key string, rev uint64, val []byte) *natsconf.Record {
-	var rec natsconf.Record
+func (r *Refresher) parseRecord(key string, rev uint64, val []byte) *contract.Record {
+	var rec contract.Record
 	var err error
 	if json.Unmarshal(val, &rec) != nil {
 		// The decoder's message is not kept: it may quote the value.
-		err = fmt.Errorf("%w: the value (%d bytes) is not a JSON record", natsconf.ErrInvalidRecord, len(val))
+		err = fmt.Errorf("%w: the value (%d bytes) is not a JSON record", contract.ErrInvalidRecord, len(val))
 	} else {
 		err = rec.Validate(key, maxRecordLifetime)
 	}
@@ -57,6 +57,6 @@ func (r *Refresher) parseRecord(key string, rev uint64, val []byte) *natsconf.Re
 }
 
 // capLifetime is the lifetime written for a token whose upstream
-// announced d: at most natsconf.MaxTokenLifetime, so that every record
+// announced d: at most contract.MaxTokenLifetime, so that every record
 // written passes Validate.
-func capLifetime(d time.Duration) time.Duration { return min(d, natsconf.MaxTokenLifetime) }
+func capLifetime(d time.Duration) time.Duration { return min(d, contract.MaxTokenLifetime) }

@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 )
 
 // Sentinel errors. Compare with errors.Is: most errors returned by this
@@ -54,9 +54,9 @@ var (
 // match it with errors.As:
 //
 //	var re *subscriber.RequestError
-//	if errors.As(err, &re) && re.Code == natsconf.CodeTooMany { ... }
+//	if errors.As(err, &re) && re.Code == contract.CodeTooMany { ... }
 //
-// Codes (natsconf.Code*): 400 bad request, 404 unknown app, 429 quota
+// Codes (contract.Code*): 400 bad request, 404 unknown app, 429 quota
 // exhausted or forced refresh limited, 502 the upstream fetch failed, 503
 // no leader / shutting down / no token yet. Refresh retries 503 itself
 // until its ctx ends and returns the last one then.
@@ -79,5 +79,5 @@ func (e *RequestError) Error() string {
 // Temporary reports whether asking again later may succeed: 503 (no
 // leader, shutting down) and 502 (the upstream fetch failed).
 func (e *RequestError) Temporary() bool {
-	return e.Code == natsconf.CodeUnavailable || e.Code == natsconf.CodeUpstream
+	return e.Code == contract.CodeUnavailable || e.Code == contract.CodeUpstream
 }

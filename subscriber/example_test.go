@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/subscriber"
 )
@@ -39,12 +40,12 @@ func Example() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	js, _ := jetstream.New(nc)
-	kv, err := natsconf.EnsureBucket(ctx, js, natsconf.BucketConfig{Name: natsconf.DefaultBucket})
+	kv, err := natsconf.EnsureBucket(ctx, js, natsconf.BucketConfig{Name: contract.DefaultBucket})
 	if err != nil {
 		panic(err)
 	}
-	rec, _ := json.Marshal(natsconf.Record{
-		App: "mp-main", AccessToken: "ACCESS_TOKEN_FROM_WECHAT", Source: natsconf.SourceManual,
+	rec, _ := json.Marshal(contract.Record{
+		App: "mp-main", AccessToken: "ACCESS_TOKEN_FROM_WECHAT", Source: contract.SourceManual,
 		FetchedAt: time.Now(), ExpiresAt: time.Now().Add(2 * time.Hour),
 	})
 	if _, err := kv.Put(ctx, "mp-main", rec); err != nil {
@@ -64,7 +65,7 @@ func Example() {
 	}
 	fmt.Println("app:", tok.App, "revision:", tok.Revision, "valid:", tok.Valid())
 	// Never print the token itself; its fingerprint identifies it in logs.
-	fmt.Println("fingerprint:", subscriber.Fingerprint(tok.AccessToken))
+	fmt.Println("fingerprint:", contract.Fingerprint(tok.AccessToken))
 	// Output:
 	// app: mp-main revision: 1 valid: true
 	// fingerprint: 246f7066

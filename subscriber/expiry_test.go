@@ -11,7 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/subscriber"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
@@ -25,13 +25,13 @@ import (
 func TestExpiredTokensAreReportedAndReplaced(t *testing.T) {
 	w := newWorld(t, wechatsim.Options{})
 	kv := ensureBucket(t, w.JS)
-	putRecord(t, kv, natsconf.Record{App: "mp-main", AccessToken: "EXPIRED-0", FetchedAt: time.Now().Add(-3 * time.Hour),
+	putRecord(t, kv, contract.Record{App: "mp-main", AccessToken: "EXPIRED-0", FetchedAt: time.Now().Add(-3 * time.Hour),
 		ExpiresAt: time.Now().Add(-time.Hour), Source: "scheduled"})
 
 	requests := make(chan []byte, 10)
 	gate := make(chan struct{})
 	var n atomic.Int32
-	sub, err := w.NC.Subscribe(natsconf.RefreshSubject("mp-main"), func(m *nats.Msg) {
+	sub, err := w.NC.Subscribe(contract.RefreshSubject("mp-main"), func(m *nats.Msg) {
 		requests <- m.Data
 		i := n.Add(1)
 		life := 1500 * time.Millisecond // the first answer expires soon
@@ -39,7 +39,7 @@ func TestExpiredTokensAreReportedAndReplaced(t *testing.T) {
 			<-gate // hold the second answer until the test has seen the expiry
 			life = time.Hour
 		}
-		rec := natsconf.Record{App: "mp-main", AccessToken: fmt.Sprintf("FRESH-%d", i), FetchedAt: time.Now(), ExpiresAt: time.Now().Add(life), Source: "passive"}
+		rec := contract.Record{App: "mp-main", AccessToken: fmt.Sprintf("FRESH-%d", i), FetchedAt: time.Now(), ExpiresAt: time.Now().Add(life), Source: "passive"}
 		val, _ := json.Marshal(rec)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -48,7 +48,7 @@ func TestExpiredTokensAreReportedAndReplaced(t *testing.T) {
 			t.Errorf("stand-in refresher: put: %v", err)
 			return
 		}
-		b, _ := json.Marshal(natsconf.RefreshReply{Record: rec, Revision: rev})
+		b, _ := json.Marshal(contract.RefreshReply{Record: rec, Revision: rev})
 		_ = m.Respond(b)
 	})
 	if err != nil {

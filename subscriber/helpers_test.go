@@ -12,8 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nats.go/micro"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/subscriber"
@@ -114,7 +114,7 @@ func bumpOver(t *testing.T, w *world, nc *nats.Conn, floor uint64) (rev uint64, 
 func storedRevision(js jetstream.JetStream, app string) (uint64, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, natsconf.DefaultBucket)
+	kv, err := js.KeyValue(ctx, contract.DefaultBucket)
 	if err != nil {
 		return 0, false
 	}
@@ -129,19 +129,19 @@ func storedRevision(js jetstream.JetStream, app string) (uint64, bool) {
 }
 
 // rawRefresh is a token.refresh request made as a non-Go service would.
-func rawRefresh(nc *nats.Conn, app string, stale *uint64, timeout time.Duration) (natsconf.RefreshReply, error) {
+func rawRefresh(nc *nats.Conn, app string, stale *uint64, timeout time.Duration) (contract.RefreshReply, error) {
 	var body []byte
 	if stale != nil {
 		body = fmt.Appendf(nil, `{"stale_revision":%d}`, *stale)
 	}
-	m, err := nc.Request(natsconf.RefreshSubject(app), body, timeout)
+	m, err := nc.Request(contract.RefreshSubject(app), body, timeout)
 	if err != nil {
-		return natsconf.RefreshReply{}, err
+		return contract.RefreshReply{}, err
 	}
-	if code := m.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return natsconf.RefreshReply{}, fmt.Errorf("error reply %s: %s", code, m.Header.Get(micro.ErrorHeader))
+	if code := m.Header.Get(contract.ErrorCodeHeader); code != "" {
+		return contract.RefreshReply{}, fmt.Errorf("error reply %s: %s", code, m.Header.Get(contract.ErrorHeader))
 	}
-	var r natsconf.RefreshReply
+	var r contract.RefreshReply
 	err = json.Unmarshal(m.Data, &r)
 	return r, err
 }
@@ -175,7 +175,7 @@ func staleForAll(t *testing.T, srcs []*subscriber.Source, rev uint64, since time
 
 // putRecord writes rec under app into the bucket directly (the refresher's
 // job; tests that play the refresher use it) and returns the revision.
-func putRecord(t *testing.T, kv jetstream.KeyValue, rec natsconf.Record) uint64 {
+func putRecord(t *testing.T, kv jetstream.KeyValue, rec contract.Record) uint64 {
 	t.Helper()
 	val, err := json.Marshal(rec)
 	if err != nil {
@@ -195,7 +195,7 @@ func ensureBucket(t *testing.T, js jetstream.JetStream) jetstream.KeyValue {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	kv, err := natsconf.EnsureBucket(ctx, js, natsconf.BucketConfig{Name: natsconf.DefaultBucket, History: 1})
+	kv, err := natsconf.EnsureBucket(ctx, js, natsconf.BucketConfig{Name: contract.DefaultBucket, History: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

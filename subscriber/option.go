@@ -6,7 +6,7 @@ import (
 	"regexp"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 )
 
 // Defaults of the options.
@@ -40,7 +40,7 @@ type config struct {
 
 func defaults() config {
 	return config{
-		bucket:         natsconf.DefaultBucket,
+		bucket:         contract.DefaultBucket,
 		poll:           DefaultPollInterval,
 		log:            slog.Default(),
 		now:            time.Now,
@@ -68,7 +68,7 @@ func (c *config) validate() error {
 	return nil
 }
 
-// WithBucket sets the KV bucket to watch (default natsconf.DefaultBucket,
+// WithBucket sets the KV bucket to watch (default contract.DefaultBucket,
 // "tokens"); it must match the refresher's bucket: setting.
 func WithBucket(name string) Option { return func(c *config) { c.bucket = name } }
 

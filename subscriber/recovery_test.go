@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/subscriber"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
@@ -61,11 +61,11 @@ func TestSurvivesServerRestart(t *testing.T) {
 // returned.
 func putAfterRestart(t *testing.T, w *world, token string) (rev uint64, written time.Time) {
 	t.Helper()
-	val, _ := json.Marshal(natsconf.Record{App: "mp-main", AccessToken: token, FetchedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour), Source: natsconf.SourceManual})
+	val, _ := json.Marshal(contract.Record{App: "mp-main", AccessToken: token, FetchedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour), Source: contract.SourceManual})
 	testutil.WaitFor(t, 20*time.Second, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		kv, err := w.JS.KeyValue(ctx, natsconf.DefaultBucket)
+		kv, err := w.JS.KeyValue(ctx, contract.DefaultBucket)
 		if err != nil {
 			return false
 		}
@@ -186,14 +186,14 @@ func watchConsumers(t *testing.T, js jetstream.JetStream) map[string]string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	st, err := js.Stream(ctx, "KV_"+natsconf.DefaultBucket)
+	st, err := js.Stream(ctx, "KV_"+contract.DefaultBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := map[string]string{}
 	l := st.ListConsumers(ctx)
 	for ci := range l.Info() {
-		if ci.Config.FilterSubject != "$KV."+natsconf.DefaultBucket+".mp-main" {
+		if ci.Config.FilterSubject != "$KV."+contract.DefaultBucket+".mp-main" {
 			continue
 		}
 		out[ci.Name] = ""
@@ -251,7 +251,7 @@ func TestPollCatchesAStalledWatch(t *testing.T) {
 	}, "no watch consumer")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := js.DeleteConsumer(ctx, "KV_"+natsconf.DefaultBucket, name); err != nil {
+	if err := js.DeleteConsumer(ctx, "KV_"+contract.DefaultBucket, name); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 2 {
@@ -278,7 +278,7 @@ func TestStartsBeforeTheBucketExists(t *testing.T) {
 	log, buf := logBuffer(t)
 	nc, _ := testutil.Connect(t, w.URL)
 	events := make(chan time.Time, 10)
-	sub, err := w.NC.Subscribe(natsconf.UpdatedSubject("mp-main"), func(*nats.Msg) { events <- time.Now() })
+	sub, err := w.NC.Subscribe(contract.UpdatedSubject("mp-main"), func(*nats.Msg) { events <- time.Now() })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,7 +302,7 @@ func TestStartsBeforeTheBucketExists(t *testing.T) {
 	}()
 	// The Source is waiting: it has asked for a token at least once.
 	testutil.WaitFor(t, 10*time.Second, func() bool { return buf.Contains("no refresher answered") }, "the Source did not ask the refresher")
-	if _, err := w.JS.KeyValue(context.Background(), natsconf.DefaultBucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+	if _, err := w.JS.KeyValue(context.Background(), contract.DefaultBucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
 		t.Fatalf("the bucket exists already: %v", err)
 	}
 	w.start()
@@ -317,7 +317,7 @@ func TestStartsBeforeTheBucketExists(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no token.updated event")
 	}
-	rec, rev, _ := w.Record(natsconf.DefaultBucket, "mp-main")
+	rec, rev, _ := w.Record(contract.DefaultBucket, "mp-main")
 	tok, err := r.src.Token()
 	if err != nil || tok.AccessToken != rec.AccessToken || tok.Revision != rev {
 		t.Fatalf("Token = %v, %v; stored revision %d", tok, err, rev)
@@ -342,7 +342,7 @@ func TestDeletedKeyKeepsTheLastToken(t *testing.T) {
 	log, buf := logBuffer(t)
 	src := newSource(t, w.NC, "mp-main", subscriber.WithLogger(log))
 	before, _ := src.Token()
-	kv, err := w.JS.KeyValue(context.Background(), natsconf.DefaultBucket)
+	kv, err := w.JS.KeyValue(context.Background(), contract.DefaultBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -400,15 +400,15 @@ func TestFollowsARecreatedBucket(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := w.JS.DeleteKeyValue(ctx, natsconf.DefaultBucket); err != nil {
+	if err := w.JS.DeleteKeyValue(ctx, contract.DefaultBucket); err != nil {
 		t.Fatal(err)
 	}
 	w.start()
-	var rec natsconf.Record
+	var rec contract.Record
 	var rev uint64
 	testutil.WaitFor(t, 10*time.Second, func() bool {
 		var ok bool
-		rec, rev, ok = w.Record(natsconf.DefaultBucket, "mp-main")
+		rec, rev, ok = w.Record(contract.DefaultBucket, "mp-main")
 		return ok
 	}, "the new refresher stored no token")
 	if rev >= old.Revision {

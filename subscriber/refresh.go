@@ -9,12 +9,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/internal/backoff"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
-
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
 )
 
 // flight is one token.refresh request (with its retries) that every
@@ -166,7 +164,7 @@ func (s *Source) fly(ctx context.Context, f *flight, stale uint64) {
 func retryable(err error) bool {
 	var re *RequestError
 	if errors.As(err, &re) {
-		return re.Code == natsconf.CodeUnavailable
+		return re.Code == contract.CodeUnavailable
 	}
 	return errors.Is(err, ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) ||
 		errors.Is(err, nats.ErrTimeout)
@@ -176,9 +174,9 @@ func retryable(err error) bool {
 // body ("give me a valid token"), else {"stale_revision": N}. It is
 // bounded by the request timeout and ctx.
 func (s *Source) request(ctx context.Context, stale *uint64) (*Token, error) {
-	msg := nats.NewMsg(natsconf.RefreshSubject(s.app))
+	msg := nats.NewMsg(contract.RefreshSubject(s.app))
 	if stale != nil {
-		msg.Data, _ = json.Marshal(natsconf.RefreshRequest{StaleRevision: stale})
+		msg.Data, _ = json.Marshal(contract.RefreshRequest{StaleRevision: stale})
 	}
 	actx, cancel := context.WithTimeout(ctx, s.cfg.requestTimeout)
 	defer cancel()
@@ -194,10 +192,10 @@ func (s *Source) request(ctx context.Context, stale *uint64) (*Token, error) {
 
 // parseReply turns a token.refresh reply into a Token or an error.
 func (s *Source) parseReply(rep *nats.Msg) (*Token, error) {
-	if code := rep.Header.Get(micro.ErrorCodeHeader); code != "" {
-		re := &RequestError{Message: rep.Header.Get(micro.ErrorHeader)}
+	if code := rep.Header.Get(contract.ErrorCodeHeader); code != "" {
+		re := &RequestError{Message: rep.Header.Get(contract.ErrorHeader)}
 		re.Code, _ = strconv.Atoi(strings.TrimSpace(code))
-		var body natsconf.ErrorReply
+		var body contract.ErrorReply
 		if json.Unmarshal(rep.Data, &body) == nil {
 			if body.Error.Message != "" && re.Message == "" {
 				re.Message = body.Error.Message
@@ -207,8 +205,8 @@ func (s *Source) parseReply(rep *nats.Msg) (*Token, error) {
 		return nil, re
 	}
 	var body struct {
-		natsconf.RefreshReply
-		Error *natsconf.ErrorDetail `json:"error"`
+		contract.RefreshReply
+		Error *contract.ErrorDetail `json:"error"`
 	}
 	if err := json.Unmarshal(rep.Data, &body); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadReply, err)
@@ -285,7 +283,7 @@ func (s *Source) askLoop() {
 // noteAskFailure records why the last ask failed.
 func (s *Source) noteAskFailure(err error) {
 	var re *RequestError
-	if errors.As(err, &re) && re.Code == natsconf.CodeNotFound {
+	if errors.As(err, &re) && re.Code == contract.CodeNotFound {
 		s.log.Error("the refresher does not know this app; check its configuration", "err", err)
 	} else {
 		s.log.Debug("asking the refresher for a token failed", "err", err)

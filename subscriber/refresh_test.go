@@ -11,7 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/subscriber"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
@@ -37,7 +37,7 @@ func TestRefreshStormCostsOneFetch(t *testing.T) {
 	for i := range rawConns {
 		rawConns[i], _ = testutil.Connect(t, w.URL)
 	}
-	_, stale, _ := w.Record(natsconf.DefaultBucket, "mp-main")
+	_, stale, _ := w.Record(contract.DefaultBucket, "mp-main")
 	for i, s := range srcs {
 		testutil.WaitFor(t, 5*time.Second, func() bool { return s.Revision() == stale }, "source %d not at revision %d", i, stale)
 	}
@@ -181,12 +181,12 @@ func TestRefreshRetriesNoResponders(t *testing.T) {
 func TestRefreshErrorReplies(t *testing.T) {
 	w := newWorld(t, wechatsim.Options{ExpiresIn: time.Hour})
 	kv := ensureBucket(t, w.JS)
-	rev := putRecord(t, kv, natsconf.Record{App: "mp-main", AccessToken: "TOKEN-ONE", ExpiresAt: time.Now().Add(time.Hour), FetchedAt: time.Now(), Source: "manual"})
+	rev := putRecord(t, kv, contract.Record{App: "mp-main", AccessToken: "TOKEN-ONE", ExpiresAt: time.Now().Add(time.Hour), FetchedAt: time.Now(), Source: "manual"})
 	log, _ := logBuffer(t)
 	src := newSource(t, w.NC, "mp-main", subscriber.WithLogger(log))
 
 	var reply atomic.Value // func(*nats.Msg)
-	sub, err := w.NC.Subscribe(natsconf.RefreshSubject("mp-main"), func(m *nats.Msg) { reply.Load().(func(*nats.Msg))(m) })
+	sub, err := w.NC.Subscribe(contract.RefreshSubject("mp-main"), func(m *nats.Msg) { reply.Load().(func(*nats.Msg))(m) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,13 +196,13 @@ func TestRefreshErrorReplies(t *testing.T) {
 			r := nats.NewMsg(m.Reply)
 			r.Header.Set("Nats-Service-Error-Code", itoa(code))
 			r.Header.Set("Nats-Service-Error", msg)
-			r.Data, _ = json.Marshal(natsconf.ErrorReply{Error: natsconf.ErrorDetail{Code: code, Message: msg}})
+			r.Data, _ = json.Marshal(contract.ErrorReply{Error: contract.ErrorDetail{Code: code, Message: msg}})
 			_ = m.RespondMsg(r)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	for _, code := range []int{natsconf.CodeBadRequest, natsconf.CodeNotFound, natsconf.CodeTooMany, natsconf.CodeUpstream} {
+	for _, code := range []int{contract.CodeBadRequest, contract.CodeNotFound, contract.CodeTooMany, contract.CodeUpstream} {
 		reply.Store(errReply(code, "it failed"))
 		_, err := src.Refresh(ctx, rev)
 		var re *subscriber.RequestError
@@ -222,11 +222,11 @@ func TestRefreshErrorReplies(t *testing.T) {
 	var n atomic.Int32
 	reply.Store(func(m *nats.Msg) {
 		if n.Add(1) < 3 {
-			errReply(natsconf.CodeUnavailable, "not leader")(m)
+			errReply(contract.CodeUnavailable, "not leader")(m)
 			return
 		}
-		nrev := putRecord(t, kv, natsconf.Record{App: "mp-main", AccessToken: "TOKEN-TWO", ExpiresAt: time.Now().Add(time.Hour), FetchedAt: time.Now(), Source: "passive"})
-		b, _ := json.Marshal(natsconf.RefreshReply{Record: natsconf.Record{App: "mp-main", AccessToken: "TOKEN-TWO", ExpiresAt: time.Now().Add(time.Hour)}, Revision: nrev})
+		nrev := putRecord(t, kv, contract.Record{App: "mp-main", AccessToken: "TOKEN-TWO", ExpiresAt: time.Now().Add(time.Hour), FetchedAt: time.Now(), Source: "passive"})
+		b, _ := json.Marshal(contract.RefreshReply{Record: contract.Record{App: "mp-main", AccessToken: "TOKEN-TWO", ExpiresAt: time.Now().Add(time.Hour)}, Revision: nrev})
 		_ = m.Respond(b)
 	})
 	tok, err := src.Refresh(ctx, rev)
@@ -273,7 +273,7 @@ func countRequests(t *testing.T, url, app string) *atomic.Int64 {
 	t.Helper()
 	var n atomic.Int64
 	mon, _ := testutil.Connect(t, url)
-	sub, err := mon.Subscribe(natsconf.RefreshSubject(app), func(*nats.Msg) { n.Add(1) })
+	sub, err := mon.Subscribe(contract.RefreshSubject(app), func(*nats.Msg) { n.Add(1) })
 	if err != nil {
 		t.Fatal(err)
 	}

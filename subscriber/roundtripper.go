@@ -10,7 +10,7 @@ import (
 	"net/url"
 	"strings"
 
-	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 )
 
 // MaxPeek is the largest response body Transport inspects for a WeChat
@@ -85,7 +85,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, scrub(err, tok.AccessToken)
 	}
 	code, ok := peekErrcode(resp)
-	if !ok || !wechat.IsRejectedTokenCode(code) {
+	if !ok || !contract.RejectedTokenCode(code) {
 		resp.Request = req
 		return resp, nil
 	}
@@ -214,7 +214,7 @@ func scrub(err error, token string) error {
 	orig := err.Error()
 	msg := orig
 	for _, enc := range []string{token, url.QueryEscape(token)} {
-		msg = strings.ReplaceAll(msg, enc, "<token "+Fingerprint(token)+">")
+		msg = strings.ReplaceAll(msg, enc, "<token "+contract.Fingerprint(token)+">")
 	}
 	if msg == orig {
 		return err

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/subscriber"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
@@ -65,7 +65,7 @@ func TestRoundTripperAbsorbsRejections(t *testing.T) {
 		mu.Lock()
 		defer mu.Unlock()
 		tokens[tok.AccessToken] = true
-		if tok.Source == natsconf.SourceScheduled {
+		if tok.Source == contract.SourceScheduled {
 			scheduled++
 		}
 	}))
@@ -135,7 +135,7 @@ func TestRoundTripperAbsorbsRejections(t *testing.T) {
 		all = append(all, tok)
 	}
 	if s := leaked(logs.String(), all...); s != "" {
-		t.Errorf("the Source's log contains a token (fingerprint %s)", subscriber.Fingerprint(s))
+		t.Errorf("the Source's log contains a token (fingerprint %s)", contract.Fingerprint(s))
 	}
 }
 
@@ -242,7 +242,7 @@ func TestRoundTripperReplaysBodies(t *testing.T) {
 		t.Fatalf("upstream saw %+v; want the revoked then a new token, the same body twice", got)
 	}
 	if now, _ := src.Token(); now.AccessToken != got[1].Token || now.Revision <= tok.Revision {
-		t.Errorf("the Source holds %v, the retry used %s", now, subscriber.Fingerprint(got[1].Token))
+		t.Errorf("the Source holds %v, the retry used %s", now, contract.Fingerprint(got[1].Token))
 	}
 
 	// No body (GET) is replayable too.
@@ -302,7 +302,7 @@ func TestRoundTripperErrorsCarryNoToken(t *testing.T) {
 	if strings.Contains(err.Error(), tok.AccessToken) {
 		t.Fatalf("the error shows the token: %v", err)
 	}
-	if !strings.Contains(err.Error(), subscriber.Fingerprint(tok.AccessToken)) || !errorsIs(err, io.ErrUnexpectedEOF) {
+	if !strings.Contains(err.Error(), contract.Fingerprint(tok.AccessToken)) || !errorsIs(err, io.ErrUnexpectedEOF) {
 		t.Errorf("error %v: want the fingerprint and the cause", err)
 	}
 }

@@ -19,9 +19,9 @@
 // interval (WithPollInterval) and compares revisions, and rebuilds the
 // watch with backoff whenever it ends.
 //
-// The wire contract (bucket, record, subjects, error codes) is described
-// in package natsconf; services in other languages follow the same
-// contract with a stock NATS client.
+// The wire contract (bucket, record, subjects, error codes) is package
+// contract and docs/protocol.md; services in other languages follow the
+// same contract with a stock NATS client.
 package subscriber
 
 import (
@@ -36,7 +36,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 )
 
 // Source holds the current token of one app and keeps it current. Make it
@@ -117,7 +117,7 @@ func NewSource(ctx context.Context, nc *nats.Conn, app string, opts ...Option) (
 	if nc == nil {
 		return nil, fmt.Errorf("%w: nil NATS connection", ErrInvalidArgument)
 	}
-	if !natsconf.ValidAppName(app) {
+	if !contract.ValidAppName(app) {
 		return nil, fmt.Errorf("%w: app name %q is not 1-64 of [A-Za-z0-9_-]", ErrInvalidArgument, app)
 	}
 	cfg := defaults()

@@ -20,6 +20,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/subscriber"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
@@ -35,13 +36,13 @@ func benchReadFixture(b *testing.B) (*subscriber.Source, jetstream.KeyValue) {
 	nc, js := testutil.Connect(b, s.ClientURL())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	kv, err := natsconf.EnsureBucket(ctx, js, natsconf.BucketConfig{Name: natsconf.DefaultBucket, History: 1})
+	kv, err := natsconf.EnsureBucket(ctx, js, natsconf.BucketConfig{Name: contract.DefaultBucket, History: 1})
 	if err != nil {
 		b.Fatal(err)
 	}
 	now := time.Now().UTC()
-	val, _ := json.Marshal(natsconf.Record{App: benchReadApp, AppID: "wxbench", AccessToken: benchTokenValue,
-		FetchedAt: now, ExpiresAt: now.Add(2 * time.Hour), Source: natsconf.SourceScheduled})
+	val, _ := json.Marshal(contract.Record{App: benchReadApp, AppID: "wxbench", AccessToken: benchTokenValue,
+		FetchedAt: now, ExpiresAt: now.Add(2 * time.Hour), Source: contract.SourceScheduled})
 	if _, err := kv.Put(ctx, benchReadApp, val); err != nil {
 		b.Fatal(err)
 	}
@@ -83,7 +84,7 @@ func benchKVGet(ctx context.Context, kv jetstream.KeyValue) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var rec natsconf.Record
+	var rec contract.Record
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		return "", err
 	}

@@ -12,8 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/subscriber"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
@@ -25,7 +24,7 @@ func TestTokenIsTheStoredRecord(t *testing.T) {
 	log, _ := logBuffer(t)
 	src := newSource(t, w.NC, "mp-main", subscriber.WithLogger(log))
 
-	rec, rev, ok := w.Record(natsconf.DefaultBucket, "mp-main")
+	rec, rev, ok := w.Record(contract.DefaultBucket, "mp-main")
 	if !ok {
 		t.Fatal("no record stored")
 	}
@@ -71,11 +70,11 @@ func TestTokenNeverPrintsTheToken(t *testing.T) {
 		if strings.Contains(s, tok.AccessToken) {
 			t.Errorf("printed the token: %s", s)
 		}
-		if !strings.Contains(s, subscriber.Fingerprint(tok.AccessToken)) {
+		if !strings.Contains(s, contract.Fingerprint(tok.AccessToken)) {
 			t.Errorf("no fingerprint in %q", s)
 		}
 	}
-	if got, want := tok.String(), "mp-main@7 (token "+refresher.Fingerprint(tok.AccessToken)+", expires 2030-01-02T03:04:05Z)"; got != want {
+	if got, want := tok.String(), "mp-main@7 (token "+contract.Fingerprint(tok.AccessToken)+", expires 2030-01-02T03:04:05Z)"; got != want {
 		t.Errorf("String = %q, want %q (same fingerprint as the refresher's)", got, want)
 	}
 }

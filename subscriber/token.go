@@ -1,13 +1,11 @@
 package subscriber
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"log/slog"
 	"strconv"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 )
 
 // Token is an immutable snapshot of an app's record in the tokens bucket:
@@ -32,7 +30,7 @@ type Token struct {
 	// FetchedAt is when the refresher fetched the token.
 	FetchedAt time.Time
 	// Source says why the record was written: startup, scheduled,
-	// passive or manual (natsconf.Source*).
+	// passive or manual (contract.Source*).
 	Source string
 	// AppID is the upstream (WeChat) appid the token belongs to; empty
 	// for records written before the refresher stored it.
@@ -58,7 +56,7 @@ func (t *Token) String() string {
 		return "<no token>"
 	}
 	return t.App + "@" + strconv.FormatUint(t.Revision, 10) +
-		" (token " + Fingerprint(t.AccessToken) + ", expires " + t.ExpiresAt.UTC().Format(time.RFC3339) + ")"
+		" (token " + contract.Fingerprint(t.AccessToken) + ", expires " + t.ExpiresAt.UTC().Format(time.RFC3339) + ")"
 }
 
 // GoString is String, so that %#v does not print the token either.
@@ -73,25 +71,14 @@ func (t *Token) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("app", t.App),
 		slog.Uint64("revision", t.Revision),
-		slog.String("fingerprint", Fingerprint(t.AccessToken)),
+		slog.String("fingerprint", contract.Fingerprint(t.AccessToken)),
 		slog.Time("expires_at", t.ExpiresAt),
 	)
 }
 
-// Fingerprint is the only form in which a token may appear in logs: the
-// first 8 hex digits of its SHA-256 ("" for an empty token). It matches
-// the fingerprint the refresher logs, so the two can be correlated.
-func Fingerprint(token string) string {
-	if token == "" {
-		return ""
-	}
-	s := sha256.Sum256([]byte(token))
-	return hex.EncodeToString(s[:4])
-}
-
 // tokenOf makes a Token of a record stored (or replied) at rev under key
 // app.
-func tokenOf(app string, rec *natsconf.Record, rev uint64) *Token {
+func tokenOf(app string, rec *contract.Record, rev uint64) *Token {
 	return &Token{
 		App:         app,
 		AccessToken: rec.AccessToken,

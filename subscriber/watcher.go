@@ -7,12 +7,11 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/internal/backoff"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
 )
 
 // Reasons for the watch loop to rebuild the watch.
@@ -200,7 +199,7 @@ func (s *Source) current() *Token { return s.state.Load().tok }
 
 // decode parses a stored record.
 func (s *Source) decode(val []byte, rev uint64) (*Token, error) {
-	var rec natsconf.Record
+	var rec contract.Record
 	if err := json.Unmarshal(val, &rec); err != nil {
 		return nil, err
 	}

@@ -10,7 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 )
 
@@ -43,7 +43,7 @@ func TestDemo(t *testing.T) {
 	}, "the demo's NATS server did not come up on %s", addr)
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	var rec natsconf.Record
+	var rec contract.Record
 	for _, app := range []string{"demo-mp", "demo-mini"} {
 		testutil.WaitFor(t, 10*time.Second, func() bool {
 			kv, err := js.KeyValue(context.Background(), "tokens")
@@ -61,7 +61,7 @@ func TestDemo(t *testing.T) {
 		}
 	}
 	// demo-mp is refreshed after about 20 s (2/3 of 30 s).
-	sub, err := nc.SubscribeSync(natsconf.UpdatedSubject("demo-mp"))
+	sub, err := nc.SubscribeSync(contract.UpdatedSubject("demo-mp"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,8 +69,8 @@ func TestDemo(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no refresh event within 30s: %v", err)
 	}
-	var ev natsconf.Event
-	if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Source != natsconf.SourceScheduled {
+	var ev contract.Event
+	if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Source != contract.SourceScheduled {
 		t.Fatalf("event %s: %v", m.Data, err)
 	}
 	t.Logf("demo refreshed demo-mp at revision %d", ev.Revision)

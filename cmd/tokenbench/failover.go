@@ -17,8 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
 )
 
@@ -102,14 +101,14 @@ func runFailover(ctx context.Context, args []string, out io.Writer) error {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	kv, err := tokensKV(ctx, js, natsconf.DefaultBucket)
+	kv, err := tokensKV(ctx, js, contract.DefaultBucket)
 	if err != nil {
 		return err
 	}
 	if _, err := waitRecord(ctx, kv, app, 0); err != nil {
 		return err
 	}
-	leaseKV, err := tokensKV(ctx, js, refresher.LeaseBucket(natsconf.DefaultBucket))
+	leaseKV, err := tokensKV(ctx, js, contract.LeaseBucket(contract.DefaultBucket))
 	if err != nil {
 		return err
 	}
@@ -205,7 +204,7 @@ func newLeaseWatch(ctx context.Context, kv jetstream.KeyValue) *leaseWatch {
 	lw := &leaseWatch{changed: make(chan struct{}), cancel: cancel}
 	go func() {
 		for ctx.Err() == nil {
-			w, err := kv.Watch(ctx, "leader")
+			w, err := kv.Watch(ctx, contract.LeaseKey)
 			if err != nil {
 				_ = sleepCtx(ctx, 50*time.Millisecond)
 				continue
@@ -217,7 +216,7 @@ func newLeaseWatch(ctx context.Context, kv jetstream.KeyValue) *leaseWatch {
 				now := time.Now()
 				id := ""
 				if e.Operation() == jetstream.KeyValuePut {
-					var rec refresher.LeaseRecord
+					var rec contract.LeaseRecord
 					if json.Unmarshal(e.Value(), &rec) == nil {
 						id = rec.ID
 					}
@@ -284,7 +283,7 @@ func newProbe(nc *nats.Conn, app string) *probe {
 		defer close(p.done)
 		for ctx.Err() == nil {
 			rctx, c := context.WithTimeout(ctx, 500*time.Millisecond)
-			m, err := nc.RequestWithContext(rctx, natsconf.RefreshSubject(app), nil)
+			m, err := nc.RequestWithContext(rctx, contract.RefreshSubject(app), nil)
 			c()
 			now := time.Now()
 			good := err == nil && m.Header.Get("Nats-Service-Error-Code") == ""

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
@@ -135,7 +136,7 @@ func startApps(ctx context.Context, apps []string, connName string, maxConsumers
 	}
 	w.onClose(o.nc.Close)
 	o.js, _ = jetstream.New(o.nc)
-	if o.kv, err = tokensKV(ctx, o.js, natsconf.DefaultBucket); err != nil {
+	if o.kv, err = tokensKV(ctx, o.js, contract.DefaultBucket); err != nil {
 		return fail(err)
 	}
 	for _, app := range apps {
@@ -144,11 +145,11 @@ func startApps(ctx context.Context, apps []string, connName string, maxConsumers
 		}
 	}
 	if maxConsumers > 0 {
-		if err := setMaxConsumers(ctx, o.js, natsconf.DefaultBucket, maxConsumers); err != nil {
+		if err := setMaxConsumers(ctx, o.js, contract.DefaultBucket, maxConsumers); err != nil {
 			return fail(err)
 		}
 	}
-	if o.maxConsumers, err = streamMaxConsumers(ctx, o.js, natsconf.DefaultBucket); err != nil {
+	if o.maxConsumers, err = streamMaxConsumers(ctx, o.js, contract.DefaultBucket); err != nil {
 		return fail(err)
 	}
 	return o, nil

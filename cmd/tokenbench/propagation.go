@@ -18,7 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/subscriber"
 )
 
@@ -117,7 +117,7 @@ func runPropagation(ctx context.Context, args []string, out io.Writer) error {
 	var lastPerConn float64
 	// The consumers before any Source: the refresher's watch and the
 	// timestamp watch above.
-	base, err := streamConsumers(ctx, js, natsconf.DefaultBucket)
+	base, err := streamConsumers(ctx, js, contract.DefaultBucket)
 	if err != nil {
 		return err
 	}
@@ -156,7 +156,7 @@ func runPropagation(ctx context.Context, args []string, out io.Writer) error {
 			pprof.StopCPUProfile()
 		}
 		// The consumers while the N connections follow their keys.
-		during, err := streamConsumers(ctx, js, natsconf.DefaultBucket)
+		during, err := streamConsumers(ctx, js, contract.DefaultBucket)
 		if err != nil {
 			fl.close()
 			return err
@@ -190,7 +190,7 @@ func runPropagation(ctx context.Context, args []string, out io.Writer) error {
 		}
 		// nats.go deletes a stopped watch's consumer in the background:
 		// let the next N start from the same count.
-		if err := waitConsumers(ctx, js, natsconf.DefaultBucket, base, 10*time.Second); err != nil {
+		if err := waitConsumers(ctx, js, contract.DefaultBucket, base, 10*time.Second); err != nil {
 			fmt.Fprintf(out, "note: %v; the next N's count includes them\n", err)
 		}
 	}
@@ -313,13 +313,13 @@ func directWrite(ctx context.Context, kv jetstream.KeyValue, app string) (uint64
 // benchRecord is the record a direct write stores over val (stored at
 // rev): a new token, fetched now.
 func benchRecord(val []byte, rev uint64) ([]byte, error) {
-	var rec natsconf.Record
+	var rec contract.Record
 	if err := json.Unmarshal(val, &rec); err != nil {
 		return nil, err
 	}
 	now := time.Now().UTC()
 	rec.AccessToken = fmt.Sprintf("direct-%d-%0120d", rev+1, now.UnixNano())
-	rec.FetchedAt, rec.ExpiresAt, rec.Source = now, now.Add(2*time.Hour), natsconf.SourceScheduled
+	rec.FetchedAt, rec.ExpiresAt, rec.Source = now, now.Add(2*time.Hour), contract.SourceScheduled
 	return json.Marshal(rec)
 }
 
@@ -330,12 +330,12 @@ func refreshVia(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue, app s
 	if err != nil {
 		return 0, err
 	}
-	body, _ := json.Marshal(natsconf.RefreshRequest{StaleRevision: ptr(e.Revision())})
-	m, err := nc.Request(natsconf.RefreshSubject(app), body, 10*time.Second)
+	body, _ := json.Marshal(contract.RefreshRequest{StaleRevision: ptr(e.Revision())})
+	m, err := nc.Request(contract.RefreshSubject(app), body, 10*time.Second)
 	if err != nil {
 		return 0, err
 	}
-	var rep natsconf.RefreshReply
+	var rep contract.RefreshReply
 	if err := json.Unmarshal(m.Data, &rep); err != nil || rep.Revision <= e.Revision() {
 		return 0, fmt.Errorf("refresh reply %q: %v", m.Data, err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/subscriber"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
@@ -44,14 +45,14 @@ func runRead(ctx context.Context, args []string, out io.Writer) error {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	kv, err := natsconf.EnsureBucket(ctx, js, natsconf.BucketConfig{Name: natsconf.DefaultBucket, History: 1})
+	kv, err := natsconf.EnsureBucket(ctx, js, natsconf.BucketConfig{Name: contract.DefaultBucket, History: 1})
 	if err != nil {
 		return err
 	}
 	const app = "bench-read"
 	now := time.Now().UTC()
-	val, _ := json.Marshal(natsconf.Record{App: app, AppID: "wxbench", AccessToken: fmt.Sprintf("%0136d", 7),
-		FetchedAt: now, ExpiresAt: now.Add(2 * time.Hour), Source: natsconf.SourceScheduled})
+	val, _ := json.Marshal(contract.Record{App: app, AppID: "wxbench", AccessToken: fmt.Sprintf("%0136d", 7),
+		FetchedAt: now, ExpiresAt: now.Add(2 * time.Hour), Source: contract.SourceScheduled})
 	if _, err := kv.Put(ctx, app, val); err != nil {
 		return err
 	}
@@ -70,7 +71,7 @@ func runRead(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		var rec natsconf.Record
+		var rec contract.Record
 		if err := json.Unmarshal(e.Value(), &rec); err != nil {
 			return err
 		}

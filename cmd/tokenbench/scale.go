@@ -18,7 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
 )
@@ -195,7 +195,7 @@ func scaleOnce(ctx context.Context, bin, tmp string, n, concurrency int, latency
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	kv, err := tokensKV(ctx, js, natsconf.DefaultBucket)
+	kv, err := tokensKV(ctx, js, contract.DefaultBucket)
 	if err != nil {
 		return res, err
 	}

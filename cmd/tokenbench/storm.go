@@ -18,7 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/subscriber"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
 )
@@ -152,10 +152,10 @@ type timeline struct {
 // over the connections, and returns every reply's latency and the number
 // of failed or stale replies.
 func rawStorm(ctx context.Context, cs []*nats.Conn, app string, stale uint64, n int, timeout time.Duration) ([]time.Duration, int, timeline) {
-	body, _ := json.Marshal(natsconf.RefreshRequest{StaleRevision: &stale})
+	body, _ := json.Marshal(contract.RefreshRequest{StaleRevision: &stale})
 	return releaseAtOnce(ctx, n, timeout, func(ctx context.Context, i int) bool {
-		m, err := cs[i%len(cs)].RequestWithContext(ctx, natsconf.RefreshSubject(app), body)
-		var rep natsconf.RefreshReply
+		m, err := cs[i%len(cs)].RequestWithContext(ctx, contract.RefreshSubject(app), body)
+		var rep contract.RefreshReply
 		return err == nil && json.Unmarshal(m.Data, &rep) == nil && rep.Revision > stale
 	})
 }

@@ -11,8 +11,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
 )
 
 // session is a connection of one command, with what the server reported
@@ -136,14 +136,11 @@ func (c *cli) openBucket(ctx context.Context, s *session) (jetstream.KeyValue, e
 	return kv, nil
 }
 
-// leaseKey is the one key of the lease bucket (refresher/lease.go).
-const leaseKey = "leader"
-
 // readLeader returns the current lease, or nil and why there is none.
-func (c *cli) readLeader(ctx context.Context, s *session) (*refresher.LeaseRecord, string, error) {
+func (c *cli) readLeader(ctx context.Context, s *session) (*contract.LeaseRecord, string, error) {
 	rctx, cancel := c.withTimeout(ctx)
 	defer cancel()
-	name := refresher.LeaseBucket(c.g.bucket)
+	name := contract.LeaseBucket(c.g.bucket)
 	kv, err := s.js.KeyValue(rctx, name)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, "no lease bucket " + name, nil
@@ -151,14 +148,14 @@ func (c *cli) readLeader(ctx context.Context, s *session) (*refresher.LeaseRecor
 	if err != nil {
 		return nil, "", c.requestError(s, "open bucket "+name, err)
 	}
-	e, err := kv.Get(rctx, leaseKey)
+	e, err := kv.Get(rctx, contract.LeaseKey)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, "no replica holds the lease", nil
 	}
 	if err != nil {
 		return nil, "", c.requestError(s, "read the lease", err)
 	}
-	var l refresher.LeaseRecord
+	var l contract.LeaseRecord
 	if err := json.Unmarshal(e.Value(), &l); err != nil {
 		return nil, "", fmt.Errorf("lease in %s is not valid JSON: %v", name, err)
 	}

@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 )
 
@@ -74,7 +75,7 @@ type globals struct {
 
 // defaultGlobals are the defaults of the global flags.
 func defaultGlobals() globals {
-	return globals{bucket: natsconf.DefaultBucket, timeout: 5 * time.Second}
+	return globals{bucket: contract.DefaultBucket, timeout: 5 * time.Second}
 }
 
 // register defines the global flags on fs. Each flag's default is the
@@ -206,7 +207,7 @@ func (c *cli) main(ctx context.Context, args []string) (int, error) {
 		}
 		return 0, usagef("usage: tokenctl %s %s (got %d arguments: %q)", cmd.name, cmd.args, len(pos), pos)
 	}
-	if len(pos) > 0 && !natsconf.ValidAppName(pos[0]) {
+	if len(pos) > 0 && !contract.ValidAppName(pos[0]) {
 		return 0, usagef("%q is not an app name (1-64 characters of A-Z a-z 0-9 _ -)", pos[0])
 	}
 	if err := c.checkGlobals(); err != nil {

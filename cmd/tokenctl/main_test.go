@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
@@ -43,7 +44,7 @@ func tokenctl(t *testing.T, args ...string) result {
 type world struct {
 	e   *harness.Env
 	rep *harness.Replica
-	rec natsconf.Record
+	rec contract.Record
 	rev uint64
 }
 
@@ -60,7 +61,7 @@ func newWorld(t *testing.T, apps ...string) *world {
 	rep := e.Start(e.Config(cfgs...))
 	w := &world{e: e, rep: rep}
 	for _, a := range apps {
-		rec, rev := e.WaitRecord(10*time.Second, a, func(r natsconf.Record, _ uint64) bool { return r.AccessToken != "" })
+		rec, rev := e.WaitRecord(10*time.Second, a, func(r contract.Record, _ uint64) bool { return r.AccessToken != "" })
 		if a == apps[0] {
 			w.rec, w.rev = rec, rev
 		}
@@ -106,7 +107,7 @@ func TestGetPrintsRecordAndToken(t *testing.T) {
 		"revision:      " + strconv.FormatUint(w.rev, 10) + "\n",
 		"source:        startup\n",
 		"access_token:  " + w.rec.AccessToken + "\n",
-		"fingerprint:   " + refresher.Fingerprint(w.rec.AccessToken) + "\n",
+		"fingerprint:   " + contract.Fingerprint(w.rec.AccessToken) + "\n",
 		"expires_at:    " + w.rec.ExpiresAt.UTC().Format(time.RFC3339) + "\n",
 		"fetched_at:    " + w.rec.FetchedAt.UTC().Format(time.RFC3339) + "\n",
 	} {
@@ -168,15 +169,15 @@ func TestRefresh(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("refresh --stale: %s", r)
 	}
-	var rep natsconf.RefreshReply
+	var rep contract.RefreshReply
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
 		t.Fatalf("refresh --json is not a reply: %v\n%s", err, r)
 	}
-	if rep.Revision <= w.rev || rep.AccessToken == w.rec.AccessToken || rep.Source != natsconf.SourceManual {
+	if rep.Revision <= w.rev || rep.AccessToken == w.rec.AccessToken || rep.Source != contract.SourceManual {
 		t.Fatalf("refresh --stale %d answered revision %d source %q (token changed: %v), want a newer manual token",
 			w.rev, rep.Revision, rep.Source, rep.AccessToken != w.rec.AccessToken)
 	}
-	stored, rev, ok := w.e.Record(natsconf.DefaultBucket, "mp")
+	stored, rev, ok := w.e.Record(contract.DefaultBucket, "mp")
 	if !ok || rev != rep.Revision || stored.AccessToken != rep.AccessToken {
 		t.Fatalf("the bucket holds revision %d, the reply said %d", rev, rep.Revision)
 	}
@@ -196,8 +197,8 @@ func TestRefreshErrorReplyAndNoResponders(t *testing.T) {
 		t.Fatalf("refresh of an unknown app: %s", r)
 	}
 	r = tokenctl(t, "--nats", w.e.URL, "--json", "refresh", "ghost")
-	var er natsconf.ErrorReply
-	if r.code != 1 || json.Unmarshal([]byte(r.stdout), &er) != nil || er.Error.Code != natsconf.CodeNotFound {
+	var er contract.ErrorReply
+	if r.code != 1 || json.Unmarshal([]byte(r.stdout), &er) != nil || er.Error.Code != contract.CodeNotFound {
 		t.Fatalf("refresh --json of an unknown app: want the error body on stdout: %s", r)
 	}
 
@@ -213,10 +214,10 @@ func TestStatusListsAppsAndLeader(t *testing.T) {
 	e := harness.New(t, harness.Options{})
 	bad := e.App("bad").WithSecret("not-the-secret") // every fetch fails: no token, a last error
 	e.Start(e.Config(e.App("mp"), e.App("oa"), bad))
-	rec, rev := e.WaitRecord(10*time.Second, "mp", func(r natsconf.Record, _ uint64) bool { return r.AccessToken != "" })
-	e.WaitRecord(10*time.Second, "oa", func(r natsconf.Record, _ uint64) bool { return r.AccessToken != "" })
+	rec, rev := e.WaitRecord(10*time.Second, "mp", func(r contract.Record, _ uint64) bool { return r.AccessToken != "" })
+	e.WaitRecord(10*time.Second, "oa", func(r contract.Record, _ uint64) bool { return r.AccessToken != "" })
 	// A key that is not a record is listed, not skipped.
-	kv, err := e.JS.KeyValue(context.Background(), natsconf.DefaultBucket)
+	kv, err := e.JS.KeyValue(context.Background(), contract.DefaultBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +314,7 @@ func TestStatusWithoutLeaderShowsExpired(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := time.Now().Add(-3 * time.Hour).UTC()
-	val, _ := json.Marshal(natsconf.Record{App: "mp", AccessToken: "tok", FetchedAt: old, ExpiresAt: old.Add(2 * time.Hour), Source: "scheduled"})
+	val, _ := json.Marshal(contract.Record{App: "mp", AccessToken: "tok", FetchedAt: old, ExpiresAt: old.Add(2 * time.Hour), Source: "scheduled"})
 	if _, err := kv.Put(context.Background(), "mp", val); err != nil {
 		t.Fatal(err)
 	}
@@ -369,9 +370,9 @@ func startWatch(t *testing.T, args ...string) (stdout, stderr *harness.SyncBuffe
 
 // forceRefresh asks for a new token over the stale revision rev and
 // returns the reply, retrying while no refresher answers.
-func forceRefresh(t *testing.T, url string, rev uint64) natsconf.RefreshReply {
+func forceRefresh(t *testing.T, url string, rev uint64) contract.RefreshReply {
 	t.Helper()
-	var rep natsconf.RefreshReply
+	var rep contract.RefreshReply
 	var r result
 	testutil.WaitFor(t, 15*time.Second, func() bool {
 		r = tokenctl(t, "--nats", url, "--json", "--timeout", "2s", "refresh", "mp", "--stale", strconv.FormatUint(rev, 10))
@@ -380,7 +381,7 @@ func forceRefresh(t *testing.T, url string, rev uint64) natsconf.RefreshReply {
 	return rep
 }
 
-func watchLineFor(rev uint64, rec natsconf.Record) string {
+func watchLineFor(rev uint64, rec contract.Record) string {
 	return fmt.Sprintf("revision=%d  source=%s  expires_at=%s", rev, rec.Source, rec.ExpiresAt.UTC().Format(time.RFC3339))
 }
 
@@ -394,7 +395,7 @@ func TestWatchPrintsUpdatesUntilCancelled(t *testing.T) {
 
 	rep := forceRefresh(t, w.e.URL, w.rev)
 	want := watchLineFor(rep.Revision, rep.Record) + "  expires_in="
-	fp := "token=" + refresher.Fingerprint(rep.AccessToken)
+	fp := "token=" + contract.Fingerprint(rep.AccessToken)
 	testutil.WaitFor(t, 5*time.Second, func() bool {
 		out := stdout.String()
 		return strings.Contains(out, want) && strings.Contains(out, fp)
@@ -424,14 +425,14 @@ func TestWatchJSONAndWaitsForFirstToken(t *testing.T) {
 
 	rep := e.Start(e.Config(e.App("mp")))
 	_ = rep
-	rec, rev := e.WaitRecord(10*time.Second, "mp", func(r natsconf.Record, _ uint64) bool { return r.AccessToken != "" })
+	rec, rev := e.WaitRecord(10*time.Second, "mp", func(r contract.Record, _ uint64) bool { return r.AccessToken != "" })
 	var line watchLine
 	testutil.WaitFor(t, 5*time.Second, func() bool {
 		first, _, _ := strings.Cut(stdout.String(), "\n")
 		return json.Unmarshal([]byte(first), &line) == nil
 	}, "watch --json printed no JSON line:\n%s\n%s", stdout, stderr)
 	if line.App != "mp" || line.Revision != rev || line.Operation != "PUT" || line.Source != "startup" ||
-		line.Fingerprint != refresher.Fingerprint(rec.AccessToken) || line.ExpiresInSeconds == nil || *line.ExpiresInSeconds < 3600 {
+		line.Fingerprint != contract.Fingerprint(rec.AccessToken) || line.ExpiresInSeconds == nil || *line.ExpiresInSeconds < 3600 {
 		t.Fatalf("watch --json line = %+v, want revision %d of mp", line, rev)
 	}
 	if stop() != 0 {

@@ -8,8 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 )
 
 // now is the clock of time-to-expiry computations.
@@ -52,12 +51,12 @@ func fingerprint(token string) string {
 	if token == "" {
 		return "-"
 	}
-	return refresher.Fingerprint(token)
+	return contract.Fingerprint(token)
 }
 
 // parseRecord decodes a stored record.
-func parseRecord(app string, rev uint64, raw []byte) (natsconf.Record, error) {
-	var rec natsconf.Record
+func parseRecord(app string, rev uint64, raw []byte) (contract.Record, error) {
+	var rec contract.Record
 	if err := json.Unmarshal(raw, &rec); err != nil {
 		return rec, fmt.Errorf("the record of app %s at revision %d is not valid JSON: %v", app, rev, err)
 	}
@@ -78,7 +77,7 @@ func recordJSON(raw []byte, rev uint64) ([]byte, error) {
 // printRecord writes a record for the operator: every field, the time to
 // expiry, the token's fingerprint, and the token itself. With asJSON it
 // writes the record's JSON plus "revision" on one line.
-func printRecord(w io.Writer, raw []byte, rec natsconf.Record, rev uint64, asJSON bool) error {
+func printRecord(w io.Writer, raw []byte, rec contract.Record, rev uint64, asJSON bool) error {
 	if asJSON {
 		b, err := recordJSON(raw, rev)
 		if err != nil {

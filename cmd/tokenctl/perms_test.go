@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
 )
@@ -117,7 +117,7 @@ func TestPermissionsOfProtocolDoc(t *testing.T) {
 	}
 
 	events := make(chan *nats.Msg, 16)
-	sub, err := e.NC.ChanSubscribe(natsconf.UpdatedSubject("mp"), events)
+	sub, err := e.NC.ChanSubscribe(contract.UpdatedSubject("mp"), events)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +129,7 @@ func TestPermissionsOfProtocolDoc(t *testing.T) {
 	cfg := e.Config(e.App("mp"))
 	cfg.NATS.URL = withUser("refresher", refresherPW)
 	rep := e.Start(cfg)
-	rec, rev := e.WaitRecord(10*time.Second, "mp", func(r natsconf.Record, _ uint64) bool { return r.AccessToken != "" })
+	rec, rev := e.WaitRecord(10*time.Second, "mp", func(r contract.Record, _ uint64) bool { return r.AccessToken != "" })
 	select {
 	case <-events:
 	case <-time.After(5 * time.Second):
@@ -145,7 +145,7 @@ func TestPermissionsOfProtocolDoc(t *testing.T) {
 		return strings.Contains(stdout.String(), fmt.Sprintf("revision=%d ", rev))
 	}, "watch as reader:\n%s\n%s", stdout, stderr)
 	r := tokenctl(t, append(reader, "--json", "refresh", "mp", "--stale", strconv.FormatUint(rev, 10))...)
-	var reply natsconf.RefreshReply
+	var reply contract.RefreshReply
 	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &reply) != nil || reply.Revision <= rev {
 		t.Fatalf("refresh as reader: %s", r)
 	}
@@ -158,9 +158,9 @@ func TestPermissionsOfProtocolDoc(t *testing.T) {
 
 	// Service discovery, as the reader.
 	rnc, _ := testutil.Connect(t, withUser("reader", readerPW))
-	msg, err := rnc.Request("$SRV.INFO."+natsconf.ServiceName, nil, 2*time.Second)
+	msg, err := rnc.Request("$SRV.INFO."+contract.ServiceName, nil, 2*time.Second)
 	if err != nil {
-		t.Fatalf("$SRV.INFO.%s as reader: %v", natsconf.ServiceName, err)
+		t.Fatalf("$SRV.INFO.%s as reader: %v", contract.ServiceName, err)
 	}
 	var info struct {
 		Name      string `json:"name"`
@@ -170,7 +170,7 @@ func TestPermissionsOfProtocolDoc(t *testing.T) {
 		} `json:"endpoints"`
 		Metadata map[string]string `json:"metadata"`
 	}
-	if err := json.Unmarshal(msg.Data, &info); err != nil || info.Name != natsconf.ServiceName ||
+	if err := json.Unmarshal(msg.Data, &info); err != nil || info.Name != contract.ServiceName ||
 		len(info.Endpoints) != 1 || info.Endpoints[0].Subject != "token.refresh.*" || info.Metadata["replica"] != rep.R.ID() {
 		t.Fatalf("$SRV.INFO reply: %s", msg.Data)
 	}

@@ -9,9 +9,8 @@ import (
 	"strconv"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 )
 
 // refreshCommand is tokenctl refresh.
@@ -91,7 +90,7 @@ func runRefresh(ctx context.Context, c *cli, args []string, flags any) error {
 	f := flags.(*refreshFlags)
 	var body []byte
 	if f.stale.set {
-		b, err := json.Marshal(natsconf.RefreshRequest{StaleRevision: &f.stale.v})
+		b, err := json.Marshal(contract.RefreshRequest{StaleRevision: &f.stale.v})
 		if err != nil {
 			return err
 		}
@@ -103,13 +102,13 @@ func runRefresh(ctx context.Context, c *cli, args []string, flags any) error {
 	}
 	defer s.close()
 
-	subject := natsconf.RefreshSubject(app)
+	subject := contract.RefreshSubject(app)
 	rctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 	req := nats.NewMsg(subject)
 	req.Data = body
 	// An operator's refresh: a new token is recorded as source "manual".
-	req.Header.Set(natsconf.SourceHeader, natsconf.SourceManual)
+	req.Header.Set(contract.SourceHeader, contract.SourceManual)
 	msg, err := s.nc.RequestMsgWithContext(rctx, req)
 	if errors.Is(err, nats.ErrNoResponders) {
 		return fmt.Errorf("no refresher is serving %s (is a refresher running and connected to this NATS? a leader handover takes up to its lease_ttl)", subject)
@@ -117,10 +116,10 @@ func runRefresh(ctx context.Context, c *cli, args []string, flags any) error {
 	if err != nil {
 		return c.requestError(s, "request "+subject, err)
 	}
-	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+	if code := msg.Header.Get(contract.ErrorCodeHeader); code != "" {
 		return c.refreshFailed(app, code, msg)
 	}
-	var rep natsconf.RefreshReply
+	var rep contract.RefreshReply
 	if err := json.Unmarshal(msg.Data, &rep); err != nil {
 		return fmt.Errorf("the reply on %s is not a record: %v", subject, err)
 	}
@@ -130,14 +129,14 @@ func runRefresh(ctx context.Context, c *cli, args []string, flags any) error {
 // refreshFailed reports a micro error reply: the JSON body's code and
 // message, or the headers' when the body does not parse.
 func (c *cli) refreshFailed(app, code string, msg *nats.Msg) error {
-	detail := natsconf.ErrorDetail{Message: msg.Header.Get(micro.ErrorHeader)}
+	detail := contract.ErrorDetail{Message: msg.Header.Get(contract.ErrorHeader)}
 	detail.Code, _ = strconv.Atoi(code)
-	var er natsconf.ErrorReply
+	var er contract.ErrorReply
 	if json.Unmarshal(msg.Data, &er) == nil && er.Error.Code != 0 {
 		detail = er.Error
 	}
 	if c.g.json {
-		b, _ := json.Marshal(natsconf.ErrorReply{Error: detail})
+		b, _ := json.Marshal(contract.ErrorReply{Error: detail})
 		fmt.Fprintf(c.stdout, "%s\n", b)
 	}
 	return fmt.Errorf("refresh of %s failed: %d %s", app, detail.Code, detail.Message)

@@ -13,7 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 )
 
 // statusCommand is tokenctl status.
@@ -87,9 +87,9 @@ type appStatus struct {
 
 // statusReport is the --json output of status.
 type statusReport struct {
-	Bucket string                 `json:"bucket"`
-	Leader *refresher.LeaseRecord `json:"leader"`
-	Apps   []appStatus            `json:"apps"`
+	Bucket string                `json:"bucket"`
+	Leader *contract.LeaseRecord `json:"leader"`
+	Apps   []appStatus           `json:"apps"`
 }
 
 // cst is WeChat's time zone (China Standard Time, no daylight saving):
@@ -104,8 +104,8 @@ func wechatDay(t time.Time) int {
 
 // loadStates reads every app's state from the state bucket, keyed by app
 // name; nil when the bucket does not exist (a refresher older than it).
-func (c *cli) loadStates(ctx context.Context, s *session) (map[string]refresher.AppState, error) {
-	name := refresher.StateBucket(c.g.bucket)
+func (c *cli) loadStates(ctx context.Context, s *session) (map[string]contract.AppState, error) {
+	name := contract.StateBucket(c.g.bucket)
 	rctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 	kv, err := s.js.KeyValue(rctx, name)
@@ -119,9 +119,9 @@ func (c *cli) loadStates(ctx context.Context, s *session) (map[string]refresher.
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]refresher.AppState, len(entries))
+	out := make(map[string]contract.AppState, len(entries))
 	for _, e := range entries {
-		var st refresher.AppState
+		var st contract.AppState
 		if json.Unmarshal(e.Value(), &st) == nil {
 			out[e.Key()] = st
 		}
@@ -206,7 +206,7 @@ func runStatus(ctx context.Context, c *cli, _ []string, _ any) error {
 	fmt.Fprintf(w, "bucket: %s, %d apps\n", c.g.bucket, len(rep.Apps))
 	if states == nil {
 		fmt.Fprintf(w, "no state bucket %s: calls today and last errors unknown (refresher older than the state bucket?)\n",
-			refresher.StateBucket(c.g.bucket))
+			contract.StateBucket(c.g.bucket))
 	}
 	fmt.Fprintln(w)
 	if len(rep.Apps) == 0 {

@@ -32,7 +32,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/subscriber"
 )
 
@@ -62,31 +62,34 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 		return err
 	}
 
-	o := natsconf.Options{URL: *url, Name: "tokenkeeper-example-service"}
-	var extra []nats.Option
+	// A service needs nats.go and the subscriber, nothing else: no
+	// embedded server, no configuration package (see docs/benchmarks.md,
+	// "Binary size of a service").
+	opts := []nats.Option{nats.Name("tokenkeeper-example-service"), nats.MaxReconnects(-1)}
 	if *user != "" {
-		if os.Getenv(passwordEnv) == "" {
+		pass := os.Getenv(passwordEnv)
+		if pass == "" {
 			return fmt.Errorf("--user %s: set its password in $%s", *user, passwordEnv)
 		}
-		o.User, o.PasswordEnv = *user, passwordEnv
+		opts = append(opts, nats.UserInfo(*user, pass))
 		if *inbox == "" {
-			*inbox = natsconf.ServiceInboxPrefix(*user)
+			*inbox = contract.ServiceInboxPrefix(*user)
 		}
 	}
 	if *inbox != "" {
-		extra = append(extra, nats.CustomInboxPrefix(*inbox))
+		opts = append(opts, nats.CustomInboxPrefix(*inbox))
 	}
 	connectCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	conn, err := natsconf.Connect(connectCtx, o, extra...)
+	nc, err := connect(connectCtx, *url, opts)
 	cancel()
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer nc.Close()
 
 	// NewSource blocks until the first token; bound that wait.
 	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	src, err := subscriber.NewSource(waitCtx, conn.NC, *app, subscriber.WithLogger(log))
+	src, err := subscriber.NewSource(waitCtx, nc, *app, subscriber.WithLogger(log))
 	cancel()
 	if err != nil {
 		return err
@@ -112,6 +115,22 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 		}
 	}
 	return nil
+}
+
+// connect connects to url, trying again every second while no server
+// answers (a service may start before NATS), until ctx is done.
+func connect(ctx context.Context, url string, opts []nats.Option) (*nats.Conn, error) {
+	for {
+		nc, err := nats.Connect(url, opts...)
+		if err == nil || !errors.Is(err, nats.ErrNoServers) {
+			return nc, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connect to NATS: %w", err)
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // callbackIPs calls GET /cgi-bin/getcallbackip; the transport adds the

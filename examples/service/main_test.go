@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
 )
@@ -20,7 +20,7 @@ func TestExampleService(t *testing.T) {
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
 	app := e.App("mp")
 	e.Start(e.Config(app))
-	rec, _ := e.WaitRecord(5*time.Second, "mp", func(natsconf.Record, uint64) bool { return true })
+	rec, _ := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	if !e.Sim.Revoke(rec.AccessToken) {
 		t.Fatal("could not revoke the token")
 	}

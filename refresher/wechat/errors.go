@@ -65,7 +65,7 @@ var (
 	// itself answers 40001 for a wrong secret, but business APIs answer
 	// these codes when the access token they were given was rejected;
 	// callers of business APIs (the subscriber package) match it to ask
-	// for a refresh. See also [IsRejectedTokenCode].
+	// for a refresh. See also contract.RejectedTokenCode.
 	ErrTokenRejected = errors.New("wechat: the access token was rejected")
 
 	// ErrBadResponse is wrapped by every error about a response that is
@@ -205,12 +205,4 @@ func IsRetryable(err error) bool {
 	}
 	var ne net.Error
 	return errors.As(err, &ne)
-}
-
-// IsRejectedTokenCode reports whether a business API's errcode says the
-// access token it was given is invalid, not the latest, or expired:
-// 40001, 40014 or 42001. Such a call should be retried once with a
-// refreshed token.
-func IsRejectedTokenCode(code int) bool {
-	return code == 40001 || code == 40014 || code == 42001
 }

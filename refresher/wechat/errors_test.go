@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 )
 
@@ -164,13 +165,13 @@ func TestHTTPErrorText(t *testing.T) {
 	}
 }
 
-func TestIsRejectedTokenCode(t *testing.T) {
-	for code, want := range map[int]bool{40001: true, 40014: true, 42001: true, 0: false, -1: false, 40013: false, 40125: false, 45009: false} {
-		if got := wechat.IsRejectedTokenCode(code); got != want {
-			t.Errorf("IsRejectedTokenCode(%d) = %v, want %v", code, got, want)
-		}
-		if want && !errors.Is(&wechat.Error{Code: code}, wechat.ErrTokenRejected) {
-			t.Errorf("errcode %d does not match ErrTokenRejected", code)
+// TestRejectedTokenCodesMatchContract: the errcodes that match
+// ErrTokenRejected are exactly those of contract.RejectedTokenCode.
+func TestRejectedTokenCodesMatchContract(t *testing.T) {
+	for code := -1; code < 100000; code++ {
+		want := contract.RejectedTokenCode(code)
+		if got := errors.Is(&wechat.Error{Code: code}, wechat.ErrTokenRejected); got != want {
+			t.Errorf("errcode %d: matches ErrTokenRejected = %v, contract.RejectedTokenCode = %v", code, got, want)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 )
 
@@ -52,7 +53,7 @@ func ExampleClient_Fetch_errors() {
 
 func ExampleParseErrcode() {
 	body := []byte(`{"errcode":42001,"errmsg":"access_token expired rid: 64f0"}`)
-	if code, msg, ok := wechat.ParseErrcode(body); ok && wechat.IsRejectedTokenCode(code) {
+	if code, msg, ok := wechat.ParseErrcode(body); ok && contract.RejectedTokenCode(code) {
 		fmt.Printf("token rejected (%d: %s): refresh and retry once\n", code, msg)
 	}
 	// Output:

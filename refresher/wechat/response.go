@@ -19,7 +19,7 @@ type errcodeBody struct {
 // ParseErrcode reads the errcode and errmsg of a WeChat API answer. ok is
 // false if body is not a JSON object or has no integer errcode (a number,
 // or a string holding one). A successful business answer usually carries
-// errcode 0 or none at all; use [IsRejectedTokenCode] on a non-zero code to
+// errcode 0 or none at all; use contract.RejectedTokenCode on a non-zero code to
 // decide whether to refresh the token. The errmsg is returned as sent:
 // sanitize it before logging if the request carried anything secret.
 func ParseErrcode(body []byte) (code int, msg string, ok bool) {

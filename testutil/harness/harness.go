@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
@@ -160,7 +161,7 @@ func (r *Replica) Kill() {
 }
 
 // Record reads app's record from the bucket (ok false if there is none).
-func (e *Env) Record(bucket, app string) (rec natsconf.Record, rev uint64, ok bool) {
+func (e *Env) Record(bucket, app string) (rec contract.Record, rev uint64, ok bool) {
 	e.T.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -199,12 +200,12 @@ func (e *Env) Record(bucket, app string) (rec natsconf.Record, rev uint64, ok bo
 }
 
 // WaitRecord waits up to d for app's record to satisfy cond and returns it.
-func (e *Env) WaitRecord(d time.Duration, app string, cond func(natsconf.Record, uint64) bool) (natsconf.Record, uint64) {
+func (e *Env) WaitRecord(d time.Duration, app string, cond func(contract.Record, uint64) bool) (contract.Record, uint64) {
 	e.T.Helper()
-	var rec natsconf.Record
+	var rec contract.Record
 	var rev uint64
 	testutil.WaitFor(e.T, d, func() bool {
-		r, v, ok := e.Record(natsconf.DefaultBucket, app)
+		r, v, ok := e.Record(contract.DefaultBucket, app)
 		if ok && cond(r, v) {
 			rec, rev = r, v
 			return true

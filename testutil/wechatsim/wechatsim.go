@@ -37,6 +37,8 @@ import (
 	"net/http/httptest"
 	"sync"
 	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/contract"
 )
 
 // Endpoint paths served by the emulator.
@@ -137,7 +139,7 @@ type Call struct {
 	Errcode  int           // 0 on success
 	Fault    string        // "", "busy", "5xx", "garbage", "errcode" if a fault answered
 	Canceled bool          // the caller went away during Fault.Latency
-	Token    string        // Fingerprint of the issued, returned or presented token
+	Token    string        // contract.Fingerprint of the issued, returned or presented token
 	Duration time.Duration // real time spent
 }
 
@@ -390,18 +392,6 @@ func (s *Sim) ResetDay() {
 	}
 }
 
-// Fingerprint shortens a token (or any secret-ish string) for logs: its
-// first 6 characters and "…".
-func Fingerprint(tok string) string {
-	if tok == "" {
-		return ""
-	}
-	if len(tok) <= 6 {
-		return tok[:min(len(tok), 2)] + "…"
-	}
-	return tok[:6] + "…"
-}
-
 // Handler returns the HTTP handler of the emulator.
 func (s *Sim) Handler() http.Handler {
 	mux := http.NewServeMux()
@@ -629,7 +619,7 @@ func (s *Sim) tokenCall(w http.ResponseWriter, r *http.Request, path, appid stri
 	s.mu.Unlock()
 	ans.write(w)
 	s.report(Call{Path: path, AppID: appid, Status: ans.status, Errcode: ans.errcode, Fault: ans.fault,
-		Token: Fingerprint(ans.token), Duration: time.Since(start)})
+		Token: contract.Fingerprint(ans.token), Duration: time.Since(start)})
 }
 
 func (s *Sim) report(c Call) {
@@ -782,5 +772,5 @@ func (s *Sim) serveCallbackIP(w http.ResponseWriter, r *http.Request) {
 		appid = t.app
 	}
 	s.report(Call{Path: PathCallbackIP, AppID: appid, Status: ans.status, Errcode: ans.errcode,
-		Token: Fingerprint(tok), Duration: time.Since(start)})
+		Token: contract.Fingerprint(tok), Duration: time.Since(start)})
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
 )
 
@@ -693,7 +694,7 @@ func TestTokens(t *testing.T) {
 			for i := 0; i < tc.n; i++ {
 				tok := mustToken(t, e.classic())
 				if len(tok) != tc.want || !valid(tok) {
-					t.Fatalf("token %q: length %d, want %d URL-safe chars", wechatsim.Fingerprint(tok), len(tok), tc.want)
+					t.Fatalf("token %q: length %d, want %d URL-safe chars", contract.Fingerprint(tok), len(tok), tc.want)
 				}
 				if seen[tok] {
 					t.Fatal("duplicate token")
@@ -819,7 +820,7 @@ func TestOnCallNeverCarriesSecretsOrTokens(t *testing.T) {
 			t.Fatalf("call record without appid: %s", s)
 		}
 	}
-	if calls[0].Token != wechatsim.Fingerprint(tok) || calls[0].Errcode != 0 || calls[0].Path != wechatsim.PathToken {
+	if calls[0].Token != contract.Fingerprint(tok) || calls[0].Errcode != 0 || calls[0].Path != wechatsim.PathToken {
 		t.Fatalf("first call %+v", calls[0])
 	}
 	if calls[1].Errcode != 40001 || calls[4].Fault != "busy" || calls[3].Path != wechatsim.PathCallbackIP {

@@ -16,7 +16,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
-	"github.com/tokenkeeper/tokenkeeper/natsconf"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
 )
 
@@ -142,7 +142,7 @@ func TestNodeExampleReadsAndRefreshes(t *testing.T) {
 
 	e := harness.New(t, harness.Options{NATS: []func(*server.Options){withUsers}})
 	e.Start(e.Config(e.App("mp")))
-	rec, rev := e.WaitRecord(10*time.Second, "mp", func(r natsconf.Record, _ uint64) bool { return r.AccessToken != "" })
+	rec, rev := e.WaitRecord(10*time.Second, "mp", func(r contract.Record, _ uint64) bool { return r.AccessToken != "" })
 
 	code, stdout, stderr := runExample(t, node, e.URL, "mp")
 	if code != 0 {
@@ -170,7 +170,7 @@ func TestNodeExampleReadsAndRefreshes(t *testing.T) {
 	if read.App != "mp" || read.Revision != rev || read.AccessTokenLen != len(rec.AccessToken) {
 		t.Errorf("node read %+v, the bucket holds revision %d with a token of %d characters", read, rev, len(rec.AccessToken))
 	}
-	now, nowRev, ok := e.Record(natsconf.DefaultBucket, "mp")
+	now, nowRev, ok := e.Record(contract.DefaultBucket, "mp")
 	if !ok || refreshed.App != "mp" || !refreshed.Refreshed || refreshed.RefreshedRevision <= rev || refreshed.RefreshedRevision != nowRev ||
 		refreshed.AccessTokenLen != len(now.AccessToken) || now.AccessToken == rec.AccessToken {
 		t.Errorf("node refreshed %+v; before: revision %d; the bucket now holds revision %d (new token: %v)",
@@ -194,7 +194,7 @@ func TestNodeExampleErrors(t *testing.T) {
 	}
 
 	e.Start(e.Config(e.App("mp")))
-	e.WaitRecord(10*time.Second, "mp", func(r natsconf.Record, _ uint64) bool { return r.AccessToken != "" })
+	e.WaitRecord(10*time.Second, "mp", func(r contract.Record, _ uint64) bool { return r.AccessToken != "" })
 	code, _, stderr = runExample(t, node, e.URL, "nope")
 	if code != 1 || !strings.Contains(stderr, "no token stored for app nope in bucket tokens") {
 		t.Errorf("unknown app: exit %d, stderr:\n%s", code, stderr)

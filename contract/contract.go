@@ -1,15 +1,8 @@
-// Package natsconf holds the names and shapes of the tokenkeeper wire
-// contract (bucket, keys, subjects, records, events), NATS connection
-// options, the embedded nats-server, and bucket provisioning.
-//
-// The wire contract is documented in docs/protocol.md; everything in this
-// file is part of it and changes only by adding.
-package natsconf
+package contract
 
 import (
 	"errors"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -19,15 +12,33 @@ import (
 const (
 	// DefaultBucket is the KV bucket that holds one record per app.
 	DefaultBucket = "tokens"
-	// UpdatedPrefix prefixes the event subject: token.updated.<app>.
+	// UpdatedPrefix prefixes the event subject: token.updated.<key>.
 	UpdatedPrefix = "token.updated."
-	// RefreshPrefix prefixes the request subject: token.refresh.<app>.
+	// RefreshPrefix prefixes the request subject: token.refresh.<key>.
 	RefreshPrefix = "token.refresh."
+	// SignPrefix prefixes the JS-SDK signing subject: token.sign.<key>
+	// (v2).
+	SignPrefix = "token.sign."
 	// ServiceName is the NATS micro service name of the refresh endpoint.
 	ServiceName = "tokenkeeper"
 	// MaxRequestBody is the largest token.refresh request body accepted.
 	MaxRequestBody = 1024
 )
+
+// Headers of an error reply to a token.refresh request: those of a NATS
+// micro error (the values of micro.ErrorCodeHeader and micro.ErrorHeader).
+// The code is a decimal string; the body is an ErrorReply with the same
+// code and message.
+const (
+	ErrorCodeHeader = "Nats-Service-Error-Code"
+	ErrorHeader     = "Nats-Service-Error"
+)
+
+// ServiceInboxPrefix is the inbox prefix a NATS user of role service must
+// connect with (nats.CustomInboxPrefix in Go): "_INBOX_<user>". Its
+// replies carry tokens; with the shared "_INBOX." prefix every holder of
+// "_INBOX.>" could read them.
+func ServiceInboxPrefix(user string) string { return "_INBOX_" + user }
 
 // SourceHeader is an optional header of a token.refresh request: the
 // value "manual" (tokenctl refresh) records the write as manual instead of
@@ -42,19 +53,17 @@ const (
 	SourceManual    = "manual"
 )
 
-var appNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-
-// ValidAppName reports whether name is a legal app name: 1–64 characters
-// of [A-Za-z0-9_-], so that it is one NATS subject token and one KV key.
-func ValidAppName(name string) bool { return appNameRE.MatchString(name) }
-
 // UpdatedSubject is the subject of the event published after every write
-// of app's record.
-func UpdatedSubject(app string) string { return UpdatedPrefix + app }
+// of the record under key (an app name in v1, any key of ValidKey in v2).
+func UpdatedSubject(key string) string { return UpdatedPrefix + key }
 
 // RefreshSubject is the subject on which the refresher serves passive
-// refresh requests for app.
-func RefreshSubject(app string) string { return RefreshPrefix + app }
+// refresh requests for key.
+func RefreshSubject(key string) string { return RefreshPrefix + key }
+
+// SignSubject is the subject of JS-SDK signing requests for key (v2):
+// token.sign.<app> or token.sign.<component>.<authorizer>.
+func SignSubject(key string) string { return SignPrefix + key }
 
 // Record is the JSON value stored under the app's key in the bucket.
 // Fields may be added; none are removed.
