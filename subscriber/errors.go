@@ -27,7 +27,7 @@ var (
 	// ErrExpired is returned, together with the last token, by Token and
 	// AccessToken when the token the Source holds has passed its
 	// ExpiresAt and no newer one has arrived (the refresher is down or
-	// cannot reach upstream). The token is still returned by Token so that
+	// cannot reach upstream). The token is still returned by both so that
 	// a caller may log it or try it; upstream will most likely reject it.
 	// The Source keeps asking the refresher for a new one meanwhile.
 	ErrExpired = errors.New("subscriber: token expired")
@@ -76,8 +76,10 @@ func (e *RequestError) Error() string {
 	return "subscriber: token.refresh failed: " + strconv.Itoa(e.Code) + " " + e.Message
 }
 
-// Temporary reports whether asking again later may succeed: 503 (no
-// leader, shutting down) and 502 (the upstream fetch failed).
-func (e *RequestError) Temporary() bool {
+// Retryable reports whether asking again later may succeed: 503 (no
+// leader, shutting down, paused) and 502 (the upstream fetch failed). The
+// name is the one every error type of tokenkeeper uses for this
+// (wechat.Error, wechat.HTTPError).
+func (e *RequestError) Retryable() bool {
 	return e.Code == contract.CodeUnavailable || e.Code == contract.CodeUpstream
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"time"
 
@@ -121,4 +122,27 @@ func ExampleSource_Listen() {
 		}
 		fmt.Println("new token", tok) // prints app, revision, fingerprint
 	}
+}
+
+// A service's HTTP client tested without NATS: the Transport takes any
+// TokenSource, and StaticAccessToken is one with a fixed token.
+func ExampleStaticAccessToken() {
+	upstream := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, `{"errcode":0,"token_seen":%q}`, r.URL.Query().Get("access_token"))
+	})
+	srv := httptest.NewServer(upstream)
+	defer srv.Close()
+
+	client := &http.Client{Transport: &subscriber.Transport{Source: subscriber.StaticAccessToken("mp-main", "TEST-TOKEN")}}
+	resp, err := client.Get(srv.URL + "/cgi-bin/getcallbackip")
+	if err != nil {
+		panic(err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		TokenSeen string `json:"token_seen"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	fmt.Println(body.TokenSeen)
+	// Output: TEST-TOKEN
 }

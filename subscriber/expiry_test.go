@@ -90,8 +90,9 @@ func TestExpiredTokensAreReportedAndReplaced(t *testing.T) {
 	if tok == nil || tok.AccessToken != "FRESH-1" {
 		t.Errorf("an expired Token returned %v, want the last token", tok)
 	}
-	if s, err := src.AccessToken(); s != "" || !errors.Is(err, subscriber.ErrExpired) {
-		t.Errorf("AccessToken of an expired token = %q, %v", s, err)
+	// AccessToken agrees with Token: the expired token, and ErrExpired.
+	if s, err := src.AccessToken(); s != "FRESH-1" || !errors.Is(err, subscriber.ErrExpired) {
+		t.Errorf("AccessToken of an expired token = %q, %v; want the last token and ErrExpired", s, err)
 	}
 	if src.Fresh() {
 		t.Error("Fresh with an expired token")

@@ -2,13 +2,16 @@ package subscriber
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
 )
@@ -41,18 +44,78 @@ const MaxPeek = 64 << 10
 // Use it only for hosts that should receive the token. Safe for
 // concurrent use, like the Source and Base it uses.
 type Transport struct {
-	// Source provides the token; required.
-	Source *Source
+	// Source provides the token; required. A *Source, or a StaticSource
+	// in a service's unit tests.
+	Source TokenSource
 	// Base sends the requests; nil means http.DefaultTransport.
 	Base http.RoundTripper
+	// Log receives a line per rejection and retry; nil: none.
+	Log *slog.Logger
 }
+
+// TokenSource is what Transport needs of a token's source: the current
+// token, and a refresh after upstream rejected the token of a revision.
+// *Source implements it; StaticSource does for tests without NATS.
+type TokenSource interface {
+	// Token returns the current token; with ErrExpired, the expired one.
+	Token() (*Token, error)
+	// Refresh returns a token newer than revision stale.
+	Refresh(ctx context.Context, stale uint64) (*Token, error)
+}
+
+var (
+	_ TokenSource = (*Source)(nil)
+	_ TokenSource = (*StaticSource)(nil)
+)
+
+// StaticSource is a TokenSource that always returns one token: for unit
+// tests of a service's HTTP client, with no NATS and no refresher. Its
+// Refresh returns the same token, so a Transport over it returns an
+// upstream rejection as it came.
+type StaticSource struct{ tok *Token }
+
+// NewStaticSource returns a StaticSource for tok (nil: Token returns
+// ErrNoToken).
+func NewStaticSource(tok *Token) *StaticSource { return &StaticSource{tok: tok} }
+
+// StaticAccessToken returns a StaticSource for the access token tok of
+// app, at revision 1, valid for a day from now.
+func StaticAccessToken(app, tok string) *StaticSource {
+	now := time.Now()
+	return NewStaticSource(&Token{App: app, AccessToken: tok, Revision: 1, FetchedAt: now, ExpiresAt: now.Add(24 * time.Hour)})
+}
+
+// Token implements TokenSource: the token, with ErrExpired once it has
+// expired.
+func (s *StaticSource) Token() (*Token, error) {
+	switch {
+	case s.tok == nil:
+		return nil, ErrNoToken
+	case !s.tok.Valid():
+		return s.tok, ErrExpired
+	}
+	return s.tok, nil
+}
+
+// Refresh implements TokenSource: the same token (a static source has no
+// newer one).
+func (s *StaticSource) Refresh(context.Context, uint64) (*Token, error) { return s.Token() }
 
 // RoundTripper returns a Transport that sets s's token on every request
 // sent through base (nil: http.DefaultTransport) and retries once when
-// upstream rejects it. See Transport.
+// upstream rejects it, logging with the Source's logger. See Transport.
 func (s *Source) RoundTripper(base http.RoundTripper) http.RoundTripper {
-	return &Transport{Source: s, Base: base}
+	return &Transport{Source: s, Base: base, Log: s.log}
 }
+
+func (t *Transport) log() *slog.Logger {
+	if t.Log != nil {
+		return t.Log
+	}
+	return discardLogger
+}
+
+var discardLogger = slog.New(slog.DiscardHandler)
 
 func (t *Transport) base() http.RoundTripper {
 	if t.Base != nil {
@@ -71,12 +134,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	ctx := req.Context()
 	tok, err := s.Token()
-	if errors.Is(err, ErrExpired) {
+	if errors.Is(err, ErrExpired) && tok != nil {
 		tok, err = s.Refresh(ctx, tok.Revision)
 	}
 	if err != nil {
 		closeBody(req)
-		return nil, fmt.Errorf("subscriber: no valid token for %s: %w", s.app, err)
+		return nil, fmt.Errorf("subscriber: no valid token: %w", err)
 	}
 	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
 
@@ -89,7 +152,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp.Request = req
 		return resp, nil
 	}
-	log := s.log.With("path", req.URL.Path, "errcode", code, "token", tok)
+	log := t.log().With("path", req.URL.Path, "errcode", code, "token", tok)
 	ntok, err := s.Refresh(ctx, tok.Revision)
 	if !replayable {
 		// The token is known bad: refreshed for the next call, but this

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -304,5 +305,46 @@ func TestRoundTripperErrorsCarryNoToken(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), contract.Fingerprint(tok.AccessToken)) || !errorsIs(err, io.ErrUnexpectedEOF) {
 		t.Errorf("error %v: want the fingerprint and the cause", err)
+	}
+}
+
+// TestTransportOverStaticSource: the Transport takes any TokenSource; over
+// a StaticSource a rejection comes back as it came (no newer token), an
+// expired static token is refused before any request is sent.
+func TestTransportOverStaticSource(t *testing.T) {
+	var calls atomic.Int64
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		if r.URL.Query().Get("access_token") != "GOOD" {
+			_, _ = w.Write([]byte(`{"errcode":40001,"errmsg":"invalid credential"}`))
+			return
+		}
+		_, _ = w.Write([]byte(`{"errcode":0}`))
+	}))
+	defer hs.Close()
+	get := func(src subscriber.TokenSource) (string, error) {
+		resp, err := (&http.Client{Transport: &subscriber.Transport{Source: src}}).Get(hs.URL + "/cgi-bin/x")
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b), nil
+	}
+	if body, err := get(subscriber.StaticAccessToken("mp", "GOOD")); err != nil || body != `{"errcode":0}` {
+		t.Fatalf("good static token: %q, %v", body, err)
+	}
+	if body, err := get(subscriber.StaticAccessToken("mp", "BAD")); err != nil || !strings.Contains(body, "40001") {
+		t.Fatalf("rejected static token: %q, %v; want the rejection as it came", body, err)
+	}
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("%d upstream calls, want 2 (no retry: the static source has no newer token)", n)
+	}
+	old := subscriber.NewStaticSource(&subscriber.Token{App: "mp", AccessToken: "GOOD", Revision: 1, ExpiresAt: time.Now().Add(-time.Minute)})
+	if _, err := get(old); !errors.Is(err, subscriber.ErrExpired) {
+		t.Fatalf("expired static token: %v, want ErrExpired", err)
+	}
+	if n := calls.Load(); n != 2 {
+		t.Fatal("an expired token was sent upstream")
 	}
 }

@@ -207,14 +207,15 @@ func (s *Source) Token() (*Token, error) {
 	return st.tok, st.err
 }
 
-// AccessToken returns the current token string, or "" and ErrExpired or
-// ErrClosed (see Token). Safe for concurrent use; it never blocks.
+// AccessToken returns the current token string, as Token does: with
+// ErrExpired, the expired token's string; after Close, "" and ErrClosed.
+// Safe for concurrent use; it never blocks.
 func (s *Source) AccessToken() (string, error) {
 	st := s.state.Load()
-	if st.err != nil {
+	if st.tok == nil {
 		return "", st.err
 	}
-	return st.tok.AccessToken, nil
+	return st.tok.AccessToken, st.err
 }
 
 // Revision returns the KV revision of the current token, 0 after Close.
