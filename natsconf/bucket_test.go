@@ -28,7 +28,7 @@ func streamConfig(t *testing.T, kv jetstream.KeyValue) jetstream.StreamConfig {
 }
 
 func TestEnsureBucketIdempotentAndUpdates(t *testing.T) {
-	c := connect(t, natsconf.Options{Embedded: natsconf.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: t.TempDir()}})
+	c := connectEmbedded(t, natsconf.Options{Embedded: natsconf.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: t.TempDir()}})
 	ctx := testCtx(t, 20*time.Second)
 	cfg := natsconf.BucketConfig{Name: contract.DefaultBucket, Description: "tokens v1"}
 

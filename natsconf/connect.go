@@ -30,11 +30,14 @@ const (
 )
 
 // Options is the nats: section of the YAML config and the connection flags
-// of tokenctl. A zero Options runs the embedded server with its defaults.
+// of tokenctl. Connect needs URL; in the refresher's config an empty URL
+// means "run the embedded server", which cmd/refresher does by calling
+// ConnectEmbedded.
 type Options struct {
 	// URL is the server URL, or a comma-separated list of the URLs of a
-	// cluster ("nats://a:4222,nats://b:4222"). Empty: run the embedded
-	// server (see Embedded) and connect to it in-process.
+	// cluster ("nats://a:4222,nats://b:4222"). Connect requires it. In the
+	// refresher's config, empty means: run the embedded server (see
+	// Embedded) and connect to it in-process (ConnectEmbedded).
 	URL string `yaml:"url"`
 	// User and Password authenticate with user/password.
 	User string `yaml:"user"`
@@ -52,7 +55,8 @@ type Options struct {
 	TLS TLSOptions `yaml:"tls"`
 	// Name is the connection name the server shows in its monitoring.
 	Name string `yaml:"name"`
-	// Embedded configures the embedded server, used when URL is empty.
+	// Embedded configures the embedded server of ConnectEmbedded (the
+	// refresher's, when URL is empty).
 	Embedded EmbeddedOptions `yaml:"embedded"`
 }
 
@@ -351,11 +355,13 @@ func (c *Conn) Close() {
 	})
 }
 
-// Connect connects to o.URL or, when o.URL is empty, starts the embedded
-// nats-server (StartEmbedded with o.Embedded, JetStream on) and connects
-// to it in-process — with nats.embedded.users configured, as an identity of
-// role refresher made for this start (RolePermissions), so the refresher
-// holds no more rights than a refresher connecting from elsewhere.
+// Connect connects to o.URL: a server URL or a comma-separated list of a
+// cluster's URLs. The URL is required: with an empty o.URL Connect returns
+// an error matching ErrNoURL (and ErrInvalidOptions) and starts nothing. A
+// client that finds no URL in its configuration must say so, not get a
+// private, empty embedded server that never receives a token; the
+// embedded server runs only where it is asked for explicitly
+// (ConnectEmbedded, which cmd/refresher calls when its nats.url is empty).
 //
 // It validates o first and returns every problem at once (the joined
 // error matches ErrInvalidOptions). The connection reconnects forever
@@ -369,40 +375,61 @@ func (c *Conn) Close() {
 // error (for example nats.ErrAuthorization); they never contain a
 // password, token or seed.
 func Connect(ctx context.Context, o Options, extra ...nats.Option) (*Conn, error) {
+	servers := strings.TrimSpace(o.URL)
+	if servers == "" {
+		return nil, ErrNoURL
+	}
 	if errs := o.Validate(); len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	opts := []nats.Option{
+	aopts, err := o.authOptions()
+	if err != nil {
+		return nil, err
+	}
+	return connect(ctx, o, servers, nil, append(aopts, extra...))
+}
+
+// ConnectEmbedded starts the embedded nats-server (StartEmbedded with
+// o.Embedded, JetStream on) and connects to it in-process — with
+// nats.embedded.users configured, as an identity of role refresher made
+// for this start (RolePermissions), so the refresher holds no more rights
+// than a refresher connecting from elsewhere. The returned Conn owns the
+// server: Close shuts it down.
+//
+// It is the refresher's explicit choice for an empty nats.url (the config
+// contract); o.URL must be empty, and client credentials and TLS, which
+// the in-process connection would ignore, are refused (Options.Validate).
+// Errors are those of StartEmbedded and Connect.
+func ConnectEmbedded(ctx context.Context, o Options, extra ...nats.Option) (*Conn, error) {
+	if strings.TrimSpace(o.URL) != "" {
+		return nil, optErr("nats.url", "set; ConnectEmbedded starts an embedded server only when nats.url is empty (use Connect)")
+	}
+	if errs := o.Validate(); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	s, selfAuth, err := startEmbedded(o.Embedded, true)
+	if err != nil {
+		return nil, err
+	}
+	opts := []nats.Option{nats.InProcessServer(s)}
+	if selfAuth != nil {
+		opts = append(opts, selfAuth)
+	}
+	return connect(ctx, o, s.ClientURL(), s, append(opts, extra...))
+}
+
+// connect dials servers with Connect's defaults, then opts; the returned
+// Conn owns srv (nil: none). On failure srv is shut down.
+func connect(ctx context.Context, o Options, servers string, srv *server.Server, opts []nats.Option) (*Conn, error) {
+	base := []nats.Option{
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(DefaultReconnectWait),
 	}
 	if o.Name != "" {
-		opts = append(opts, nats.Name(o.Name))
+		base = append(base, nats.Name(o.Name))
 	}
-
-	c := &Conn{}
-	servers := strings.TrimSpace(o.URL)
-	if servers == "" {
-		s, selfAuth, err := startEmbedded(o.Embedded, true)
-		if err != nil {
-			return nil, err
-		}
-		c.Server = s
-		servers = s.ClientURL()
-		opts = append(opts, nats.InProcessServer(s))
-		if selfAuth != nil {
-			opts = append(opts, selfAuth)
-		}
-	} else {
-		aopts, err := o.authOptions()
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, aopts...)
-	}
-	opts = append(opts, extra...)
-
-	nc, err := dial(ctx, servers, opts)
+	c := &Conn{Server: srv}
+	nc, err := dial(ctx, servers, append(base, opts...))
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("%w at %s: %w%s", ErrConnect, RedactURLs(servers), err, o.hint(err))

@@ -40,6 +40,63 @@ func connect(t *testing.T, o natsconf.Options, extra ...nats.Option) *natsconf.C
 	return c
 }
 
+// connectEmbedded starts the embedded server of o and connects to it
+// in-process, registering Close.
+func connectEmbedded(t *testing.T, o natsconf.Options, extra ...nats.Option) *natsconf.Conn {
+	t.Helper()
+	c, err := natsconf.ConnectEmbedded(testCtx(t, 10*time.Second), o, extra...)
+	if err != nil {
+		t.Fatalf("ConnectEmbedded: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// TestConnectWithoutURLFails: a client with no URL gets a clear error at
+// once, and no server is started — not on the configured listen address,
+// not in the configured store directory.
+func TestConnectWithoutURLFails(t *testing.T) {
+	port := freePort(t)
+	store := filepath.Join(t.TempDir(), "store")
+	listen := fmt.Sprintf("127.0.0.1:%d", port)
+	for _, o := range []natsconf.Options{
+		{},
+		{URL: "  "},
+		{Name: "svc", Embedded: natsconf.EmbeddedOptions{Listen: listen, StoreDir: store}},
+	} {
+		start := time.Now()
+		c, err := natsconf.Connect(testCtx(t, 10*time.Second), o)
+		if err == nil {
+			c.Close()
+			t.Fatalf("Connect(%+v) succeeded without a URL", o)
+		}
+		if !errors.Is(err, natsconf.ErrNoURL) || !errors.Is(err, natsconf.ErrInvalidOptions) {
+			t.Errorf("Connect without a URL: %v, want ErrNoURL (and ErrInvalidOptions)", err)
+		}
+		for _, want := range []string{"nats.url", "no NATS server URL", "never starts an embedded server"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not say %q", err, want)
+			}
+		}
+		if el := time.Since(start); el > time.Second {
+			t.Errorf("Connect took %s to refuse", el)
+		}
+	}
+	if _, err := os.Stat(store); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the store directory was created (%v)", err)
+	}
+	if c, err := net.DialTimeout("tcp", listen, time.Second); err == nil {
+		c.Close()
+		t.Errorf("something listens on %s", listen)
+	}
+
+	// The embedded server is started only when asked for, and never
+	// alongside a URL.
+	if _, err := natsconf.ConnectEmbedded(testCtx(t, 5*time.Second), natsconf.Options{URL: "nats://127.0.0.1:4222"}); !errors.Is(err, natsconf.ErrInvalidOptions) {
+		t.Errorf("ConnectEmbedded with a URL: %v, want ErrInvalidOptions", err)
+	}
+}
+
 // mustWork checks the connection with a JetStream round trip.
 func mustWork(t *testing.T, c *natsconf.Conn) {
 	t.Helper()
@@ -66,7 +123,7 @@ func connectErr(t *testing.T, o natsconf.Options) error {
 
 func TestEmbeddedConnectAndClose(t *testing.T) {
 	store := filepath.Join(t.TempDir(), "not", "yet")
-	c := connect(t, natsconf.Options{
+	c := connectEmbedded(t, natsconf.Options{
 		Name:     "embedded-test",
 		Embedded: natsconf.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: store, ServerName: "tk-embedded"},
 	})
@@ -142,12 +199,12 @@ func TestStartEmbeddedPortInUse(t *testing.T) {
 		t.Errorf("took %s to report a taken port", el)
 	}
 
-	// Through Connect as well.
-	_, err = natsconf.Connect(testCtx(t, 10*time.Second), natsconf.Options{
+	// Through ConnectEmbedded as well.
+	_, err = natsconf.ConnectEmbedded(testCtx(t, 10*time.Second), natsconf.Options{
 		Embedded: natsconf.EmbeddedOptions{Listen: addr, StoreDir: t.TempDir()},
 	})
 	if !errors.Is(err, natsconf.ErrAddressInUse) {
-		t.Fatalf("Connect: %v, want ErrAddressInUse", err)
+		t.Fatalf("ConnectEmbedded: %v, want ErrAddressInUse", err)
 	}
 }
 

@@ -49,13 +49,13 @@ func TestEmbeddedRefusesOpenNonLoopback(t *testing.T) {
 		if _, err := os.Stat(store); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("listen %s: the store directory was created (%v)", listen, err)
 		}
-		// Connect and Validate refuse the same.
+		// ConnectEmbedded and Validate refuse the same.
 		if errs := (natsconf.Options{Embedded: o}).Validate(); len(errs) != 1 || !strings.Contains(errs[0].Error(), "nats.embedded.listen") {
 			t.Errorf("listen %s: Validate: %v", listen, errs)
 		}
-		if c, err := natsconf.Connect(testCtx(t, 5*time.Second), natsconf.Options{Embedded: o}); err == nil {
+		if c, err := natsconf.ConnectEmbedded(testCtx(t, 5*time.Second), natsconf.Options{Embedded: o}); err == nil {
 			c.Close()
-			t.Errorf("listen %s: Connect started an open embedded server", listen)
+			t.Errorf("listen %s: ConnectEmbedded started an open embedded server", listen)
 		}
 	}
 	// Nothing listens on the port that was asked for.
@@ -79,7 +79,7 @@ func TestEmbeddedRefusesOpenNonLoopback(t *testing.T) {
 
 	// The explicit switch: open, anonymous, with a warning in the log.
 	logs := captureLog(t)
-	c := connect(t, natsconf.Options{Embedded: natsconf.EmbeddedOptions{Listen: "0.0.0.0:0", StoreDir: t.TempDir(), AllowAnonymous: true}})
+	c := connectEmbedded(t, natsconf.Options{Embedded: natsconf.EmbeddedOptions{Listen: "0.0.0.0:0", StoreDir: t.TempDir(), AllowAnonymous: true}})
 	anon, err := nats.Connect(c.Server.ClientURL())
 	if err != nil {
 		t.Fatalf("allow_anonymous: anonymous connection refused: %v", err)
@@ -243,7 +243,7 @@ func TestEmbeddedUsersLeastPrivilege(t *testing.T) {
 
 	logs := captureLog(t)
 	selfErrs := make(asyncErrs, 64)
-	c := connect(t, natsconf.Options{Embedded: natsconf.EmbeddedOptions{
+	c := connectEmbedded(t, natsconf.Options{Embedded: natsconf.EmbeddedOptions{
 		Listen: "127.0.0.1:0", StoreDir: t.TempDir(),
 		Users: []natsconf.EmbeddedUser{
 			{User: "refresher", Role: natsconf.RoleRefresher, PasswordEnv: "TK_TEST_REFRESHER_PW"},

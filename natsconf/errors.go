@@ -11,6 +11,11 @@ var (
 	// that Connect returns when Validate found problems.
 	ErrInvalidOptions = errors.New("invalid nats options")
 
+	// ErrNoURL is returned by Connect when no server URL is given. It
+	// matches ErrInvalidOptions. Connect never starts a server: only
+	// ConnectEmbedded (or StartEmbedded) does, when asked to.
+	ErrNoURL error = &optionError{key: "nats.url", msg: "no NATS server URL given: set it (for example nats://127.0.0.1:4222, or $NATS_URL); a client never starts an embedded server"}
+
 	// ErrInvalidBucketConfig marks a BucketConfig that EnsureBucket refuses
 	// before asking the server (bad name, replicas or history out of range,
 	// negative durations).

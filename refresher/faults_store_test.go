@@ -254,7 +254,7 @@ func TestLostLeaseBucketRecovered(t *testing.T) {
 		if err != nil || n != 1 {
 			return false
 		}
-		ent, err := kv.Get(ctx, "leader")
+		ent, err := kv.Get(ctx, contract.LeaseKey)
 		if err != nil {
 			return false
 		}

@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -70,7 +71,18 @@ func run(ctx context.Context, args []string) error {
 	log := refresher.NewLogger(cfg.Log, os.Stderr)
 	slog.SetDefault(log)
 
-	conn, err := natsconf.Connect(ctx, cfg.NATS)
+	// The config contract: an empty nats.url runs the embedded server.
+	// The decision is made here, explicitly: natsconf.Connect never starts
+	// a server.
+	var (
+		conn *natsconf.Conn
+		err  error
+	)
+	if strings.TrimSpace(cfg.NATS.URL) == "" {
+		conn, err = natsconf.ConnectEmbedded(ctx, cfg.NATS)
+	} else {
+		conn, err = natsconf.Connect(ctx, cfg.NATS)
+	}
 	if err != nil {
 		return err
 	}

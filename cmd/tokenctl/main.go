@@ -269,8 +269,8 @@ func (c *cli) checkGlobals() error {
 }
 
 // serverURL is the URL list tokenctl connects to: --nats, else $NATS_URL,
-// else defaultURL. It is never empty, so natsconf.Connect never starts an
-// embedded server.
+// else defaultURL: an explicit default. It is never empty (natsconf.Connect
+// refuses an empty URL; it never starts an embedded server).
 func (c *cli) serverURL() string {
 	if u := strings.TrimSpace(c.g.url); u != "" {
 		return u
