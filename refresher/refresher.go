@@ -551,6 +551,10 @@ func derefRec(rec *contract.Record) contract.Record {
 // failed records a failed refresh and schedules the next attempt.
 func (r *Refresher) failed(a *app, source string, err error, start time.Time) flightResult {
 	if errors.Is(err, ErrNotLeader) || errors.Is(err, context.Canceled) {
+		if errors.Is(err, ErrNotLeader) {
+			r.log.Info("refresh stopped: this replica no longer holds the lease; the next leader refreshes",
+				"app", a.name, "source", source, "duration", time.Since(start).Round(time.Millisecond))
+		}
 		cur, rev := a.current()
 		return flightResult{rec: derefRec(cur), rev: rev, err: err}
 	}
