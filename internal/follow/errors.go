@@ -18,6 +18,9 @@ var (
 	// ErrReplaced: Config.Replaced said the bucket was replaced; the watch
 	// is rebuilt at once, from the new bucket's start.
 	ErrReplaced = errors.New("follow: the bucket was replaced")
+	// ErrOpen: Config.Open failed (the error wraps its error too); it is
+	// tried again after a backoff.
+	ErrOpen = errors.New("follow: cannot open the bucket")
 	// ErrBuildTimeout: building the watch took longer than
 	// Config.Timeout; it was abandoned and is tried again after a backoff.
 	ErrBuildTimeout = errors.New("follow: building the watch timed out")

@@ -74,10 +74,10 @@ func (f *Follower) bucket() (jetstream.KeyValue, error) {
 	defer cancel()
 	kv, err := f.cfg.Open(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("opening the bucket: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrOpen, err)
 	}
 	if kv == nil {
-		return nil, errors.New("opening the bucket: Open returned no bucket")
+		return nil, fmt.Errorf("%w: Open returned no bucket", ErrOpen)
 	}
 	if f.cfg.Replaced == nil {
 		// Which bucket this is: one created anew starts its revisions over.
