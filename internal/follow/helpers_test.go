@@ -93,6 +93,18 @@ func (r *recorder) count(k follow.Kind, target error) int {
 	return n
 }
 
+// last returns when the last event of kind k whose error matches target
+// arrived.
+func (r *recorder) last(k follow.Kind, target error) (time.Time, bool) {
+	evs := r.events()
+	for i := len(evs) - 1; i >= 0; i-- {
+		if evs[i].Kind == k && (target == nil || errors.Is(evs[i].Err, target)) {
+			return evs[i].at, true
+		}
+	}
+	return time.Time{}, false
+}
+
 // find returns the first entry of key at revision rev or later.
 func (r *recorder) find(key string, rev uint64) (seen, bool) {
 	for _, e := range r.entries() {

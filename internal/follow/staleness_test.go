@@ -2,6 +2,7 @@ package follow_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -28,8 +29,7 @@ const stalenessPoll = time.Second
 func TestStalenessAfterServerRestart(t *testing.T) {
 	s := testutil.RunServer(t)
 	_, js := testutil.Connect(t, s.ClientURL())
-	kv := newBucket(t, js, 1)
-	put(t, kv, "mp", "v0")
+	put(t, newBucket(t, js, 1), "mp", "v0")
 	followers := map[string]*recorder{}
 	for name, poll := range map[string]time.Duration{"poll": stalenessPoll, "no poll": 0} {
 		nc, fjs := testutil.Connect(t, s.ClientURL())
@@ -39,14 +39,27 @@ func TestStalenessAfterServerRestart(t *testing.T) {
 	bound := stalenessPoll + time.Second
 	for i := range 3 {
 		s = testutil.RestartServer(t, s)
-		// The earliest write possible: as soon as JetStream takes it,
-		// while the followers may still be reconnecting.
-		rev, written := put(t, kv, "mp", "after restart")
+		// The earliest write possible: over an in-process connection, as
+		// soon as JetStream takes it. The followers reconnect every 20ms
+		// and rebuild their watches then, resuming after the last
+		// revision they had (the log says which came first).
+		_, ijs := testutil.Connect(t, "", nats.InProcessServer(s))
+		ikv := openBucket(t, ijs)
+		rev, written := put(t, ikv, "mp", "after restart")
 		for _, name := range []string{"poll", "no poll"} {
-			e := followers[name].waitEntry(t, "mp", rev, 30*time.Second)
+			r := followers[name]
+			e := r.waitEntry(t, "mp", rev, 30*time.Second)
 			stale := e.at.Sub(written)
-			t.Logf("restart %d: the follower with %s had revision %d %s after it was written (polled=%v)",
-				i+1, name, rev, fmtStale(stale), e.Polled)
+			rebuilt := "no rebuild for the reconnect"
+			if at, ok := r.last(follow.Problem, follow.ErrReconnected); ok {
+				if d := written.Sub(at).Round(time.Microsecond); d >= 0 {
+					rebuilt = fmt.Sprintf("the rebuild of its watch for the reconnect began %s before the write", d)
+				} else {
+					rebuilt = fmt.Sprintf("the rebuild of its watch for the reconnect began %s after the write", -d)
+				}
+			}
+			t.Logf("restart %d: the follower with %s had revision %d %s after it was written (polled=%v; %s)",
+				i+1, name, rev, fmtStale(stale), e.Polled, rebuilt)
 			if stale > bound {
 				t.Errorf("restart %d: the follower with %s was stale for %s, want <= %s", i+1, name, stale, bound)
 			}
@@ -55,6 +68,20 @@ func TestStalenessAfterServerRestart(t *testing.T) {
 	for _, r := range followers {
 		checkOrder(t, r)
 	}
+}
+
+// openBucket looks the bucket up, retrying while the server recovers it.
+func openBucket(t *testing.T, js jetstream.JetStream) jetstream.KeyValue {
+	t.Helper()
+	var kv jetstream.KeyValue
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		var err error
+		kv, err = js.KeyValue(ctx, bucketName)
+		return err == nil
+	}, "bucket %s not found", bucketName)
+	return kv
 }
 
 // The cluster node that holds a follower's watch consumer goes away. Two
