@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,11 +26,14 @@ import (
 const stalenessPoll = time.Second
 
 // The server restarts (same port, same store) under two followers: one
-// with a poll, one without (only the rebuild on reconnect helps it).
+// with a poll, one without (only the rebuild on reconnect helps it). A
+// bare KV watcher runs alongside, for comparison: the log says how far it
+// got.
 func TestStalenessAfterServerRestart(t *testing.T) {
 	s := testutil.RunServer(t)
 	_, js := testutil.Connect(t, s.ClientURL())
 	put(t, newBucket(t, js, 1), "mp", "v0")
+	bare := bareWatcher(t, s.ClientURL())
 	followers := map[string]*recorder{}
 	for name, poll := range map[string]time.Duration{"poll": stalenessPoll, "no poll": 0} {
 		nc, fjs := testutil.Connect(t, s.ClientURL())
@@ -37,6 +41,7 @@ func TestStalenessAfterServerRestart(t *testing.T) {
 		followers[name].waitEntry(t, "mp", 1, 5*time.Second)
 	}
 	bound := stalenessPoll + time.Second
+	began := time.Now()
 	for i := range 3 {
 		s = testutil.RestartServer(t, s)
 		// The earliest write possible: over an in-process connection, as
@@ -68,6 +73,32 @@ func TestStalenessAfterServerRestart(t *testing.T) {
 	for _, r := range followers {
 		checkOrder(t, r)
 	}
+	t.Logf("for comparison, a bare KV watcher of the key is at revision %d at the end, %s after the first restart",
+		bare.Load(), time.Since(began).Round(time.Millisecond))
+}
+
+// bareWatcher watches the key with jetstream alone and keeps the last
+// revision it delivered.
+func bareWatcher(t *testing.T, url string) *atomic.Uint64 {
+	t.Helper()
+	_, js := testutil.Connect(t, url)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	kv := openBucket(t, js)
+	w, err := kv.Watch(ctx, "mp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rev atomic.Uint64
+	go func() {
+		for e := range w.Updates() {
+			if e != nil {
+				rev.Store(e.Revision())
+			}
+		}
+	}()
+	testutil.WaitFor(t, 5*time.Second, func() bool { return rev.Load() > 0 }, "the bare watcher delivered nothing")
+	return &rev
 }
 
 // openBucket looks the bucket up, retrying while the server recovers it.
