@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -311,9 +312,12 @@ func (b *bucketKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (je
 }
 
 // WatchFiltered is jetstream.KeyValue.WatchFiltered on the bucket in use
-// (see Watch).
+// (see Watch). jetstream rewrites the keys it is given: each attempt gets
+// its own copy.
 func (b *bucketKV) WatchFiltered(ctx context.Context, keys []string, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
-	return do(ctx, b, func(g *bucketGen) (jetstream.KeyWatcher, error) { return g.kv.WatchFiltered(ctx, keys, opts...) })
+	return do(ctx, b, func(g *bucketGen) (jetstream.KeyWatcher, error) {
+		return g.kv.WatchFiltered(ctx, slices.Clone(keys), opts...)
+	})
 }
 
 // Keys is jetstream.KeyValue.Keys on the bucket in use.

@@ -19,8 +19,8 @@ const (
 	// the refresher again.
 	DefaultBackoffMin = 100 * time.Millisecond
 	DefaultBackoffMax = 5 * time.Second
-	// DefaultRequestTimeout bounds one token.refresh request attempt and
-	// a bucket lookup (see WithRequestTimeout).
+	// DefaultRequestTimeout bounds one token.refresh request attempt
+	// (see WithRequestTimeout).
 	DefaultRequestTimeout = 10 * time.Second
 )
 
@@ -107,8 +107,8 @@ func WithBackoff(minWait, maxWait time.Duration) Option {
 	return func(c *config) { c.backoffMin, c.backoffMax = minWait, maxWait }
 }
 
-// WithRequestTimeout bounds one token.refresh request attempt and the
-// bucket lookup (default 10s; must be positive). Building a watch and a
+// WithRequestTimeout bounds one token.refresh request attempt (default
+// 10s; must be positive). The bucket lookup, building a watch and a
 // direct read of the key are bounded by the smaller of d and 2s, so that
 // a lost server delays the next attempt little. Refresh retries
 // timed-out attempts until its ctx ends, so this is not Refresh's overall

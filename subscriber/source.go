@@ -71,13 +71,6 @@ type Source struct {
 	lastAsk   error  // the last failed ask of the refresher, ditto
 	asking    bool   // the ask loop runs
 	flights   map[uint64]*flight
-
-	kv jetstream.KeyValue // the bucket, once found (for the poller)
-	// bucketCreated is when the bucket's stream was created, to tell a
-	// recreated bucket (revisions start over) from a lagging replica.
-	bucketCreated time.Time
-
-	stalled chan struct{} // the poller tells the watch loop to rebuild
 }
 
 // state is one immutable read state of a Source.
@@ -143,7 +136,6 @@ func NewSource(ctx context.Context, nc *nats.Conn, app string, opts ...Option) (
 		dead:    make(chan struct{}),
 		problem: "the watch has not started",
 		flights: map[uint64]*flight{},
-		stalled: make(chan struct{}, 1),
 	}
 	s.state.Store(stateNoToken)
 	s.tail.Store(&update{done: make(chan struct{})})
@@ -153,9 +145,8 @@ func NewSource(ctx context.Context, nc *nats.Conn, app string, opts ...Option) (
 		s.wg.Add(1)
 		go s.notify(l, cfg.onUpdate)
 	}
-	s.wg.Add(2)
+	s.wg.Add(1)
 	go s.watch()
-	go s.pollLoop()
 
 	select {
 	case <-s.first:

@@ -4,176 +4,133 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"time"
-
-	"github.com/tokenkeeper/tokenkeeper/contract"
-	"github.com/tokenkeeper/tokenkeeper/internal/backoff"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenkeeper/tokenkeeper/contract"
+	"github.com/tokenkeeper/tokenkeeper/internal/follow"
 )
 
-// Reasons for the watch loop to rebuild the watch.
-var (
-	errWatchEnded  = errors.New("watch ended")
-	errReconnected = errors.New("connection reconnected")
-	errStalled     = errors.New("watch missed an update that a direct read found, or the bucket is gone")
-)
-
-// watch keeps the Source current until Close: it finds the bucket, reads
-// the key, watches it, and rebuilds the watch (resuming after the last
-// revision) when it ends, on every reconnect, and when the poller found a
-// revision the watch did not deliver. It runs on the Source's private
-// context.
+// watch keeps the Source current until Close, following the app's key
+// with internal/follow: the bucket is looked up until it exists, the key
+// is watched, the watch is rebuilt (resuming after the last revision) when
+// it ends, on every reconnect, and when the poll (every poll interval)
+// found a revision the watch did not deliver. It runs on the Source's
+// private context.
 func (s *Source) watch() {
 	defer s.wg.Done()
-	reconnects := s.nc.StatusChanged(nats.CONNECTED)
-	defer s.nc.RemoveStatusListener(reconnects)
-	bo := backoff.New(s.cfg.backoffMin, s.cfg.backoffMax)
-	var kv jetstream.KeyValue
-	for s.ctx.Err() == nil {
-		if s.nc.IsClosed() {
-			s.log.Warn("NATS connection closed; the Source keeps its last token until it expires")
-			s.setProblem("the NATS connection is closed")
-			s.die(nats.ErrConnectionClosed)
+	f, err := follow.Start(s.nc, follow.Config{
+		Open:         s.bucket,
+		Keys:         []string{s.app},
+		PollInterval: s.cfg.poll,
+		Timeout:      s.probeTimeout(),
+		BackoffMin:   s.cfg.backoffMin,
+		BackoffMax:   s.cfg.backoffMax,
+	})
+	if err != nil {
+		s.setProblem("cannot follow key %q: %v", s.app, err)
+		s.die(err)
+		return
+	}
+	defer f.Stop()
+	rebase := false // the bucket was created anew: take its next token whatever its revision
+	for {
+		select {
+		case <-s.ctx.Done():
 			return
-		}
-		if kv == nil {
-			var err error
-			kv, err = s.bucket()
-			if err != nil {
-				if errors.Is(err, jetstream.ErrBucketNotFound) {
-					s.setProblem("bucket %q does not exist yet", s.cfg.bucket)
-					s.ask()
-				} else {
-					s.setProblem("cannot look up bucket %q: %v", s.cfg.bucket, err)
+		case ev, ok := <-f.Events():
+			if !ok {
+				if s.ctx.Err() == nil {
+					s.log.Warn("NATS connection closed; the Source keeps its last token until it expires")
+					s.setProblem("the NATS connection is closed")
+					s.die(orErr(f.Err(), nats.ErrConnectionClosed))
 				}
-				s.log.Debug("bucket not available; trying again", "err", err)
-				if !sleep(s.ctx, min(bo.Next(), s.cfg.poll), reconnects) {
-					return
-				}
-				continue
+				return
 			}
-			s.found(kv)
+			rebase = s.event(ev, rebase)
 		}
-		// Read the key directly first: a direct get is answered by any
-		// replica, so this catches up even while a cluster fails over
-		// and the watch cannot be built yet.
-		if _, err := s.poll(kv); isBucketGone(err) {
-			s.log.Warn("bucket disappeared; looking for it again", "err", err)
-			kv = nil
-			s.found(nil)
-			continue
+	}
+}
+
+// orErr returns err, or def if err is nil.
+func orErr(err, def error) error {
+	if err == nil {
+		return def
+	}
+	return err
+}
+
+// event handles one event of the follower; it returns the new rebase
+// state.
+func (s *Source) event(ev follow.Event, rebase bool) bool {
+	switch ev.Kind {
+	case follow.Entry:
+		from := "watch"
+		if ev.Polled {
+			from = "direct read"
 		}
-		err := s.follow(kv, reconnects, bo)
-		switch {
-		case s.ctx.Err() != nil:
-			return
-		case errors.Is(err, errReconnected), errors.Is(err, errStalled):
-			// Rebuild at once, resuming after the last revision.
-			s.log.Info("rebuilding the watch", "reason", err, "revision", s.Revision())
-			continue
-		case isBucketGone(err):
-			s.log.Warn("bucket disappeared; looking for it again", "err", err)
-			kv = nil
-			s.found(nil)
+		applied := s.entry(ev.Entry, from, rebase)
+		if ev.Polled {
+			s.log.Warn("the watch missed an update; the direct read found it", "revision", ev.Entry.Revision(), "applied", applied)
+		}
+		if ev.Entry.Operation() == jetstream.KeyValuePut {
+			return false
+		}
+	case follow.Current:
+		// Everything stored has been seen.
+		if _, ok := s.valid(); !ok {
+			if s.Revision() == 0 {
+				s.setProblem("key %q is not in bucket %q yet", s.app, s.cfg.bucket)
+			}
+			s.ask()
+		}
+	case follow.Reset:
+		s.log.Warn("the bucket was created anew; its revisions started over", "had", s.Revision())
+		return true
+	case follow.Problem:
+		switch err := ev.Err; {
+		case errors.Is(err, follow.ErrOpen):
+			s.log.Debug("bucket not available; trying again", "err", err)
 		case isConsumerLimit(err):
 			// Not transient: every watcher is a consumer of the bucket's
 			// stream. Until one is free, only the poll keeps this Source
 			// current.
 			s.log.Error("the bucket's stream has no consumer left for this watch; updates arrive only by polling until one is free (run a current refresher: it raises the stream's max_consumers)",
 				"err", err, "poll_interval", s.cfg.poll)
+		case errors.Is(err, follow.ErrReconnected), errors.Is(err, follow.ErrStalled), errors.Is(err, follow.ErrReplaced):
+			s.log.Info("rebuilding the watch", "reason", err, "revision", s.Revision())
 		default:
 			s.log.Info("watch ended; rebuilding it", "err", err, "revision", s.Revision())
 		}
-		// Never longer than the poll interval: each round starts with a
-		// direct read, so the Source keeps up while the watch cannot be
-		// built (a cluster failing over).
-		if !sleep(s.ctx, min(bo.Next(), s.cfg.poll), reconnects) {
-			return
-		}
 	}
+	return rebase
 }
 
-// isBucketGone reports whether err says the bucket's stream is gone.
-func isBucketGone(err error) bool {
-	return errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) ||
-		errors.Is(err, nats.ErrStreamNotFound)
-}
-
-// probeTimeout bounds building a watch and one direct read: short, so that
-// a server that is gone delays the next attempt (and the reaction to a
-// reconnect) little.
+// probeTimeout bounds building a watch, a bucket lookup and one direct
+// read: short, so that a server that is gone delays the next attempt (and
+// the reaction to a reconnect) little.
 func (s *Source) probeTimeout() time.Duration { return min(s.cfg.requestTimeout, 2*time.Second) }
 
-// bucket looks the bucket up, bounded by the request timeout.
-func (s *Source) bucket() (jetstream.KeyValue, error) {
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.requestTimeout)
-	defer cancel()
-	return s.js.KeyValue(ctx, s.cfg.bucket)
+// bucket looks the bucket up (the follower's Open); ctx is bounded by
+// probeTimeout. A bucket that does not exist yet makes the Source ask the
+// refresher for a token.
+func (s *Source) bucket(ctx context.Context) (jetstream.KeyValue, error) {
+	kv, err := s.js.KeyValue(ctx, s.cfg.bucket)
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+		s.setProblem("bucket %q does not exist yet", s.cfg.bucket)
+		s.ask()
+	case err != nil:
+		s.setProblem("cannot look up bucket %q: %v", s.cfg.bucket, err)
+	}
+	return kv, err
 }
 
-// follow runs one watch of the key until it must be rebuilt, and returns
-// why.
-func (s *Source) follow(kv jetstream.KeyValue, reconnects <-chan nats.Status, bo *backoff.Backoff) error {
-	ctx, cancel := context.WithCancel(s.ctx) // owns the watch
-	defer cancel()
-	var opts []jetstream.WatchOpt
-	if last := s.Revision(); last > 0 {
-		opts = append(opts, jetstream.ResumeFromRevision(last+1))
-	}
-	// Stall reports from before this watch are about an older one.
-	select {
-	case <-s.stalled:
-	default:
-	}
-	// ctx must live as long as the watch, so it cannot carry a deadline:
-	// cancel it if building takes too long (a lost server, a failover).
-	timer := time.AfterFunc(s.probeTimeout(), cancel)
-	w, err := kv.Watch(ctx, s.app, opts...)
-	if !timer.Stop() {
-		return fmt.Errorf("building the watch took over %s: %w", s.probeTimeout(), context.DeadlineExceeded)
-	}
-	if err != nil {
-		return err
-	}
-	// No w.Stop() on the way out: cancelling ctx stops the watch, and
-	// nats.go deletes its consumer in the background. Stop would block
-	// here for up to the JetStream timeout when the server that holds
-	// the consumer is gone, which is exactly when the watch must be
-	// rebuilt at once.
-
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errWatchEnded
-			}
-			bo.Reset()
-			if e == nil {
-				// The initial values have been delivered.
-				if _, ok := s.valid(); !ok {
-					if s.Revision() == 0 {
-						s.setProblem("key %q is not in bucket %q yet", s.app, s.cfg.bucket)
-					}
-					s.ask()
-				}
-				continue
-			}
-			s.entry(e)
-		case <-reconnects:
-			return errReconnected
-		case <-s.stalled:
-			return errStalled
-		}
-	}
-}
-
-// entry handles one entry of the watch.
-func (s *Source) entry(e jetstream.KeyValueEntry) {
+// entry handles one entry of the key, from the watch or a direct read; it
+// reports whether it made a new token current. rebase: see apply.
+func (s *Source) entry(e jetstream.KeyValueEntry, from string, rebase bool) bool {
 	switch e.Operation() {
 	case jetstream.KeyValueDelete, jetstream.KeyValuePurge:
 		// Keep serving the last token until it expires: a deleted record
@@ -184,14 +141,14 @@ func (s *Source) entry(e jetstream.KeyValueEntry) {
 			s.setProblem("key %q was deleted (revision %d)", s.app, e.Revision())
 			s.ask()
 		}
-		return
+		return false
 	}
 	tok, err := s.decode(e.Value(), e.Revision())
 	if err != nil {
 		s.log.Error("ignoring a record that does not parse", "revision", e.Revision(), "err", err)
-		return
+		return false
 	}
-	s.apply(tok, "watch", false)
+	return s.apply(tok, from, rebase)
 }
 
 // current is the token held, for logs.

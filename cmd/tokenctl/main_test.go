@@ -441,18 +441,57 @@ func TestWatchJSONAndWaitsForFirstToken(t *testing.T) {
 }
 
 func TestWatchSurvivesServerRestart(t *testing.T) {
-	t.Run("resume on reconnect", func(t *testing.T) {
-		// Only the reconnect path may resume the watch here, not the poll.
-		watchPoll = time.Hour
-		t.Cleanup(func() { watchPoll = 5 * time.Second })
-		testWatchAcrossRestart(t)
-	})
-	t.Run("revision poll", func(t *testing.T) {
-		// Only the poll may notice the missed revision here.
-		watchPoll, resumeOnReconnect = 300*time.Millisecond, false
-		t.Cleanup(func() { watchPoll, resumeOnReconnect = 5*time.Second, true })
-		testWatchAcrossRestart(t)
-	})
+	// Only what happens on reconnect (the rebuilt watch, and the read made
+	// then) may deliver the update here: the periodic poll is off.
+	watchPoll = time.Hour
+	t.Cleanup(func() { watchPoll = 5 * time.Second })
+	testWatchAcrossRestart(t)
+}
+
+// A watch that stalls with no error and no reconnect (its consumer is
+// deleted on the server, as when the node holding it is lost): only the
+// revision poll can find the next update.
+func TestWatchPollCatchesAStalledWatch(t *testing.T) {
+	watchPoll = 300 * time.Millisecond
+	t.Cleanup(func() { watchPoll = 5 * time.Second })
+	w := newWorld(t)
+	stdout, stderr, stop := startWatch(t, "--nats", w.e.URL, "watch", "mp")
+	testutil.WaitFor(t, 5*time.Second, func() bool {
+		return strings.Contains(stdout.String(), watchLineFor(w.rev, w.rec))
+	}, "watch did not print the current revision:\n%s\n%s", stdout, stderr)
+	// tokenctl's consumer is the one filtered on mp's key alone (the
+	// refresher's watches every key).
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := w.e.JS.Stream(ctx, "KV_tokens")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deleted := 0
+	for ci := range st.ListConsumers(ctx).Info() {
+		if ci.Config.FilterSubject == "$KV.tokens.mp" {
+			if err := st.DeleteConsumer(ctx, ci.Name); err != nil {
+				t.Fatal(err)
+			}
+			deleted++
+		}
+	}
+	if deleted != 1 {
+		t.Fatalf("deleted %d watch consumers of mp, want 1", deleted)
+	}
+
+	rep := forceRefresh(t, w.e.URL, w.rev)
+	start := time.Now()
+	testutil.WaitFor(t, 5*time.Second, func() bool {
+		return strings.Contains(stdout.String(), fmt.Sprintf("revision=%d ", rep.Revision))
+	}, "watch did not print revision %d after its watch stalled:\n%s\n%s", rep.Revision, stdout, stderr)
+	t.Logf("update printed %s after the refresh", time.Since(start).Round(time.Millisecond))
+	if !strings.Contains(stderr.String(), fmt.Sprintf("revision %d is stored but the watch had not delivered it", rep.Revision)) {
+		t.Errorf("watch did not report the missed revision:\n%s", stderr)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("watch exited %d", code)
+	}
 }
 
 // testWatchAcrossRestart restarts the NATS server under a running watch;

@@ -9,7 +9,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/internal/backoff"
+	"github.com/tokenkeeper/tokenkeeper/internal/follow"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -35,10 +35,10 @@ line: {"app","revision","operation","written_at","source","fetched_at",
 
 watch survives NATS restarts and failovers: on every reconnect it
 recreates the watch from the revision after the last one printed, every
-5s it compares the stored revision with the last one printed and
-rewatches if one was missed (a KV watcher can stall silently for ~20s
-after a failover), and it rewatches with backoff when the watch ends.
-Connection events are reported on stderr.
+5s it reads the key and prints a revision the watch missed (a KV watcher
+can stall silently for ~20s after a failover), then rewatches, and it
+rewatches with backoff when the watch ends. Connection events are
+reported on stderr.
 
 Stops with exit status 0 on Ctrl-C (SIGINT) or SIGTERM. Fails (exit 1)
 when it cannot connect or the bucket does not exist; an app with no token
@@ -48,13 +48,9 @@ yet is waited for.`,
 	run:   runWatch,
 }
 
-// watchPoll is how often watch compares the stored revision with the
-// last one it printed.
+// watchPoll is how often watch reads the key and compares its revision
+// with the last one printed.
 var watchPoll = 5 * time.Second
-
-// resumeOnReconnect makes watch recreate its watcher on every reconnect;
-// tests turn it off to exercise the revision poll alone.
-var resumeOnReconnect = true
 
 // connEvent is a connection event, passed from the NATS client's
 // goroutines to the watch loop (which alone writes the output).
@@ -98,8 +94,7 @@ func runWatch(ctx context.Context, c *cli, args []string, _ any) error {
 		app, c.g.bucket, s.nc.ConnectedUrlRedacted())
 
 	wl := &watchLoop{c: c, s: s, kv: kv, app: app, events: events}
-	wl.run(ctx)
-	return nil
+	return wl.run(ctx)
 }
 
 // watchLoop follows one key and prints its updates.
@@ -114,99 +109,60 @@ type watchLoop struct {
 	waiting bool   // "no token yet" was reported
 }
 
-// run watches until ctx is done.
-func (wl *watchLoop) run(ctx context.Context) {
-	bo := backoff.New(100*time.Millisecond, 5*time.Second)
-	poll := time.NewTicker(watchPoll)
-	defer poll.Stop()
-	var lastErr string
-	for ctx.Err() == nil {
-		wctx, stop := context.WithCancel(ctx)
-		var opts []jetstream.WatchOpt
-		if wl.last > 0 {
-			opts = append(opts, jetstream.ResumeFromRevision(wl.last+1))
-		}
-		w, err := wl.kv.Watch(wctx, wl.app, opts...)
-		if err != nil {
-			stop()
-			if ctx.Err() != nil {
-				return
-			}
-			if msg := err.Error(); msg != lastErr {
-				fmt.Fprintf(wl.c.stderr, "tokenctl: cannot watch %s: %v; retrying\n", wl.app, err)
-				lastErr = msg
-			}
-			if !backoff.Sleep(ctx, bo.Next()) {
-				return
-			}
-			continue
-		}
-		lastErr = ""
-		why, ended := wl.follow(ctx, w, poll.C)
-		_ = w.Stop()
-		stop()
-		if ctx.Err() != nil {
-			return
-		}
-		fmt.Fprintf(wl.c.stderr, "tokenctl: %s; resuming the watch after revision %d\n", why, wl.last)
-		if !ended {
-			bo.Reset()
-		} else if !backoff.Sleep(ctx, bo.Next()) {
-			return
-		}
+// run prints the key's updates until ctx is done, following it with
+// internal/follow (which rebuilds the watch on reconnect, when it ends,
+// and when its poll found a revision the watch missed). This goroutine
+// alone writes the output.
+func (wl *watchLoop) run(ctx context.Context) error {
+	f, err := follow.Start(wl.s.nc, follow.Config{
+		Open:         func(context.Context) (jetstream.KeyValue, error) { return wl.kv, nil },
+		Keys:         []string{wl.app},
+		PollInterval: watchPoll,
+		Timeout:      wl.c.g.timeout,
+	})
+	if err != nil {
+		return err
 	}
-}
-
-// follow prints w's updates until ctx is done or the watch must be
-// recreated; it returns why, and ended true when the watch itself ended
-// (then the next one waits for a backoff).
-func (wl *watchLoop) follow(ctx context.Context, w jetstream.KeyWatcher, poll <-chan time.Time) (why string, ended bool) {
+	defer f.Stop()
+	var lastErr string // the last problem printed: repeats are not
 	for {
 		select {
 		case <-ctx.Done():
-			return "stopped", false
-		case e, ok := <-w.Updates():
-			if !ok {
-				return "the watch ended", true
+			return nil
+		case ev := <-wl.events:
+			if ev.reconnected {
+				fmt.Fprintf(wl.c.stderr, "tokenctl: reconnected to %s; resuming the watch after revision %d\n", ev.url, wl.last)
+				continue
 			}
-			if e == nil {
+			fmt.Fprintf(wl.c.stderr, "tokenctl: %v\n", ev.err)
+		case ev, ok := <-f.Events():
+			if !ok {
+				return fmt.Errorf("watch %s: %w", wl.app, f.Err())
+			}
+			switch ev.Kind {
+			case follow.Entry:
+				lastErr = ""
+				if ev.Polled {
+					fmt.Fprintf(wl.c.stderr, "tokenctl: revision %d is stored but the watch had not delivered it; rewatching\n", ev.Entry.Revision())
+				}
+				wl.last = ev.Entry.Revision()
+				wl.print(ev.Entry)
+			case follow.Current:
+				lastErr = ""
 				if wl.last == 0 && !wl.waiting {
 					fmt.Fprintf(wl.c.stderr, "tokenctl: no token stored for app %s yet; waiting\n", wl.app)
 					wl.waiting = true
 				}
-				continue
-			}
-			if e.Revision() <= wl.last {
-				continue
-			}
-			wl.last = e.Revision()
-			wl.print(e)
-		case ev := <-wl.events:
-			if ev.reconnected {
-				if resumeOnReconnect {
-					return "reconnected to " + ev.url, false
+			case follow.Reset:
+				fmt.Fprintf(wl.c.stderr, "tokenctl: bucket %s was created anew; its revisions start over\n", wl.c.g.bucket)
+			case follow.Problem:
+				if msg := ev.Err.Error(); msg != lastErr && !errors.Is(ev.Err, follow.ErrReconnected) {
+					fmt.Fprintf(wl.c.stderr, "tokenctl: %v; resuming the watch after revision %d\n", ev.Err, wl.last)
+					lastErr = msg
 				}
-				fmt.Fprintf(wl.c.stderr, "tokenctl: reconnected to %s\n", ev.url)
-				continue
-			}
-			fmt.Fprintf(wl.c.stderr, "tokenctl: %v\n", ev.err)
-		case <-poll:
-			if rev := wl.storedRevision(ctx); rev > wl.last {
-				return fmt.Sprintf("revision %d is stored but the watch has not delivered it", rev), false
 			}
 		}
 	}
-}
-
-// storedRevision reads the key's current revision (0 if none or on error).
-func (wl *watchLoop) storedRevision(ctx context.Context) uint64 {
-	rctx, cancel := wl.c.withTimeout(ctx)
-	defer cancel()
-	e, err := wl.kv.Get(rctx, wl.app)
-	if err != nil {
-		return 0
-	}
-	return e.Revision()
 }
 
 // watchLine is one update in --json output.
