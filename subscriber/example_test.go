@@ -146,3 +146,55 @@ func ExampleStaticAccessToken() {
 	fmt.Println(body.TokenSeen)
 	// Output: TEST-TOKEN
 }
+
+// One Client per process follows every key the process needs (apps and
+// their tickets) over one watch: one consumer on the bucket's stream.
+func ExampleClient() {
+	dir, err := os.MkdirTemp("", "tokenkeeper-example")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+	srv, err := natsconf.StartEmbedded(natsconf.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: dir})
+	if err != nil {
+		panic(err)
+	}
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		panic(err)
+	}
+	defer nc.Close()
+
+	// What the refresher does: store the records.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	js, _ := jetstream.New(nc)
+	kv, err := natsconf.EnsureBucket(ctx, js, natsconf.BucketConfig{Name: contract.DefaultBucket, History: 1})
+	if err != nil {
+		panic(err)
+	}
+	for _, key := range []string{"mp-main", "mini-shop"} {
+		rec, _ := json.Marshal(contract.Record{App: key, AccessToken: "TOKEN-OF-" + key, FetchedAt: time.Now().UTC(), ExpiresAt: time.Now().Add(2 * time.Hour).UTC(), Source: contract.SourceStartup})
+		if _, err := kv.Put(ctx, key, rec); err != nil {
+			panic(err)
+		}
+	}
+
+	client, err := subscriber.NewClient(nc)
+	if err != nil {
+		panic(err)
+	}
+	defer client.Close()
+	for _, key := range []string{"mp-main", "mini-shop"} {
+		src, err := client.Source(ctx, key) // blocks until the first token
+		if err != nil {
+			panic(err)
+		}
+		tok, _ := src.AccessToken()
+		fmt.Println(key, tok)
+	}
+	// Output:
+	// mp-main TOKEN-OF-mp-main
+	// mini-shop TOKEN-OF-mini-shop
+}

@@ -34,7 +34,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
 )
@@ -45,10 +44,16 @@ import (
 // and do no I/O.
 type Source struct {
 	nc  *nats.Conn
-	js  jetstream.JetStream
-	app string
-	cfg config
-	log *slog.Logger
+	app string // the key followed
+	// client follows the key (ownClient: a Client of this Source alone,
+	// made by NewSource and closed with it).
+	client    *Client
+	ownClient bool
+	// rebase: the bucket was created anew, take its next token whatever
+	// its revision (touched by the client's run goroutine only).
+	rebase bool
+	cfg    config
+	log    *slog.Logger
 
 	// state is what readers load: the token and the error to return
 	// with it. It is replaced (never modified) under mu.
@@ -110,8 +115,8 @@ func NewSource(ctx context.Context, nc *nats.Conn, app string, opts ...Option) (
 	if nc == nil {
 		return nil, fmt.Errorf("%w: nil NATS connection", ErrInvalidArgument)
 	}
-	if !contract.ValidAppName(app) {
-		return nil, fmt.Errorf("%w: app name %q is not 1-64 of [A-Za-z0-9_-]", ErrInvalidArgument, app)
+	if !contract.ValidKey(app) {
+		return nil, fmt.Errorf("%w: key %q is not an app name (1-64 of [A-Za-z0-9_-]) or a tokenkeeper key", ErrInvalidArgument, app)
 	}
 	cfg := defaults()
 	for _, o := range opts {
@@ -122,16 +127,29 @@ func NewSource(ctx context.Context, nc *nats.Conn, app string, opts ...Option) (
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	js, err := jetstream.New(nc)
+	// A Source of its own: a Client that follows this one key.
+	c, err := newClient(nc, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("subscriber: jetstream: %w", err)
+		return nil, err
 	}
+	s := newSource(c, app, cfg)
+	s.ownClient = true
+	if err := c.op(s, true); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	return s.waitFirst(ctx)
+}
+
+// newSource returns a Source of key followed by c; c.op(s, true) starts
+// following it.
+func newSource(c *Client, key string, cfg config) *Source {
 	s := &Source{
-		nc:      nc,
-		js:      js,
-		app:     app,
+		nc:      c.nc,
+		client:  c,
+		app:     key,
 		cfg:     cfg,
-		log:     cfg.log.With("component", "tokenkeeper-subscriber", "app", app, "bucket", cfg.bucket),
+		log:     cfg.log.With("component", "tokenkeeper-subscriber", "app", key, "bucket", cfg.bucket),
 		first:   make(chan struct{}),
 		dead:    make(chan struct{}),
 		problem: "the watch has not started",
@@ -145,9 +163,12 @@ func NewSource(ctx context.Context, nc *nats.Conn, app string, opts ...Option) (
 		s.wg.Add(1)
 		go s.notify(l, cfg.onUpdate)
 	}
-	s.wg.Add(1)
-	go s.watch()
+	return s
+}
 
+// waitFirst waits until the Source's first valid token arrived, its
+// follower died, or ctx ended; it closes the Source in the last two cases.
+func (s *Source) waitFirst(ctx context.Context) (*Source, error) {
 	select {
 	case <-s.first:
 		return s, nil
@@ -156,7 +177,7 @@ func NewSource(ctx context.Context, nc *nats.Conn, app string, opts ...Option) (
 		err := s.deadErr
 		s.mu.Unlock()
 		_ = s.Close()
-		return nil, fmt.Errorf("%w for app %q: %w", ErrNoToken, app, err)
+		return nil, fmt.Errorf("%w for app %q: %w", ErrNoToken, s.app, err)
 	case <-ctx.Done():
 		// A token may have arrived at the same instant: prefer it.
 		select {
@@ -166,7 +187,7 @@ func NewSource(ctx context.Context, nc *nats.Conn, app string, opts ...Option) (
 		}
 		why := s.why()
 		_ = s.Close()
-		return nil, fmt.Errorf("%w for app %q in bucket %q: %w (%s)", ErrNoToken, app, cfg.bucket, ctx.Err(), why)
+		return nil, fmt.Errorf("%w for app %q in bucket %q: %w (%s)", ErrNoToken, s.app, s.cfg.bucket, ctx.Err(), why)
 	}
 }
 
@@ -256,6 +277,11 @@ func (s *Source) Close() error {
 	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()
+	// No event reaches the Source once op returns.
+	_ = s.client.op(s, false)
+	if s.ownClient {
+		_ = s.client.Close()
+	}
 	return nil
 }
 

@@ -112,7 +112,9 @@ func TestNewSourceRejectsBadArguments(t *testing.T) {
 		opts []subscriber.Option
 	}{
 		"nil conn":       {nil, "a", nil},
-		"bad app":        {&nats.Conn{}, "a.b", nil},
+		"bad app":        {&nats.Conn{}, "a b", nil},
+		"wildcard key":   {&nats.Conn{}, "a.>", nil},
+		"empty segment":  {&nats.Conn{}, "a..b", nil},
 		"empty app":      {&nats.Conn{}, "", nil},
 		"bad bucket":     {&nats.Conn{}, "a", []subscriber.Option{subscriber.WithBucket("x.y")}},
 		"zero poll":      {&nats.Conn{}, "a", []subscriber.Option{subscriber.WithPollInterval(0)}},

@@ -1,7 +1,6 @@
 package subscriber
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"time"
@@ -13,47 +12,6 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/internal/follow"
 )
 
-// watch keeps the Source current until Close, following the app's key
-// with internal/follow: the bucket is looked up until it exists, the key
-// is watched, the watch is rebuilt (resuming after the last revision) when
-// it ends, on every reconnect, and when the poll (every poll interval)
-// found a revision the watch did not deliver. It runs on the Source's
-// private context.
-func (s *Source) watch() {
-	defer s.wg.Done()
-	f, err := follow.Start(s.nc, follow.Config{
-		Open:         s.bucket,
-		Keys:         []string{s.app},
-		PollInterval: s.cfg.poll,
-		Timeout:      s.probeTimeout(),
-		BackoffMin:   s.cfg.backoffMin,
-		BackoffMax:   s.cfg.backoffMax,
-	})
-	if err != nil {
-		s.setProblem("cannot follow key %q: %v", s.app, err)
-		s.die(err)
-		return
-	}
-	defer f.Stop()
-	rebase := false // the bucket was created anew: take its next token whatever its revision
-	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case ev, ok := <-f.Events():
-			if !ok {
-				if s.ctx.Err() == nil {
-					s.log.Warn("NATS connection closed; the Source keeps its last token until it expires")
-					s.setProblem("the NATS connection is closed")
-					s.die(orErr(f.Err(), nats.ErrConnectionClosed))
-				}
-				return
-			}
-			rebase = s.event(ev, rebase)
-		}
-	}
-}
-
 // orErr returns err, or def if err is nil.
 func orErr(err, def error) error {
 	if err == nil {
@@ -61,6 +19,12 @@ func orErr(err, def error) error {
 	}
 	return err
 }
+
+// probeTimeoutMax bounds building a watch, a bucket lookup and one direct
+// read (and the request timeout, if smaller): short, so that a server
+// that is gone delays the next attempt (and the reaction to a reconnect)
+// little.
+const probeTimeoutMax = 2 * time.Second
 
 // event handles one event of the follower; it returns the new rebase
 // state.
@@ -106,26 +70,6 @@ func (s *Source) event(ev follow.Event, rebase bool) bool {
 		}
 	}
 	return rebase
-}
-
-// probeTimeout bounds building a watch, a bucket lookup and one direct
-// read: short, so that a server that is gone delays the next attempt (and
-// the reaction to a reconnect) little.
-func (s *Source) probeTimeout() time.Duration { return min(s.cfg.requestTimeout, 2*time.Second) }
-
-// bucket looks the bucket up (the follower's Open); ctx is bounded by
-// probeTimeout. A bucket that does not exist yet makes the Source ask the
-// refresher for a token.
-func (s *Source) bucket(ctx context.Context) (jetstream.KeyValue, error) {
-	kv, err := s.js.KeyValue(ctx, s.cfg.bucket)
-	switch {
-	case errors.Is(err, jetstream.ErrBucketNotFound):
-		s.setProblem("bucket %q does not exist yet", s.cfg.bucket)
-		s.ask()
-	case err != nil:
-		s.setProblem("cannot look up bucket %q: %v", s.cfg.bucket, err)
-	}
-	return kv, err
 }
 
 // entry handles one entry of the key, from the watch or a direct read; it
