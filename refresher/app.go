@@ -355,25 +355,3 @@ func (a *app) callsToday(now time.Time) int {
 	}
 	return a.calls
 }
-
-func (a *app) status(now time.Time) Status {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	s := Status{App: a.name, Revision: a.rev, Failures: a.failures, LastErrAt: a.lastErrAt}
-	if a.rec != nil {
-		s.Source, s.FetchedAt, s.ExpiresAt = a.rec.Source, a.rec.FetchedAt, a.rec.ExpiresAt
-		s.Valid = a.rec.ExpiresAt.After(now)
-		s.RefreshAt = a.due
-		if a.retryAt.After(a.due) {
-			s.RefreshAt = a.retryAt
-		}
-	}
-	if a.lastErr != nil {
-		s.LastError = a.lastErr.Error()
-		s.RetryAt = a.retryAt
-	}
-	if appDay(now) == a.day {
-		s.CallsToday = a.calls
-	}
-	return s
-}

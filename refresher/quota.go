@@ -2,6 +2,7 @@ package refresher
 
 import (
 	"fmt"
+	"time"
 )
 
 // DefaultDailyQuota is WeChat's daily limit of token calls per app.
@@ -28,4 +29,22 @@ func (a AppConfig) dailyQuota() int {
 		return a.DailyQuota
 	}
 	return DefaultDailyQuota
+}
+
+// appDay is WeChat's day (China Standard Time, UTC+8) of t, as yyyymmdd:
+// the daily quota resets at midnight in Beijing.
+func appDay(t time.Time) int {
+	t = t.In(cst)
+	y, m, d := t.Date()
+	return y*10000 + int(m)*100 + d
+}
+
+// cst is China Standard Time (no daylight saving), built without tzdata.
+var cst = time.FixedZone("CST", 8*3600)
+
+// nextQuotaReset returns the next midnight in China Standard Time.
+func nextQuotaReset(t time.Time) time.Time {
+	t = t.In(cst)
+	y, m, d := t.Date()
+	return time.Date(y, m, d+1, 0, 0, 0, 0, cst)
 }
