@@ -1,7 +1,6 @@
 package refresher
 
 import (
-	"encoding/json"
 	"errors"
 	"math/rand/v2"
 	"sync"
@@ -43,43 +42,6 @@ type app struct {
 	stateRev uint64 // revision of the app's key in the state bucket (0: none known)
 }
 
-// flight is one refresh in progress; everyone who needs the app's token
-// refreshed meanwhile waits for it and shares its result.
-type flight struct {
-	done chan struct{}
-	res  flightResult
-
-	// waiters are token.refresh requests parked on this flight without a
-	// goroutine each; finish answers them from one goroutine.
-	wmu      sync.Mutex
-	finished bool
-	waiters  []func(res flightResult, enc func() []byte)
-}
-
-// park adds a waiter unless the flight has finished.
-func (f *flight) park(w func(res flightResult, enc func() []byte)) bool {
-	f.wmu.Lock()
-	defer f.wmu.Unlock()
-	if f.finished {
-		return false
-	}
-	f.waiters = append(f.waiters, w)
-	return true
-}
-
-// inFlight returns the refresh in flight, if any.
-func (a *app) inFlight() *flight {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.flight
-}
-
-type flightResult struct {
-	rec contract.Record
-	rev uint64
-	err error
-}
-
 // owns reports whether rec is a token of this app's upstream appid
 // (records without an appid predate the field and are trusted).
 func (a *app) owns(rec *contract.Record) bool {
@@ -105,92 +67,6 @@ func (a *app) config() AppConfig {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.cfg
-}
-
-// join returns the refresh in flight, or starts one (started true): the
-// caller must then finish it.
-func (a *app) join() (f *flight, started bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.flight != nil {
-		return a.flight, false
-	}
-	a.flight = &flight{done: make(chan struct{})}
-	return a.flight, true
-}
-
-func (a *app) finish(f *flight, res flightResult) {
-	a.mu.Lock()
-	if a.flight == f {
-		a.flight = nil
-	}
-	a.mu.Unlock()
-	f.res = res
-	close(f.done)
-	f.wmu.Lock()
-	f.finished = true
-	ws := f.waiters
-	f.waiters = nil
-	f.wmu.Unlock()
-	if len(ws) > 0 {
-		go func() {
-			var b []byte
-			enc := func() []byte {
-				if b == nil {
-					b, _ = json.Marshal(contract.RefreshReply{Record: res.rec, Revision: res.rev})
-				}
-				return b
-			}
-			for _, w := range ws {
-				w(res, enc)
-			}
-		}()
-	}
-}
-
-// WeChat's limits on stable_token force_refresh.
-const (
-	stableForceInterval = 30 * time.Second
-	stableForceDaily    = 20
-)
-
-// joinOrStart joins the refresh in flight, or starts one (started true;
-// the caller must finish it). A forced refresh is started only if the last
-// one began at least minGap ago; otherwise limited is true and nothing is
-// started.
-func (a *app) joinOrStart(now time.Time, forced bool, minGap time.Duration) (f *flight, started, limited bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.flight != nil {
-		return a.flight, false, false
-	}
-	if forced {
-		if !a.lastForced.IsZero() && now.Sub(a.lastForced) < minGap {
-			return nil, false, true
-		}
-		a.lastForced = now
-	}
-	a.flight = &flight{done: make(chan struct{})}
-	return a.flight, true, false
-}
-
-// takeStableForce reports whether a forced refresh may use stable_token's
-// force mode (20 a day); past that, normal mode is used. For classic apps
-// every fetch issues a new token anyway.
-func (a *app) takeStableForce(now time.Time) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.cfg.Kind != wechat.KindStable {
-		return true
-	}
-	if d := appDay(now); d != a.forceDay {
-		a.forceDay, a.forcedToday = d, 0
-	}
-	if a.forcedToday >= stableForceDaily {
-		return false
-	}
-	a.forcedToday++
-	return true
 }
 
 // dueAt returns when the app is next due, and whether a refresh is
@@ -334,24 +210,4 @@ func expo(base, maxD time.Duration, n int) time.Duration {
 		d *= 2
 	}
 	return min(d, maxD)
-}
-
-// countCall counts one upstream call against the app's daily quota.
-func (a *app) countCall(now time.Time) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if d := appDay(now); d != a.day {
-		a.day, a.calls = d, 0
-	}
-	a.calls++
-}
-
-// callsToday returns the upstream calls made on WeChat's current day.
-func (a *app) callsToday(now time.Time) int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if appDay(now) != a.day {
-		return 0
-	}
-	return a.calls
 }
