@@ -46,17 +46,16 @@ type flightResult struct {
 }
 
 // join returns the refresh in flight, or starts one (started true): the
-// caller must then finish it.
+// caller must then finish it. It is joinOrStart for an unforced refresh:
+// one place creates flights.
 func (a *app) join() (f *flight, started bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.flight != nil {
-		return a.flight, false
-	}
-	a.flight = &flight{done: make(chan struct{})}
-	return a.flight, true
+	f, started, _ = a.joinOrStart(time.Time{}, false, 0)
+	return f, started
 }
 
+// finish ends f with res: the app takes new flights again, every waiter
+// on f.done sees res, and the parked requests are answered from one
+// goroutine.
 func (a *app) finish(f *flight, res flightResult) {
 	a.mu.Lock()
 	if a.flight == f {
