@@ -2,11 +2,11 @@ package refresher
 
 import (
 	"errors"
-	"math/rand/v2"
 	"sync"
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
+	"github.com/tokenkeeper/tokenkeeper/internal/backoff"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 )
 
@@ -186,28 +186,23 @@ func (a *app) failure(err error, now time.Time) time.Time {
 	defer a.mu.Unlock()
 	a.failures++
 	a.lastErr, a.lastErrAt = err, now
-	var d time.Duration
+	var base, maxD time.Duration
 	switch {
 	case errors.Is(err, wechat.ErrQuotaExceeded):
-		a.retryAt = nextQuotaReset(now).Add(time.Duration(rand.N(int64(time.Minute))))
+		// Spread over the first minute of WeChat's new day.
+		a.retryAt = nextQuotaReset(now).Add(backoff.Full(time.Minute))
 		return a.retryAt
 	case errors.Is(err, ErrQuotaReserved):
-		d = a.policy.PermanentRetryMin
+		base, maxD = a.policy.PermanentRetryMin, a.policy.PermanentRetryMin
 	case errors.Is(err, ErrNotStored), wechat.IsRetryable(err):
-		d = expo(a.policy.RetryMin, 60*a.policy.RetryMin, a.failures)
+		base, maxD = a.policy.RetryMin, 60*a.policy.RetryMin
 	default:
-		d = expo(a.policy.PermanentRetryMin, 10*a.policy.PermanentRetryMin, a.failures)
+		base, maxD = a.policy.PermanentRetryMin, 10*a.policy.PermanentRetryMin
 	}
-	// ±20 % jitter so that failing apps do not retry in step.
-	d = time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
-	a.retryAt = now.Add(d)
+	a.retryAt = now.Add(backoff.Delay(a.failures, base, maxD, failureJitter))
 	return a.retryAt
 }
 
-func expo(base, maxD time.Duration, n int) time.Duration {
-	d := base
-	for i := 1; i < n && d < maxD; i++ {
-		d *= 2
-	}
-	return min(d, maxD)
-}
+// failureJitter spreads the pause after a failure by ±20 %, so that
+// failing apps do not retry in step.
+var failureJitter = backoff.Spread(0.2)
