@@ -66,15 +66,20 @@ type Refresher struct {
 // refreshes in flight to store what they fetched.
 const shutdownGrace = 15 * time.Second
 
-// New returns a Refresher for cfg (already defaulted and validated, as
-// LoadConfig returns it) that talks to NATS over nc. Options: WithLogger,
-// WithClock, WithUpstream, WithReplicaID, WithObserver, WithConcurrency.
-// New does no I/O; Run provisions the buckets.
+// New returns a Refresher for cfg (defaulted, validated and with its
+// secrets read, as LoadConfig returns it) that talks to NATS over nc.
+// Options: WithLogger, WithClock, WithUpstream, WithReplicaID,
+// WithObserver, WithConcurrency. New does no I/O — it reads no file and
+// no environment variable (an app whose secret was not read is an error:
+// see Config.ResolveSecrets); Run provisions the buckets.
 func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Refresher, error) {
 	if cfg == nil || nc == nil {
 		return nil, errors.New("refresher: New needs a config and a NATS connection")
 	}
 	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := cfg.checkResolved(); err != nil {
 		return nil, err
 	}
 	js, err := jetstream.New(nc)
