@@ -10,7 +10,7 @@
 // connects to NATS (package natsconf), and runs a Refresher:
 //
 //	cfg, err := refresher.LoadConfig("tokenkeeper.yaml")
-//	conn, err := natsconf.Connect(ctx, cfg.NATS)
+//	conn, err := natsconf.Connect(ctx, cfg.NATS) // ConnectEmbedded if cfg.NATS.URL is empty
 //	r, err := refresher.New(cfg, conn.NC, refresher.WithLogger(log))
 //	err = r.Run(ctx) // until ctx ends
 //
