@@ -79,11 +79,34 @@ func (t TLSOptions) enabled() bool { return t.CAFile != "" || t.CertFile != "" |
 // nil. Each error names the YAML key it is about ("nats.tls.cert: ...") and
 // matches ErrInvalidOptions. Files named by the options must exist and
 // parse; the variable named by PasswordEnv must be set. Secrets never
-// appear in the messages.
-func (o Options) Validate() []error {
+// appear in the messages. Validate reports what ValidateKeys and
+// ValidateFiles report, in one list.
+func (o Options) Validate() []error { return o.validate(true, true) }
+
+// ValidateKeys is the part of Validate that reads nothing: the values of
+// the keys and how they combine. It neither opens a file nor looks at the
+// environment.
+func (o Options) ValidateKeys() []error { return o.validate(true, false) }
+
+// ValidateFiles is the part of Validate that reads what the keys name:
+// the creds, nkey and TLS files exist and parse, the password variables
+// are set, the password files are readable and not empty, the embedded
+// server's store_dir is not a file.
+func (o Options) ValidateFiles() []error { return o.validate(false, true) }
+
+// validate reports the problems of the keys (keys) and of the files and
+// variables they name (files).
+func (o Options) validate(keys, files bool) []error {
 	var errs []error
 	add := func(key, format string, args ...any) {
-		errs = append(errs, optErr(key, fmt.Sprintf(format, args...)))
+		if keys {
+			errs = append(errs, optErr(key, fmt.Sprintf(format, args...)))
+		}
+	}
+	addFile := func(key, format string, args ...any) {
+		if files {
+			errs = append(errs, optErr(key, fmt.Sprintf(format, args...)))
+		}
 	}
 
 	embedded := strings.TrimSpace(o.URL) == ""
@@ -94,7 +117,7 @@ func (o Options) Validate() []error {
 			}
 		}
 	} else {
-		errs = append(errs, o.Embedded.validate()...)
+		errs = append(errs, o.Embedded.validate(keys, files)...)
 		// The refresher's own connection to its embedded server is
 		// in-process, with an identity made for it: client credentials
 		// would be silently ignored, which is worse than an error.
@@ -122,6 +145,22 @@ func (o Options) Validate() []error {
 	if o.User != "" && o.Password == "" && o.PasswordEnv == "" {
 		add("nats.password", "required with nats.user (or set nats.password_env)")
 	}
+	// TLS.
+	if o.TLS.CertFile != "" && o.TLS.KeyFile == "" {
+		add("nats.tls.key", "required when nats.tls.cert is set")
+	}
+	if o.TLS.KeyFile != "" && o.TLS.CertFile == "" {
+		add("nats.tls.cert", "required when nats.tls.key is set")
+	}
+	if files {
+		o.checkFiles(addFile)
+	}
+	return errs
+}
+
+// checkFiles reports, through add, what is wrong with the files and
+// variables the options name (the I/O half of Validate).
+func (o Options) checkFiles(add func(key, format string, args ...any)) {
 	if o.PasswordEnv != "" && os.Getenv(o.PasswordEnv) == "" {
 		add("nats.password_env", "environment variable %s is not set or empty", o.PasswordEnv)
 	}
@@ -149,13 +188,7 @@ func (o Options) Validate() []error {
 			wipe(data)
 		}
 	}
-	// TLS.
-	if o.TLS.CertFile != "" && o.TLS.KeyFile == "" {
-		add("nats.tls.key", "required when nats.tls.cert is set")
-	}
-	if o.TLS.KeyFile != "" && o.TLS.CertFile == "" {
-		add("nats.tls.cert", "required when nats.tls.key is set")
-	}
+	// TLS files.
 	certOK, keyOK := true, true
 	if o.TLS.CertFile != "" {
 		if _, msg := readFile(o.TLS.CertFile); msg != "" {
@@ -183,7 +216,6 @@ func (o Options) Validate() []error {
 			add("nats.tls.ca", "%s holds no PEM certificate", o.TLS.CAFile)
 		}
 	}
-	return errs
 }
 
 // authMethods lists the YAML keys of the authentication methods in use.

@@ -539,3 +539,48 @@ func TestValidate(t *testing.T) {
 		t.Errorf("mismatched pair not reported: %s", all)
 	}
 }
+
+// TestValidateKeysAndFiles: ValidateKeys reads nothing, ValidateFiles
+// reports only what reading finds, and together they are Validate.
+func TestValidateKeysAndFiles(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing")
+	storeFile := writeFile(t, "store-is-a-file", []byte("x"))
+	for name, o := range map[string]natsconf.Options{
+		"client": {
+			URL:         "nats://127.0.0.1:4222,,http://x:1",
+			User:        "svc",
+			PasswordEnv: "TK_TEST_SURELY_UNSET_VAR",
+			Token:       "tok",
+			CredsFile:   missing + ".creds",
+			NKeyFile:    writeFile(t, "garbage.nk", []byte("not a seed")),
+			TLS:         natsconf.TLSOptions{CAFile: missing + ".ca", CertFile: missing + ".pem"},
+		},
+		"embedded": {Embedded: natsconf.EmbeddedOptions{StoreDir: storeFile, Users: []natsconf.EmbeddedUser{
+			{User: "a", Role: natsconf.RoleService, PasswordEnv: "TK_TEST_SURELY_UNSET_VAR"},
+			{User: "b", Role: natsconf.RoleService, PasswordFile: missing + ".pw"},
+			{User: "c", Role: "nobody", NKey: "SUAKEY"},
+		}}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			all, keys, files := o.Validate(), o.ValidateKeys(), o.ValidateFiles()
+			if len(keys) == 0 || len(files) == 0 {
+				t.Fatalf("keys %v, files %v: want problems in both", keys, files)
+			}
+			if len(all) != len(keys)+len(files) {
+				t.Errorf("Validate reports %d problems, ValidateKeys %d and ValidateFiles %d", len(all), len(keys), len(files))
+			}
+			for _, err := range keys {
+				if m := err.Error(); strings.Contains(m, "does not exist") || strings.Contains(m, "environment variable") ||
+					strings.Contains(m, "not a directory") || strings.Contains(m, "does not hold") {
+					t.Errorf("ValidateKeys reports what only reading finds: %s", m)
+				}
+			}
+			for _, err := range files {
+				if m := err.Error(); strings.Contains(m, "cannot be combined") || strings.Contains(m, "required") ||
+					strings.Contains(m, "nats.url") || strings.Contains(m, ".role") || strings.Contains(m, "is a seed") {
+					t.Errorf("ValidateFiles reports a problem of the keys: %s", m)
+				}
+			}
+		})
+	}
+}

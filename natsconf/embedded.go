@@ -69,11 +69,19 @@ func (o EmbeddedOptions) bucket() string {
 }
 
 // validate returns every problem of o (with defaults applied), each
-// naming its key and matching ErrInvalidOptions.
-func (o EmbeddedOptions) validate() []error {
+// naming its key and matching ErrInvalidOptions: those of the keys if
+// keys, those of the files and variables they name if files.
+func (o EmbeddedOptions) validate(keys, files bool) []error {
 	var errs []error
 	add := func(key, format string, args ...any) {
-		errs = append(errs, optErr(key, fmt.Sprintf(format, args...)))
+		if keys {
+			errs = append(errs, optErr(key, fmt.Sprintf(format, args...)))
+		}
+	}
+	addFile := func(key, format string, args ...any) {
+		if files {
+			errs = append(errs, optErr(key, fmt.Sprintf(format, args...)))
+		}
 	}
 	o = o.withDefaults()
 	host, _, err := splitListen(o.Listen)
@@ -83,10 +91,12 @@ func (o EmbeddedOptions) validate() []error {
 	if strings.ContainsAny(o.ServerName, " \t\n") {
 		add("nats.embedded.server_name", "must not contain spaces")
 	}
-	if fi, err := os.Stat(o.StoreDir); err == nil && !fi.IsDir() {
-		add("nats.embedded.store_dir", "%s exists and is not a directory", o.StoreDir)
+	if files {
+		if fi, err := os.Stat(o.StoreDir); err == nil && !fi.IsDir() {
+			addFile("nats.embedded.store_dir", "%s exists and is not a directory", o.StoreDir)
+		}
 	}
-	o.validateUsers(add)
+	o.validateUsers(add, addFile, files)
 	if err == nil && len(o.Users) == 0 && !o.AllowAnonymous && !loopback(host) {
 		add("nats.embedded.listen", "%s is reachable beyond this host and nats.embedded.users is empty: "+
 			"anyone who reaches it could read every token and write the bucket. "+
@@ -162,7 +172,7 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 // server also accepts an identity of role refresher made for this start,
 // and the returned option connects as it; otherwise the option is nil.
 func startEmbedded(o EmbeddedOptions, self bool) (*server.Server, nats.Option, error) {
-	if errs := o.validate(); len(errs) > 0 {
+	if errs := o.validate(true, true); len(errs) > 0 {
 		return nil, nil, errors.Join(errs...)
 	}
 	o = o.withDefaults()

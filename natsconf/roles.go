@@ -116,8 +116,10 @@ type EmbeddedUser struct {
 	NKey string `yaml:"nkey"`
 }
 
-// validateUsers checks nats.embedded.users and allow_anonymous.
-func (o EmbeddedOptions) validateUsers(add func(key, format string, args ...any)) {
+// validateUsers checks nats.embedded.users and allow_anonymous; it reads
+// the password variables and files (reporting through addFile) only if
+// files.
+func (o EmbeddedOptions) validateUsers(add, addFile func(key, format string, args ...any), files bool) {
 	if o.AllowAnonymous && len(o.Users) > 0 {
 		add("nats.embedded.allow_anonymous", "cannot be combined with nats.embedded.users: with users nobody connects anonymously")
 	}
@@ -156,15 +158,18 @@ func (o EmbeddedOptions) validateUsers(add func(key, format string, args ...any)
 		case len(set) > 1:
 			add(key+"."+set[1], "cannot be combined with %s; choose one", set[0])
 		case u.PasswordEnv != "":
-			if os.Getenv(u.PasswordEnv) == "" {
-				add(key+".password_env", "environment variable %s is not set or empty", u.PasswordEnv)
+			if files && os.Getenv(u.PasswordEnv) == "" {
+				addFile(key+".password_env", "environment variable %s is not set or empty", u.PasswordEnv)
 			}
 		case u.PasswordFile != "":
+			if !files {
+				break
+			}
 			if data, msg := readFile(u.PasswordFile); msg != "" {
-				add(key+".password_file", "%s", msg)
+				addFile(key+".password_file", "%s", msg)
 			} else {
 				if len(strings.TrimSpace(string(data))) == 0 {
-					add(key+".password_file", "%s is empty", u.PasswordFile)
+					addFile(key+".password_file", "%s is empty", u.PasswordFile)
 				}
 				wipe(data)
 			}

@@ -1,13 +1,12 @@
 package refresher
 
 import (
-	"encoding/json"
 	"errors"
-	"math/rand/v2"
 	"sync"
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
+	"github.com/tokenkeeper/tokenkeeper/internal/backoff"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 )
 
@@ -43,43 +42,6 @@ type app struct {
 	stateRev uint64 // revision of the app's key in the state bucket (0: none known)
 }
 
-// flight is one refresh in progress; everyone who needs the app's token
-// refreshed meanwhile waits for it and shares its result.
-type flight struct {
-	done chan struct{}
-	res  flightResult
-
-	// waiters are token.refresh requests parked on this flight without a
-	// goroutine each; finish answers them from one goroutine.
-	wmu      sync.Mutex
-	finished bool
-	waiters  []func(res flightResult, enc func() []byte)
-}
-
-// park adds a waiter unless the flight has finished.
-func (f *flight) park(w func(res flightResult, enc func() []byte)) bool {
-	f.wmu.Lock()
-	defer f.wmu.Unlock()
-	if f.finished {
-		return false
-	}
-	f.waiters = append(f.waiters, w)
-	return true
-}
-
-// inFlight returns the refresh in flight, if any.
-func (a *app) inFlight() *flight {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.flight
-}
-
-type flightResult struct {
-	rec contract.Record
-	rev uint64
-	err error
-}
-
 // owns reports whether rec is a token of this app's upstream appid
 // (records without an appid predate the field and are trusted).
 func (a *app) owns(rec *contract.Record) bool {
@@ -105,92 +67,6 @@ func (a *app) config() AppConfig {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.cfg
-}
-
-// join returns the refresh in flight, or starts one (started true): the
-// caller must then finish it.
-func (a *app) join() (f *flight, started bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.flight != nil {
-		return a.flight, false
-	}
-	a.flight = &flight{done: make(chan struct{})}
-	return a.flight, true
-}
-
-func (a *app) finish(f *flight, res flightResult) {
-	a.mu.Lock()
-	if a.flight == f {
-		a.flight = nil
-	}
-	a.mu.Unlock()
-	f.res = res
-	close(f.done)
-	f.wmu.Lock()
-	f.finished = true
-	ws := f.waiters
-	f.waiters = nil
-	f.wmu.Unlock()
-	if len(ws) > 0 {
-		go func() {
-			var b []byte
-			enc := func() []byte {
-				if b == nil {
-					b, _ = json.Marshal(contract.RefreshReply{Record: res.rec, Revision: res.rev})
-				}
-				return b
-			}
-			for _, w := range ws {
-				w(res, enc)
-			}
-		}()
-	}
-}
-
-// WeChat's limits on stable_token force_refresh.
-const (
-	stableForceInterval = 30 * time.Second
-	stableForceDaily    = 20
-)
-
-// joinOrStart joins the refresh in flight, or starts one (started true;
-// the caller must finish it). A forced refresh is started only if the last
-// one began at least minGap ago; otherwise limited is true and nothing is
-// started.
-func (a *app) joinOrStart(now time.Time, forced bool, minGap time.Duration) (f *flight, started, limited bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.flight != nil {
-		return a.flight, false, false
-	}
-	if forced {
-		if !a.lastForced.IsZero() && now.Sub(a.lastForced) < minGap {
-			return nil, false, true
-		}
-		a.lastForced = now
-	}
-	a.flight = &flight{done: make(chan struct{})}
-	return a.flight, true, false
-}
-
-// takeStableForce reports whether a forced refresh may use stable_token's
-// force mode (20 a day); past that, normal mode is used. For classic apps
-// every fetch issues a new token anyway.
-func (a *app) takeStableForce(now time.Time) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.cfg.Kind != wechat.KindStable {
-		return true
-	}
-	if d := appDay(now); d != a.forceDay {
-		a.forceDay, a.forcedToday = d, 0
-	}
-	if a.forcedToday >= stableForceDaily {
-		return false
-	}
-	a.forcedToday++
-	return true
 }
 
 // dueAt returns when the app is next due, and whether a refresh is
@@ -310,70 +186,23 @@ func (a *app) failure(err error, now time.Time) time.Time {
 	defer a.mu.Unlock()
 	a.failures++
 	a.lastErr, a.lastErrAt = err, now
-	var d time.Duration
+	var base, maxD time.Duration
 	switch {
 	case errors.Is(err, wechat.ErrQuotaExceeded):
-		a.retryAt = nextQuotaReset(now).Add(time.Duration(rand.N(int64(time.Minute))))
+		// Spread over the first minute of WeChat's new day.
+		a.retryAt = nextQuotaReset(now).Add(backoff.Full(time.Minute))
 		return a.retryAt
 	case errors.Is(err, ErrQuotaReserved):
-		d = a.policy.PermanentRetryMin
+		base, maxD = a.policy.PermanentRetryMin, a.policy.PermanentRetryMin
 	case errors.Is(err, ErrNotStored), wechat.IsRetryable(err):
-		d = expo(a.policy.RetryMin, 60*a.policy.RetryMin, a.failures)
+		base, maxD = a.policy.RetryMin, 60*a.policy.RetryMin
 	default:
-		d = expo(a.policy.PermanentRetryMin, 10*a.policy.PermanentRetryMin, a.failures)
+		base, maxD = a.policy.PermanentRetryMin, 10*a.policy.PermanentRetryMin
 	}
-	// ±20 % jitter so that failing apps do not retry in step.
-	d = time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
-	a.retryAt = now.Add(d)
+	a.retryAt = now.Add(backoff.Delay(a.failures, base, maxD, failureJitter))
 	return a.retryAt
 }
 
-func expo(base, maxD time.Duration, n int) time.Duration {
-	d := base
-	for i := 1; i < n && d < maxD; i++ {
-		d *= 2
-	}
-	return min(d, maxD)
-}
-
-// countCall counts one upstream call against the app's daily quota.
-func (a *app) countCall(now time.Time) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if d := appDay(now); d != a.day {
-		a.day, a.calls = d, 0
-	}
-	a.calls++
-}
-
-// callsToday returns the upstream calls made on WeChat's current day.
-func (a *app) callsToday(now time.Time) int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if appDay(now) != a.day {
-		return 0
-	}
-	return a.calls
-}
-
-func (a *app) status(now time.Time) Status {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	s := Status{App: a.name, Revision: a.rev, Failures: a.failures, LastErrAt: a.lastErrAt}
-	if a.rec != nil {
-		s.Source, s.FetchedAt, s.ExpiresAt = a.rec.Source, a.rec.FetchedAt, a.rec.ExpiresAt
-		s.Valid = a.rec.ExpiresAt.After(now)
-		s.RefreshAt = a.due
-		if a.retryAt.After(a.due) {
-			s.RefreshAt = a.retryAt
-		}
-	}
-	if a.lastErr != nil {
-		s.LastError = a.lastErr.Error()
-		s.RetryAt = a.retryAt
-	}
-	if appDay(now) == a.day {
-		s.CallsToday = a.calls
-	}
-	return s
-}
+// failureJitter spreads the pause after a failure by ±20 %, so that
+// failing apps do not retry in step.
+var failureJitter = backoff.Spread(0.2)

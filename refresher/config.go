@@ -93,8 +93,8 @@ type AppConfig struct {
 	// app (default 2000, WeChat's).
 	DailyQuota int `yaml:"daily_quota"`
 
-	// secret is resolved by Config.Validate (or set by SetSecret) and never
-	// printed: AppConfig's String and GoString leave it out.
+	// secret is read by Config.ResolveSecrets (or set by WithSecret) and
+	// never printed: AppConfig's String and GoString leave it out.
 	secret string
 }
 
@@ -135,9 +135,12 @@ func (e *ConfigError) Error() string {
 	return fmt.Sprintf("%s: %d problems:\n  %s", where, len(e.Problems), strings.Join(e.Problems, "\n  "))
 }
 
-// LoadConfig reads, defaults and validates the YAML file at path. Secrets
-// named by secret_env and secret_file are resolved. Every problem is
-// reported at once in a *ConfigError.
+// LoadConfig reads, defaults and validates the YAML file at path, and
+// reads what the config names outside itself: every app's secret
+// (secret_env, secret_file: Config.ResolveSecrets) and the files and
+// variables of the nats: section (natsconf.Options.ValidateFiles). Every
+// problem is reported at once in a *ConfigError. cmd/refresher calls it
+// at start and on every SIGHUP, so a rotated secret is read again.
 func LoadConfig(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -151,7 +154,8 @@ func LoadConfig(path string) (*Config, error) {
 	return cfg, err
 }
 
-// ParseConfig is LoadConfig for YAML already in memory. Unknown keys are
+// ParseConfig is LoadConfig for YAML already in memory (it too reads the
+// secrets and checks the files the config names). Unknown keys are
 // errors, so a typo does not silently fall back to a default.
 func ParseConfig(data []byte) (*Config, error) {
 	var c Config
@@ -161,8 +165,22 @@ func ParseConfig(data []byte) (*Config, error) {
 		return nil, &ConfigError{Problems: yamlProblems(err)}
 	}
 	c.SetDefaults()
-	if err := c.Validate(); err != nil {
-		return nil, err
+	// The three report disjoint problems: all of them at once.
+	var p []string
+	for _, err := range []error{c.Validate(), c.ResolveSecrets()} {
+		var ce *ConfigError
+		switch {
+		case errors.As(err, &ce):
+			p = append(p, ce.Problems...)
+		case err != nil:
+			p = append(p, err.Error())
+		}
+	}
+	for _, err := range c.NATS.ValidateFiles() {
+		p = append(p, err.Error())
+	}
+	if len(p) > 0 {
+		return nil, &ConfigError{Problems: p}
 	}
 	return &c, nil
 }
@@ -261,14 +279,16 @@ func (c *Config) MinPassiveInterval() time.Duration {
 // seconds field, or a descriptor such as "@every 30s".
 var CronParser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 
-// Validate checks c and resolves app secrets. It reports every problem at
-// once, each naming its key (and app), in a *ConfigError. Call SetDefaults
-// first.
+// Validate checks c and reports every problem at once, each naming its
+// key (and app), in a *ConfigError. Call SetDefaults first. Validate has
+// no side effects: it reads no file and no environment variable (so it
+// does not check that secret_env is set or secret_file readable: that is
+// ResolveSecrets), and changes nothing in c.
 func (c *Config) Validate() error {
 	var p []string
 	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
 
-	for _, err := range c.NATS.Validate() {
+	for _, err := range c.NATS.ValidateKeys() {
 		add("%v", err)
 	}
 	if !contract.ValidAppName(c.Bucket) {
@@ -308,10 +328,7 @@ func (c *Config) Validate() error {
 	seen := map[string]int{}
 	for i := range c.Apps {
 		a := &c.Apps[i]
-		where := fmt.Sprintf("apps[%d]", i)
-		if a.Name != "" {
-			where = fmt.Sprintf("apps[%d] (%s)", i, a.Name)
-		}
+		where := a.where(i)
 		switch {
 		case a.Name == "":
 			add("%s.name: missing", where)
@@ -338,8 +355,11 @@ func (c *Config) Validate() error {
 		if !strings.HasPrefix(a.APIBase, "http://") && !strings.HasPrefix(a.APIBase, "https://") {
 			add("%s.api_base: %q is not an http(s) URL", where, a.APIBase)
 		}
-		if err := a.resolveSecret(); err != nil {
-			add("%s.%v", where, err)
+		switch {
+		case a.SecretEnv != "" && a.SecretFile != "":
+			add("%s.secret_env/secret_file: set only one", where)
+		case a.SecretEnv == "" && a.SecretFile == "" && a.secret == "":
+			add("%s.secret_env: missing (set secret_env or secret_file)", where)
 		}
 	}
 	if len(p) > 0 {
@@ -348,12 +368,43 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// resolveSecret reads the secret from secret_env or secret_file. A secret
-// already set (WithSecret) is kept.
+// ResolveSecrets reads every app's secret from the environment variable
+// its secret_env names or the file its secret_file names (surrounding
+// white space removed), and reports every secret it cannot read, naming
+// the app and the key, in a *ConfigError. An app with neither key keeps
+// the secret given with WithSecret; an app with both is left to Validate.
+// LoadConfig and ParseConfig call it; a program that builds a Config in
+// code calls it before New, unless every app carries its secret
+// (WithSecret). It is the only method of Config that reads the
+// environment or files.
+func (c *Config) ResolveSecrets() error {
+	var p []string
+	for i := range c.Apps {
+		a := &c.Apps[i]
+		if err := a.resolveSecret(); err != nil {
+			p = append(p, fmt.Sprintf("%s.%v", a.where(i), err))
+		}
+	}
+	if len(p) > 0 {
+		return &ConfigError{Problems: p}
+	}
+	return nil
+}
+
+// where names apps[i] in a problem: "apps[3] (mp-main)".
+func (a *AppConfig) where(i int) string {
+	if a.Name != "" {
+		return fmt.Sprintf("apps[%d] (%s)", i, a.Name)
+	}
+	return fmt.Sprintf("apps[%d]", i)
+}
+
+// resolveSecret reads the secret from secret_env or secret_file (if
+// exactly one is set).
 func (a *AppConfig) resolveSecret() error {
 	switch {
 	case a.SecretEnv != "" && a.SecretFile != "":
-		return errors.New("secret_env/secret_file: set only one")
+		// Validate reports it.
 	case a.SecretEnv != "":
 		v, ok := os.LookupEnv(a.SecretEnv)
 		if !ok || strings.TrimSpace(v) == "" {
@@ -371,9 +422,27 @@ func (a *AppConfig) resolveSecret() error {
 			return fmt.Errorf("secret_file: %s is empty", a.SecretFile)
 		}
 		a.secret = s
-	case a.secret != "":
-	default:
-		return errors.New("secret_env: missing (set secret_env or secret_file)")
+	}
+	return nil
+}
+
+// checkResolved reports, without reading anything, every app whose
+// secret has not been read (New and Reload need them).
+func (c *Config) checkResolved() error {
+	var p []string
+	for i := range c.Apps {
+		a := &c.Apps[i]
+		if a.secret != "" {
+			continue
+		}
+		key := "secret_env"
+		if a.SecretFile != "" {
+			key = "secret_file"
+		}
+		p = append(p, fmt.Sprintf("%s.%s: the secret has not been read; load the config with LoadConfig or call Config.ResolveSecrets", a.where(i), key))
+	}
+	if len(p) > 0 {
+		return &ConfigError{Problems: p}
 	}
 	return nil
 }

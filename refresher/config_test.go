@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/testutil"
 )
 
 func TestParseConfigDefaults(t *testing.T) {
@@ -150,5 +152,84 @@ func TestLoadConfigMissingFile(t *testing.T) {
 	_, err := refresher.LoadConfig(filepath.Join(t.TempDir(), "nope.yaml"))
 	if err == nil || !strings.Contains(err.Error(), "nope.yaml") {
 		t.Fatalf("err = %v, want one naming the file", err)
+	}
+}
+
+// TestValidateHasNoSideEffects: Validate reads no environment variable
+// and no file and changes nothing; ResolveSecrets reads them, naming the
+// app and key of every secret it cannot read.
+func TestValidateHasNoSideEffects(t *testing.T) {
+	t.Setenv("TK_VALIDATE_SECRET", "from-env")
+	missing := filepath.Join(t.TempDir(), "missing")
+	cfg := &refresher.Config{
+		NATS: natsconf.Options{URL: "nats://127.0.0.1:4222", CredsFile: missing + ".creds"},
+		Apps: []refresher.AppConfig{
+			{Name: "env", AppID: "wx1", SecretEnv: "TK_VALIDATE_SECRET"},
+			{Name: "file", AppID: "wx2", SecretFile: missing},
+			{Name: "unset", AppID: "wx3", SecretEnv: "TK_SURELY_UNSET_42"},
+		},
+	}
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("Validate read something: %v", err)
+	}
+	for _, a := range cfg.Apps {
+		if a.Secret() != "" {
+			t.Fatalf("Validate resolved the secret of %s", a.Name)
+		}
+	}
+	err := cfg.ResolveSecrets()
+	var ce *refresher.ConfigError
+	if !errors.As(err, &ce) || len(ce.Problems) != 2 {
+		t.Fatalf("ResolveSecrets: %v, want a *ConfigError with 2 problems", err)
+	}
+	for _, w := range []string{"apps[1] (file).secret_file: ", "apps[2] (unset).secret_env: environment variable TK_SURELY_UNSET_42 is not set"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("ResolveSecrets does not say %q:\n%v", w, err)
+		}
+	}
+	if got := cfg.Apps[0].Secret(); got != "from-env" {
+		t.Errorf("ResolveSecrets read %q for app env, want from-env", got)
+	}
+
+	// Loading reports all of it, and the nats: files, at once.
+	_, err = refresher.ParseConfig([]byte("nats: {url: 'nats://127.0.0.1:4222', creds: " + missing + ".creds}\n" +
+		"apps: [{name: env, appid: wx1, secret_env: TK_VALIDATE_SECRET}, {name: unset, appid: wx3, secret_env: TK_SURELY_UNSET_42}]\n"))
+	for _, w := range []string{"nats.creds: ", "apps[1] (unset).secret_env: "} {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("ParseConfig does not say %q: %v", w, err)
+		}
+	}
+}
+
+// TestNewAndReloadReadNoSecrets: New and Reload read neither the
+// environment nor files; an app whose secret was not read is an error
+// naming the app and the key.
+func TestNewAndReloadReadNoSecrets(t *testing.T) {
+	s := testutil.RunServer(t)
+	nc, _ := testutil.Connect(t, s.ClientURL())
+	t.Setenv("TK_NEW_SECRET", "from-env")
+	unread := func() *refresher.Config {
+		c := &refresher.Config{NATS: natsconf.Options{URL: s.ClientURL()}, Apps: []refresher.AppConfig{
+			{Name: "given", AppID: "wx1"}, {Name: "env", AppID: "wx2", SecretEnv: "TK_NEW_SECRET"},
+		}}
+		c.Apps[0] = c.Apps[0].WithSecret("given-secret")
+		c.SetDefaults()
+		return c
+	}
+	const want = "apps[1] (env).secret_env: the secret has not been read"
+	if _, err := refresher.New(unread(), nc); err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("New with a secret not read: %v, want an error saying %q", err, want)
+	}
+	cfg := unread()
+	if err := cfg.ResolveSecrets(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := refresher.New(cfg, nc)
+	if err != nil {
+		t.Fatalf("New after ResolveSecrets: %v", err)
+	}
+	if _, err := r.Reload(unread()); err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Reload with a secret not read: %v, want an error saying %q", err, want)
 	}
 }

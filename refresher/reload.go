@@ -14,9 +14,14 @@ import (
 // the app's failure backoff so that it retries at once. Keys that need a
 // restart (nats, bucket, replicas, schedule, lease_ttl, http, log,
 // refresh) are reported in the returned list and left as they are. cfg is
-// validated first; an invalid cfg changes nothing.
+// validated first; an invalid cfg, or one whose secrets have not been read
+// (LoadConfig reads them; see Config.ResolveSecrets), changes nothing.
+// Reload itself reads no file and no environment variable.
 func (r *Refresher) Reload(cfg *Config) (needRestart []string, err error) {
 	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := cfg.checkResolved(); err != nil {
 		return nil, err
 	}
 	r.mu.Lock()

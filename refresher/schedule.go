@@ -2,7 +2,10 @@ package refresher
 
 import (
 	"fmt"
+	"hash/fnv"
 	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/contract"
 )
 
 // Policy decides when a token is refreshed. The moment is a pure function
@@ -86,4 +89,24 @@ func (p Policy) RefreshAt(fetchedAt, expiresAt time.Time, u float64) time.Time {
 		at = 0
 	}
 	return fetchedAt.Add(at)
+}
+
+// dueFor is the refresh moment of a stored record: a pure function of the
+// record, so that every replica and every restart agrees on it.
+func (r *Refresher) dueFor(name string, rec *contract.Record) time.Time {
+	return r.policy.RefreshAt(rec.FetchedAt, rec.ExpiresAt, jitterDraw(name, rec.FetchedAt))
+}
+
+// jitterDraw is a deterministic draw in [0, 1) from the app name and the
+// fetch time: apps spread out, and replicas and restarts agree.
+func jitterDraw(name string, fetchedAt time.Time) float64 {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	var b [8]byte
+	n := fetchedAt.UnixNano()
+	for i := range b {
+		b[i] = byte(n >> (8 * i))
+	}
+	h.Write(b[:])
+	return float64(h.Sum64()>>11) / float64(1<<53)
 }

@@ -169,3 +169,31 @@ func (r *Refresher) loadStates(ctx context.Context) error {
 		}
 	}
 }
+
+// saveLater writes a's state from a goroutine of its own, one at a time
+// per app, so that state writes stay in order; Run waits for it.
+func (r *Refresher) saveLater(a *app) {
+	a.mu.Lock()
+	a.saveDirty = true
+	if a.saving {
+		a.mu.Unlock()
+		return
+	}
+	a.saving = true
+	a.mu.Unlock()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		for {
+			a.mu.Lock()
+			if !a.saveDirty {
+				a.saving = false
+				a.mu.Unlock()
+				return
+			}
+			a.saveDirty = false
+			a.mu.Unlock()
+			r.saveState(context.WithoutCancel(r.refreshCtx), a)
+		}
+	}()
+}

@@ -3,6 +3,8 @@ package wechat
 import (
 	"net/http"
 	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/internal/backoff"
 )
 
 // Defaults of a [Client] made by [New].
@@ -53,6 +55,12 @@ func (p RetryPolicy) normalized() RetryPolicy {
 		p.Max = p.Base
 	}
 	return p
+}
+
+// backoff returns the wait before attempt n+1 after attempt n failed
+// (n ≥ 1): full jitter, uniform in [0, min(p.Max, p.Base·2^(n-1))).
+func (p RetryPolicy) backoff(n int) time.Duration {
+	return backoff.Delay(n, p.Base, p.Max, backoff.Full)
 }
 
 // WithHTTPClient makes the client send its requests with hc (its

@@ -1,0 +1,82 @@
+package refresher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenkeeper/tokenkeeper/contract"
+)
+
+// read returns the stored record of name and its revision (nil, 0 if none;
+// nil and the revision if the stored record is invalid).
+func (r *Refresher) read(ctx context.Context, name string) (*contract.Record, uint64, error) {
+	e, err := r.kv.Get(ctx, name)
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, err
+	}
+	r.checkRevision(ctx, name, e)
+	if err != nil {
+		return nil, 0, nil
+	}
+	// An invalid record is treated as missing; its revision is kept so
+	// that the replacement is written over it.
+	return r.parseRecord(name, e.Revision(), e.Value()), e.Revision(), nil
+}
+
+// write stores rec over revision rev (0: create). On a revision conflict
+// it re-reads: if the stored token was fetched later than rec, rec is
+// dropped (ErrSuperseded: the upstream honours only the newest token);
+// otherwise the write is retried over the revision just read. A replica
+// that no longer holds the lease writes nothing (ErrNotLeader).
+func (r *Refresher) write(ctx context.Context, a *app, rec contract.Record, rev uint64) (uint64, error) {
+	if err := rec.Validate(rec.App, maxRecordLifetime); err != nil {
+		return 0, fmt.Errorf("write %s: not storing a record that readers reject: %w", rec.App, err)
+	}
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return 0, err
+	}
+	for attempt := 0; attempt < 5; attempt++ {
+		if !r.lease.Held() {
+			// Fenced: the lease may be someone else's by now.
+			r.log.Warn("lease lost during the fetch; the fetched token is discarded", "app", rec.App, "token", contract.Fingerprint(rec.AccessToken))
+			return 0, ErrNotLeader
+		}
+		var nrev uint64
+		if rev == 0 {
+			nrev, err = r.kv.Create(ctx, rec.App, val)
+		} else {
+			nrev, err = r.kv.Update(ctx, rec.App, val, rev)
+		}
+		if err == nil {
+			return nrev, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return 0, fmt.Errorf("write %s: %w", rec.App, err)
+		}
+		r.obs.WriteConflict(rec.App)
+		cur, crev, rerr := r.read(ctx, rec.App)
+		if rerr != nil {
+			return 0, fmt.Errorf("write %s: re-read after conflict: %w", rec.App, rerr)
+		}
+		a.adopt(cur, crev)
+		if cur != nil && !cur.FetchedAt.Before(rec.FetchedAt) {
+			r.log.Info("a newer token was stored first; dropping ours", "app", rec.App, "revision", crev)
+			return 0, ErrSuperseded
+		}
+		rev = crev
+	}
+	return 0, fmt.Errorf("write %s: too many revision conflicts", rec.App)
+}
+
+// publish sends the token.updated event. It carries no token.
+func (r *Refresher) publish(rec contract.Record, rev uint64) {
+	ev, _ := json.Marshal(contract.Event{App: rec.App, Revision: rev, ExpiresAt: rec.ExpiresAt, FetchedAt: rec.FetchedAt, Source: rec.Source})
+	if err := r.nc.Publish(contract.UpdatedSubject(rec.App), ev); err != nil {
+		r.log.Warn("publish event failed", "app", rec.App, "err", err)
+	}
+}
