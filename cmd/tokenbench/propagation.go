@@ -471,12 +471,14 @@ func (l *lane) disarm() {
 	l.expect.Store(^uint64(0))
 }
 
-// fleet is N connections, each following the same K keys with one Source
-// and one core subscription per key, recording when each received which
+// fleet is N connections, each following the same K keys with one Client
+// (one watch, one consumer) and a Source of it per key, and one core
+// subscription per key, recording when each received which
 // revision (src) or core sequence (core).
 type fleet struct {
 	n, k      int
 	conns     []*nats.Conn
+	clients   []*subscriber.Client // per connection: one watch for its K keys
 	srcs      []*subscriber.Source // per connection × key
 	subs      []*nats.Subscription // per connection × key
 	src, core *lane
@@ -484,7 +486,7 @@ type fleet struct {
 
 func newFleet(ctx context.Context, w *world, apps []string, n int) (*fleet, error) {
 	k := len(apps)
-	f := &fleet{n: n, k: k, conns: make([]*nats.Conn, n), srcs: make([]*subscriber.Source, n*k),
+	f := &fleet{n: n, k: k, conns: make([]*nats.Conn, n), clients: make([]*subscriber.Client, n), srcs: make([]*subscriber.Source, n*k),
 		subs: make([]*nats.Subscription, n*k), src: newLane(n, k), core: newLane(n, k)}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -530,9 +532,13 @@ func (f *fleet) open(ctx context.Context, w *world, apps []string, i int) error 
 		return err
 	}
 	f.conns[i] = nc
+	// One Client per connection (a process): one consumer for its K keys.
+	if f.clients[i], err = subscriber.NewClient(nc); err != nil {
+		return err
+	}
 	for j, app := range apps {
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		f.srcs[i*f.k+j], err = subscriber.NewSource(sctx, nc, app, subscriber.WithOnUpdate(func(t *subscriber.Token) { f.src.arrive(i, j, t.Revision) }))
+		f.srcs[i*f.k+j], err = f.clients[i].Source(sctx, app, subscriber.WithOnUpdate(func(t *subscriber.Token) { f.src.arrive(i, j, t.Revision) }))
 		cancel()
 		if err != nil {
 			return err
@@ -644,6 +650,9 @@ func (f *fleet) close() {
 				if s := f.subs[i*f.k+j]; s != nil {
 					_ = s.Unsubscribe()
 				}
+			}
+			if f.clients[i] != nil {
+				_ = f.clients[i].Close()
 			}
 			if f.conns[i] != nil {
 				f.conns[i].Close()
