@@ -147,7 +147,7 @@ func (s *Source) fly(ctx context.Context, f *flight, stale uint64) {
 			// sooner gets the same answer.
 			wait = time.Until(re.RetryAt)
 		}
-		sleep(ctx, wait, updated)
+		backoff.SleepOr(ctx, wait, updated)
 	}
 	s.mu.Lock()
 	if s.flights[stale] == f {
@@ -276,7 +276,7 @@ func (s *Source) askLoop() {
 			s.mu.Unlock()
 			return
 		}
-		sleep(s.ctx, bo.Next(), updated)
+		backoff.SleepOr(s.ctx, bo.Next(), updated)
 	}
 }
 

@@ -102,12 +102,20 @@ func (b *Backoff) Reset() { b.n = 0 }
 
 // Sleep waits d, or until ctx is done; it reports whether d passed.
 func Sleep(ctx context.Context, d time.Duration) bool {
+	return SleepOr[struct{}](ctx, d, nil)
+}
+
+// SleepOr waits d, or until ctx is done (false) or wake receives (true,
+// early; a nil wake never does).
+func SleepOr[T any](ctx context.Context, d time.Duration, wake <-chan T) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
 		return false
 	case <-t.C:
+		return true
+	case <-wake:
 		return true
 	}
 }
