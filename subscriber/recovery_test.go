@@ -130,9 +130,9 @@ func TestSurvivesLossOfTheConsumerNode(t *testing.T) {
 		}
 		home := attempt % c.N()
 		nc := connectTo(t, c, home)
-		before := watchConsumers(t, js)
+		before := testutil.Consumers(t, js, "KV_"+contract.DefaultBucket, "$KV."+contract.DefaultBucket+".mp-main")
 		src := newSource(t, nc, "mp-main", subscriber.WithLogger(log.With("source", "quiet")), subscriber.WithPollInterval(poll))
-		node := newConsumerNode(t, c, js, before)
+		node := testutil.NewConsumerNode(t, c, js, "KV_"+contract.DefaultBucket, "$KV."+contract.DefaultBucket+".mp-main", before)
 		if node != home {
 			quiet, lost = src, node
 			t.Logf("quiet Source: connection on node %d, consumer on node %d (attempt %d)", home, node, attempt+1)
@@ -180,53 +180,6 @@ func connectTo(t *testing.T, c *testutil.Cluster, i int) *nats.Conn {
 	return nc
 }
 
-// watchConsumers returns the watch consumers on mp-main's key, by name,
-// with the server name of their leader ("" on a single server).
-func watchConsumers(t *testing.T, js jetstream.JetStream) map[string]string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	st, err := js.Stream(ctx, "KV_"+contract.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]string{}
-	l := st.ListConsumers(ctx)
-	for ci := range l.Info() {
-		if ci.Config.FilterSubject != "$KV."+contract.DefaultBucket+".mp-main" {
-			continue
-		}
-		out[ci.Name] = ""
-		if ci.Cluster != nil {
-			out[ci.Name] = ci.Cluster.Leader
-		}
-	}
-	return out
-}
-
-// newConsumerNode waits for a watch consumer not in before and returns
-// the index of the node that leads it.
-func newConsumerNode(t *testing.T, c *testutil.Cluster, js jetstream.JetStream, before map[string]string) int {
-	t.Helper()
-	var leader string
-	testutil.WaitFor(t, 10*time.Second, func() bool {
-		for name, l := range watchConsumers(t, js) {
-			if _, old := before[name]; !old && l != "" {
-				leader = l
-				return true
-			}
-		}
-		return false
-	}, "no new watch consumer")
-	for i := range c.N() {
-		if c.Server(i).Name() == leader {
-			return i
-		}
-	}
-	t.Fatalf("consumer leader %q is no node of the cluster", leader)
-	return -1
-}
-
 // A watch that stalls without any error or reconnect (its consumer is
 // deleted on the server, as happens when the node holding it is lost):
 // the periodic direct read finds the update within the poll interval and
@@ -237,11 +190,11 @@ func TestPollCatchesAStalledWatch(t *testing.T) {
 	w.start()
 	log, buf := logBuffer(t)
 	_, js := testutil.Connect(t, w.URL)
-	before := watchConsumers(t, js)
+	before := testutil.Consumers(t, js, "KV_"+contract.DefaultBucket, "$KV."+contract.DefaultBucket+".mp-main")
 	src := newSource(t, w.NC, "mp-main", subscriber.WithLogger(log), subscriber.WithPollInterval(poll))
 	var name string
 	testutil.WaitFor(t, 5*time.Second, func() bool {
-		for n := range watchConsumers(t, js) {
+		for n := range testutil.Consumers(t, js, "KV_"+contract.DefaultBucket, "$KV."+contract.DefaultBucket+".mp-main") {
 			if _, old := before[n]; !old {
 				name = n
 				return true

@@ -73,7 +73,7 @@ func TestFollowsSeveralKeysOverOneConsumer(t *testing.T) {
 	// Several polls later, still one consumer and nothing handed twice.
 	n := r.count(follow.Current, nil)
 	testutil.WaitFor(t, 5*time.Second, func() bool { return r.count(follow.Current, nil) >= n+3 }, "the poll does not run")
-	if c := len(watchConsumers(t, js)); c != 1 {
+	if c := len(testutil.Consumers(t, js, "KV_"+bucketName, "")); c != 1 {
 		t.Errorf("%d consumers on the stream, want 1", c)
 	}
 	for _, e := range r.entries() {
@@ -135,7 +135,7 @@ func TestPollCatchesAStalledWatch(t *testing.T) {
 				t.Errorf("stale for %s, want <= %s", stale, poll+time.Second)
 			}
 			testutil.WaitFor(t, 5*time.Second, func() bool { return r.count(follow.Problem, follow.ErrStalled) > 0 }, "the watch was not rebuilt")
-			testutil.WaitFor(t, 5*time.Second, func() bool { return len(watchConsumers(t, js)) == 1 }, "no new consumer")
+			testutil.WaitFor(t, 5*time.Second, func() bool { return len(testutil.Consumers(t, js, "KV_"+bucketName, "")) == 1 }, "no new consumer")
 			rev, written = put(t, kv, "mp", "v3")
 			e = r.waitEntry(t, "mp", rev, 5*time.Second)
 			t.Logf("%s: the next update arrived after %s (polled=%v)", c.name, fmtStale(e.at.Sub(written)), e.Polled)

@@ -196,36 +196,12 @@ func put(t *testing.T, kv jetstream.KeyValue, key, val string) (uint64, time.Tim
 	return rev, at
 }
 
-// watchConsumers returns the names of the consumers of the bucket's
-// stream, with the server name of their leader ("" on a single server).
-func watchConsumers(t *testing.T, js jetstream.JetStream) map[string]string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	st, err := js.Stream(ctx, "KV_"+bucketName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]string{}
-	l := st.ListConsumers(ctx)
-	for ci := range l.Info() {
-		out[ci.Name] = ""
-		if ci.Cluster != nil {
-			out[ci.Name] = ci.Cluster.Leader
-		}
-	}
-	if err := l.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 // newConsumer waits for a consumer that is not in before and returns its
 // name and leader.
 func newConsumer(t *testing.T, js jetstream.JetStream, before map[string]string) (name, leader string) {
 	t.Helper()
 	testutil.WaitFor(t, 10*time.Second, func() bool {
-		for n, l := range watchConsumers(t, js) {
+		for n, l := range testutil.Consumers(t, js, "KV_"+bucketName, "") {
 			if _, old := before[n]; !old {
 				name, leader = n, l
 				return true

@@ -139,10 +139,10 @@ func TestStalenessAfterConsumerNodeLoss(t *testing.T) {
 		}
 		home := attempt % c.N()
 		nc, fjs := connectTo(t, c, home)
-		before := watchConsumers(t, js)
+		before := testutil.Consumers(t, js, "KV_"+bucketName, "")
 		r := start(t, nc, cfg(fjs))
 		r.waitEntry(t, "mp", 1, 10*time.Second)
-		node := consumerNode(t, c, js, before)
+		node := testutil.NewConsumerNode(t, c, js, "KV_"+bucketName, "", before)
 		if node != home {
 			quiet, lost = r, node
 			t.Logf("quiet follower: connection on node %d, consumer on node %d (attempt %d)", home, node, attempt+1)
@@ -182,29 +182,6 @@ func connectTo(t *testing.T, c *testutil.Cluster, i int) (*nats.Conn, jetstream.
 		}
 	}
 	return testutil.Connect(t, strings.Join(urls, ","), nats.DontRandomize())
-}
-
-// consumerNode waits for a consumer not in before to have a leader and
-// returns the index of that node.
-func consumerNode(t *testing.T, c *testutil.Cluster, js jetstream.JetStream, before map[string]string) int {
-	t.Helper()
-	var leader string
-	testutil.WaitFor(t, 10*time.Second, func() bool {
-		for name, l := range watchConsumers(t, js) {
-			if _, old := before[name]; !old && l != "" {
-				leader = l
-				return true
-			}
-		}
-		return false
-	}, "no new consumer with a leader")
-	for i := range c.N() {
-		if c.Server(i).Name() == leader {
-			return i
-		}
-	}
-	t.Fatalf("consumer leader %q is no node of the cluster", leader)
-	return -1
 }
 
 // A watch creation that hangs holds up neither the loop, nor the poll,
