@@ -4,6 +4,14 @@ package refresher
 // could not be written to the bucket.
 const AlertTokenNotStored = "token_not_stored"
 
+// AlertInvalidRecord is the alert of a stored record that does not pass
+// validation (it is treated as missing and replaced).
+const AlertInvalidRecord = "invalid_record"
+
+// AlertBucketLost is the alert of a bucket found gone or created anew
+// (re-provisioned; app "" in metrics).
+const AlertBucketLost = "bucket_lost"
+
 // alertFor names the operator action an upstream errcode asks for.
 func alertFor(code int) string {
 	switch code {

@@ -199,7 +199,7 @@ func (b *bucketKV) check(ctx context.Context, seen *bucketGen) (bool, error) {
 		return false, fmt.Errorf("re-provisioning: %w", err)
 	}
 	ng := &bucketGen{kv: kv, created: created, n: g.n + 1, gone: make(chan struct{})}
-	attrs := []any{"alert", "bucket_lost", "bucket", b.cfg.Name, "generation", ng.n}
+	attrs := []any{"alert", AlertBucketLost, "bucket", b.cfg.Name, "generation", ng.n}
 	if b.holdCreates > 0 {
 		ng.holdUntil = time.Now().Add(b.holdCreates)
 		attrs = append(attrs, "no_lease_for", b.holdCreates)
@@ -406,9 +406,14 @@ func (r *Refresher) provision(ctx context.Context) (jetstream.KeyValue, error) {
 	if bk.state, err = newBucketKV(ctx, r.js, sc, r.log); err != nil {
 		return nil, err
 	}
-	bk.tokens.onReplaced = r.forgetRecords
+	bk.tokens.onReplaced = func() {
+		r.obs.Alert("", AlertBucketLost)
+		r.forgetRecords()
+	}
 	bk.lease.holdCreates = bk.leaseTTL
+	bk.lease.onReplaced = func() { r.obs.Alert("", AlertBucketLost) }
 	bk.state.onReplaced = func() {
+		r.obs.Alert("", AlertBucketLost)
 		select {
 		case bk.stateLost <- struct{}{}:
 		default:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"net/http"
 	"strings"
 	"sync"
@@ -77,7 +78,8 @@ func requestLoop(t *testing.T, nc *nats.Conn, app string, check func(contract.Re
 func TestInvalidStoredRecordIsReplaced(t *testing.T) {
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
 	app := e.App("mp")
-	e.Start(e.Config(app))
+	reg := prometheus.NewRegistry()
+	e.Start(e.Config(app), refresher.WithObserver(refresher.NewMetrics(reg)))
 	e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	kv, err := e.JS.KeyValue(context.Background(), contract.DefaultBucket)
 	if err != nil {
@@ -86,6 +88,7 @@ func TestInvalidStoredRecordIsReplaced(t *testing.T) {
 
 	const badToken = "BAD-RECORD-TOKEN-must-never-be-served"
 	now := time.Now().UTC()
+	alerts := 0
 	for _, tc := range []struct {
 		name    string
 		rec     contract.Record
@@ -134,6 +137,10 @@ func TestInvalidStoredRecordIsReplaced(t *testing.T) {
 			var rep contract.RefreshReply
 			if err := json.Unmarshal(m.Data, &rep); err != nil || rep.Revision != rev || rep.AccessToken != rec.AccessToken {
 				t.Fatalf("token.refresh after the replacement = revision %d (%v), want %d", rep.Revision, err, rev)
+			}
+			alerts++
+			if n := alertCount(t, reg, "mp", refresher.AlertInvalidRecord); n < float64(alerts) {
+				t.Errorf("tokenkeeper_alerts_total{alert=invalid_record} = %v after %d invalid records", n, alerts)
 			}
 			alerted := false
 			for line := range strings.SplitSeq(e.Logs.String(), "\n") {

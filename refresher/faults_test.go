@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
@@ -165,7 +166,8 @@ func TestFailedWriteKeepsFetchedToken(t *testing.T) {
 	app := e.App("mp")
 	cfg := e.Config(app)
 	cfg.Policy.Retry = 100 * time.Millisecond
-	rep := e.Start(cfg)
+	reg := prometheus.NewRegistry()
+	rep := e.Start(cfg, refresher.WithObserver(refresher.NewMetrics(reg)))
 	_, rev := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	fetches := e.Sim.Fetches(app.AppID)
 
@@ -188,6 +190,9 @@ func TestFailedWriteKeepsFetchedToken(t *testing.T) {
 	fetched, _ := e.Sim.LastToken(app.AppID)
 	if !e.Logs.Contains("ALERT token_not_stored") {
 		t.Error("no ALERT token_not_stored log line")
+	}
+	if n := alertCount(t, reg, "mp", refresher.AlertTokenNotStored); n != 1 {
+		t.Errorf("tokenkeeper_alerts_total{alert=token_not_stored} = %v, want 1 (one per token kept)", n)
 	}
 	// Let several write retries run (retry 100 ms, doubling) and ask
 	// again meanwhile: no new fetch.
@@ -331,4 +336,28 @@ func TestDeposedLeaderLeavesNoZombieResponder(t *testing.T) {
 			t.Fatalf("request %d answered %s: %s", i, code, m.Data)
 		}
 	}
+}
+
+// alertCount reads tokenkeeper_alerts_total{app, alert} from reg.
+func alertCount(t *testing.T, reg *prometheus.Registry, app, alert string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "tokenkeeper_alerts_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["app"] == app && labels["alert"] == alert {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
 }

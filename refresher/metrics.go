@@ -174,7 +174,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"app", "outcome"}),
 		alerts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenkeeper_alerts_total",
-			Help: "Upstream errors an operator must act on, by app and alert (ip_not_whitelisted, secret_wrong_or_rotated, risk_control, daily_quota_exhausted, invalid_appid).",
+			Help: "Events an operator must act on, by app and alert: upstream errcodes (ip_not_whitelisted, secret_wrong_or_rotated, risk_control, daily_quota_exhausted, invalid_appid) and token_not_stored, invalid_record, bucket_lost (app \"\": bucket-wide).",
 		}, []string{"app", "alert"}),
 	}
 	if reg != nil {
@@ -295,6 +295,15 @@ func (m *Metrics) Forget(app string) {
 	m.conflicts.DeletePartialMatch(l)
 	m.passive.DeletePartialMatch(l)
 	m.alerts.DeletePartialMatch(l)
+}
+
+// Alert implements Observer: it counts the alert in
+// tokenkeeper_alerts_total (app "" for a bucket-wide alert).
+func (m *Metrics) Alert(app, alert string) {
+	if app != "" {
+		app = lv(app)
+	}
+	m.alerts.WithLabelValues(app, lv(alert)).Inc()
 }
 
 // QuotaUsed implements Observer.

@@ -104,7 +104,7 @@ func TestMetricsObserverEvents(t *testing.T) {
 	m.QuotaUsed("mp", 8)
 
 	want := `
-# HELP tokenkeeper_alerts_total Upstream errors an operator must act on, by app and alert (ip_not_whitelisted, secret_wrong_or_rotated, risk_control, daily_quota_exhausted, invalid_appid).
+# HELP tokenkeeper_alerts_total Events an operator must act on, by app and alert: upstream errcodes (ip_not_whitelisted, secret_wrong_or_rotated, risk_control, daily_quota_exhausted, invalid_appid) and token_not_stored, invalid_record, bucket_lost (app "": bucket-wide).
 # TYPE tokenkeeper_alerts_total counter
 tokenkeeper_alerts_total{alert="daily_quota_exhausted",app="mp"} 1
 tokenkeeper_alerts_total{alert="invalid_appid",app="mp"} 1

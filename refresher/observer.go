@@ -32,6 +32,10 @@ type Observer interface {
 	PassiveRequest(app, outcome string)
 	// QuotaUsed: app has made calls upstream calls today.
 	QuotaUsed(app string, calls int)
+	// Alert: something an operator must act on happened that is not an
+	// upstream errcode (those come with UpstreamCall): AlertTokenNotStored,
+	// AlertInvalidRecord (app set) or AlertBucketLost (app "").
+	Alert(app, alert string)
 }
 
 type nopObserver struct{}
@@ -43,3 +47,4 @@ func (nopObserver) WriteConflict(string)                      {}
 func (nopObserver) Leader(bool)                               {}
 func (nopObserver) PassiveRequest(string, string)             {}
 func (nopObserver) QuotaUsed(string, int)                     {}
+func (nopObserver) Alert(string, string)                      {}

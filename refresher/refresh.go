@@ -127,6 +127,7 @@ func (r *Refresher) store(ctx context.Context, a *app, nrec contract.Record, rev
 		if nrec.ExpiresAt.After(r.now()) {
 			first := a.keepPending(nrec)
 			if first {
+				r.obs.Alert(name, AlertTokenNotStored)
 				r.log.Error("ALERT token_not_stored: a token fetched from upstream could not be written to the bucket; "+
 					"it is kept in memory and only the write is retried (no new fetch while it is valid)",
 					"app", name, "alert", AlertTokenNotStored, "token", contract.Fingerprint(nrec.AccessToken),

@@ -50,8 +50,9 @@ func (r *Refresher) parseRecord(key string, rev uint64, val []byte) *contract.Re
 	}
 	g.mu.Unlock()
 	if !seen {
+		r.obs.Alert(key, AlertInvalidRecord)
 		r.log.Error("ALERT invalid_record: the stored record is not valid; it is treated as missing, never served, and replaced by a new fetch",
-			"alert", "invalid_record", "app", key, "revision", rev, "problem", err.Error())
+			"alert", AlertInvalidRecord, "app", key, "revision", rev, "problem", err.Error())
 	}
 	return nil
 }
