@@ -75,24 +75,39 @@ type TLSOptions struct {
 // enabled reports whether any TLS setting is present.
 func (t TLSOptions) enabled() bool { return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" }
 
-// Validate checks o without connecting and returns every problem found, or
-// nil. Each error names the YAML key it is about ("nats.tls.cert: ...") and
-// matches ErrInvalidOptions. Files named by the options must exist and
-// parse; the variable named by PasswordEnv must be set. Secrets never
+// Validate checks o without connecting and returns every problem found in
+// one error, or nil. Like every error of tokenkeeper that carries several
+// problems, it is an errors.Join: Unwrap() []error gives one error per
+// problem, each naming the YAML key it is about ("nats.tls.cert: ...")
+// and matching ErrInvalidOptions. Files named by the options must exist
+// and parse; the variable named by PasswordEnv must be set. Secrets never
 // appear in the messages. Validate reports what ValidateKeys and
-// ValidateFiles report, in one list.
-func (o Options) Validate() []error { return o.validate(true, true) }
+// ValidateFiles report.
+func (o Options) Validate() error { return errors.Join(o.validate(true, true)...) }
 
 // ValidateKeys is the part of Validate that reads nothing: the values of
 // the keys and how they combine. It neither opens a file nor looks at the
 // environment.
-func (o Options) ValidateKeys() []error { return o.validate(true, false) }
+func (o Options) ValidateKeys() error { return errors.Join(o.validate(true, false)...) }
 
 // ValidateFiles is the part of Validate that reads what the keys name:
 // the creds, nkey and TLS files exist and parse, the password variables
 // are set, the password files are readable and not empty, the embedded
 // server's store_dir is not a file.
-func (o Options) ValidateFiles() []error { return o.validate(false, true) }
+func (o Options) ValidateFiles() error { return errors.Join(o.validate(false, true)...) }
+
+// Problems returns the problems of an error that carries several (an
+// errors.Join, or any error with Unwrap() []error), or err alone; nil for
+// nil.
+func Problems(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
 
 // validate reports the problems of the keys (keys) and of the files and
 // variables they name (files).
@@ -411,8 +426,8 @@ func Connect(ctx context.Context, o Options, extra ...nats.Option) (*Conn, error
 	if servers == "" {
 		return nil, ErrNoURL
 	}
-	if errs := o.Validate(); len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	if err := o.Validate(); err != nil {
+		return nil, err
 	}
 	aopts, err := o.authOptions()
 	if err != nil {
@@ -436,8 +451,8 @@ func ConnectEmbedded(ctx context.Context, o Options, extra ...nats.Option) (*Con
 	if strings.TrimSpace(o.URL) != "" {
 		return nil, optErr("nats.url", "set; ConnectEmbedded starts an embedded server only when nats.url is empty (use Connect)")
 	}
-	if errs := o.Validate(); len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	if err := o.Validate(); err != nil {
+		return nil, err
 	}
 	s, selfAuth, err := startEmbedded(o.Embedded, true)
 	if err != nil {

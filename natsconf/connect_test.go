@@ -476,7 +476,7 @@ func TestValidate(t *testing.T) {
 		NKeyFile:    writeFile(t, "garbage.nk", []byte("not a seed")),
 		TLS:         natsconf.TLSOptions{CAFile: f.ClientKey, CertFile: missing + ".pem"},
 	}
-	errs := bad.Validate()
+	errs := natsconf.Problems(bad.Validate())
 	var msgs []string
 	for _, err := range errs {
 		if !errors.Is(err, natsconf.ErrInvalidOptions) {
@@ -562,7 +562,7 @@ func TestValidateKeysAndFiles(t *testing.T) {
 		}}},
 	} {
 		t.Run(name, func(t *testing.T) {
-			all, keys, files := o.Validate(), o.ValidateKeys(), o.ValidateFiles()
+			all, keys, files := natsconf.Problems(o.Validate()), natsconf.Problems(o.ValidateKeys()), natsconf.Problems(o.ValidateFiles())
 			if len(keys) == 0 || len(files) == 0 {
 				t.Fatalf("keys %v, files %v: want problems in both", keys, files)
 			}

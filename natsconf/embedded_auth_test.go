@@ -50,7 +50,7 @@ func TestEmbeddedRefusesOpenNonLoopback(t *testing.T) {
 			t.Errorf("listen %s: the store directory was created (%v)", listen, err)
 		}
 		// ConnectEmbedded and Validate refuse the same.
-		if errs := (natsconf.Options{Embedded: o}).Validate(); len(errs) != 1 || !strings.Contains(errs[0].Error(), "nats.embedded.listen") {
+		if errs := natsconf.Problems((natsconf.Options{Embedded: o}).Validate()); len(errs) != 1 || !strings.Contains(errs[0].Error(), "nats.embedded.listen") {
 			t.Errorf("listen %s: Validate: %v", listen, errs)
 		}
 		if c, err := natsconf.ConnectEmbedded(testCtx(t, 5*time.Second), natsconf.Options{Embedded: o}); err == nil {
@@ -115,7 +115,7 @@ func TestEmbeddedUsersValidate(t *testing.T) {
 			{User: "junk", Role: natsconf.RoleService, NKey: "UNOTAKEY"},
 		}},
 	}
-	errs := o.Validate()
+	errs := natsconf.Problems(o.Validate())
 	var msgs []string
 	for _, err := range errs {
 		if !errors.Is(err, natsconf.ErrInvalidOptions) {

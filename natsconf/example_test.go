@@ -57,7 +57,7 @@ func Example() {
 // variable; Validate (and Connect) also check what the keys name.
 func ExampleOptions_ValidateKeys() {
 	o := natsconf.Options{URL: "nats://a:4222,http://b:4222", User: "svc", Token: "t0ken"}
-	for _, err := range o.ValidateKeys() {
+	for _, err := range natsconf.Problems(o.ValidateKeys()) {
 		fmt.Println(err)
 	}
 	// Output:

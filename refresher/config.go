@@ -118,7 +118,10 @@ func (a AppConfig) credentials() wechat.Credentials {
 	return wechat.Credentials{AppID: a.AppID, Secret: a.secret}
 }
 
-// ConfigError lists every problem found in a configuration.
+// ConfigError lists every problem found in a configuration. Like every
+// error of tokenkeeper that carries several problems, it unwraps to one
+// error per problem (Unwrap() []error, as errors.Join does), so
+// natsconf.Problems lists them; it adds the file they were found in.
 type ConfigError struct {
 	File     string // the file, when loaded by LoadConfig
 	Problems []string
@@ -133,6 +136,15 @@ func (e *ConfigError) Error() string {
 		return where + ": " + e.Problems[0]
 	}
 	return fmt.Sprintf("%s: %d problems:\n  %s", where, len(e.Problems), strings.Join(e.Problems, "\n  "))
+}
+
+// Unwrap returns one error per problem.
+func (e *ConfigError) Unwrap() []error {
+	errs := make([]error, len(e.Problems))
+	for i, p := range e.Problems {
+		errs[i] = errors.New(p)
+	}
+	return errs
 }
 
 // LoadConfig reads, defaults and validates the YAML file at path, and
@@ -176,7 +188,7 @@ func ParseConfig(data []byte) (*Config, error) {
 			p = append(p, err.Error())
 		}
 	}
-	for _, err := range c.NATS.ValidateFiles() {
+	for _, err := range natsconf.Problems(c.NATS.ValidateFiles()) {
 		p = append(p, err.Error())
 	}
 	if len(p) > 0 {
@@ -288,7 +300,7 @@ func (c *Config) Validate() error {
 	var p []string
 	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
 
-	for _, err := range c.NATS.ValidateKeys() {
+	for _, err := range natsconf.Problems(c.NATS.ValidateKeys()) {
 		add("%v", err)
 	}
 	if !contract.ValidAppName(c.Bucket) {

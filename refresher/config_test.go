@@ -233,3 +233,13 @@ func TestNewAndReloadReadNoSecrets(t *testing.T) {
 		t.Fatalf("Reload with a secret not read: %v, want an error saying %q", err, want)
 	}
 }
+
+// TestConfigErrorUnwrapsToItsProblems: a ConfigError follows the one
+// convention for errors with several problems (Unwrap() []error).
+func TestConfigErrorUnwrapsToItsProblems(t *testing.T) {
+	ce := &refresher.ConfigError{File: "x.yaml", Problems: []string{"bucket: bad", "apps[0].name: bad"}}
+	ps := natsconf.Problems(ce)
+	if len(ps) != 2 || ps[0].Error() != "bucket: bad" || ps[1].Error() != "apps[0].name: bad" {
+		t.Fatalf("Problems(ConfigError) = %v", ps)
+	}
+}

@@ -258,7 +258,7 @@ func (c *cli) checkGlobals() error {
 	if c.g.timeout <= 0 {
 		return usagef("--timeout must be positive, got %s", c.g.timeout)
 	}
-	if errs := c.options().Validate(); len(errs) > 0 {
+	if errs := natsconf.Problems(c.options().Validate()); len(errs) > 0 {
 		msgs := make([]string, len(errs))
 		for i, e := range errs {
 			msgs[i] = flagNames.Replace(e.Error())
