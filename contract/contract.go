@@ -139,9 +139,14 @@ func quoteShort(s string) string {
 	return strconv.Quote(strings.ToValidUTF8(s, "?"))
 }
 
-// Event is the payload of token.updated.<app>. It never carries the token.
+// Event is the payload of token.updated.<key>. It never carries the token
+// (or ticket).
 type Event struct {
-	App       string    `json:"app"`
+	App string `json:"app"`
+	// Key is the full key written (v2), set in events of v2 keys such as
+	// <app>.<ticket>. Events of an app's v1 key <app> leave it out (their
+	// payload is unchanged); read an empty Key as App.
+	Key       string    `json:"key,omitempty"`
 	Revision  uint64    `json:"revision"`
 	ExpiresAt time.Time `json:"expires_at"`
 	FetchedAt time.Time `json:"fetched_at"`

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -92,6 +93,10 @@ type AppConfig struct {
 	// DailyQuota is the upstream's daily limit of token calls for this
 	// app (default 2000, WeChat's).
 	DailyQuota int `yaml:"daily_quota"`
+	// Tickets are the tickets kept for the app under <name>.<ticket> (v2):
+	// jsapi and wx_card for kinds wechat and wechat-stable. Validated
+	// only, so far: the refresher does not fetch tickets yet (issue 11).
+	Tickets []string `yaml:"tickets"`
 
 	// secret is read by Config.ResolveSecrets (or set by WithSecret) and
 	// never printed: AppConfig's String and GoString leave it out.
@@ -361,6 +366,9 @@ func (c *Config) Validate() error {
 		if a.DailyQuota < 0 {
 			add("%s.daily_quota: %d is negative", where, a.DailyQuota)
 		}
+		for _, problem := range a.ticketProblems() {
+			add("%s.%s", where, problem)
+		}
 		if a.AppID == "" {
 			add("%s.appid: missing", where)
 		}
@@ -457,4 +465,33 @@ func (c *Config) checkResolved() error {
 		return &ConfigError{Problems: p}
 	}
 	return nil
+}
+
+// ticketsOf lists the ticket types each kind can keep.
+var ticketsOf = map[string][]string{
+	wechat.KindClassic: {contract.TicketJSAPI, contract.TicketWXCard},
+	wechat.KindStable:  {contract.TicketJSAPI, contract.TicketWXCard},
+}
+
+// ticketProblems reports what is wrong with a's tickets, each problem
+// starting with the key (tickets[i]).
+func (a *AppConfig) ticketProblems() []string {
+	var p []string
+	allowed := ticketsOf[a.Kind]
+	seen := map[string]int{}
+	for i, t := range a.Tickets {
+		switch j, dup := seen[t]; {
+		case !slices.Contains(allowed, t):
+			if len(allowed) == 0 {
+				p = append(p, fmt.Sprintf("tickets[%d]: kind %q keeps no tickets", i, a.Kind))
+			} else {
+				p = append(p, fmt.Sprintf("tickets[%d]: %q is not a ticket of kind %s (want %s)", i, t, a.Kind, strings.Join(allowed, " or ")))
+			}
+		case dup:
+			p = append(p, fmt.Sprintf("tickets[%d]: %s is a duplicate of tickets[%d]", i, t, j))
+		default:
+			seen[t] = i
+		}
+	}
+	return p
 }

@@ -243,3 +243,46 @@ func TestConfigErrorUnwrapsToItsProblems(t *testing.T) {
 		t.Fatalf("Problems(ConfigError) = %v", ps)
 	}
 }
+
+// TestConfigTickets: tickets: is accepted for the kinds that keep tickets
+// and every wrong entry is reported with its app and key.
+func TestConfigTickets(t *testing.T) {
+	t.Setenv("SET", "x")
+	cfg, err := refresher.ParseConfig([]byte(`
+apps:
+  - {name: mp, appid: wx1, secret_env: SET, tickets: [jsapi, wx_card]}
+  - {name: st, kind: wechat-stable, appid: wx2, secret_env: SET, tickets: [jsapi]}
+  - {name: none, appid: wx3, secret_env: SET}
+`))
+	if err != nil {
+		t.Fatalf("good tickets rejected: %v", err)
+	}
+	if got := cfg.Apps[0].Tickets; len(got) != 2 || got[0] != "jsapi" || got[1] != "wx_card" {
+		t.Fatalf("tickets = %v", got)
+	}
+	_, err = refresher.ParseConfig([]byte(`
+apps:
+  - {name: mp, appid: wx1, secret_env: SET, tickets: [jsapi, agent_config, jsapi, ""]}
+  - {name: odd, kind: alipay, appid: wx2, secret_env: SET, tickets: [jsapi]}
+`))
+	var ce *refresher.ConfigError
+	if !errors.As(err, &ce) {
+		t.Fatalf("err = %v, want a *ConfigError", err)
+	}
+	want := []string{
+		`apps[0] (mp).tickets[1]: "agent_config" is not a ticket of kind wechat (want jsapi or wx_card)`,
+		`apps[0] (mp).tickets[2]: jsapi is a duplicate of tickets[0]`,
+		`apps[0] (mp).tickets[3]: "" is not a ticket of kind wechat`,
+		`apps[1] (odd).kind: unknown kind "alipay"`,
+		`apps[1] (odd).tickets[0]: kind "alipay" keeps no tickets`,
+	}
+	msg := err.Error()
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			t.Errorf("error does not say %q:\n%s", w, msg)
+		}
+	}
+	if len(ce.Problems) != len(want) {
+		t.Errorf("%d problems reported, want %d:\n%s", len(ce.Problems), len(want), msg)
+	}
+}

@@ -169,53 +169,69 @@ func (c *Client) FetchGated(ctx context.Context, kind, base string, cred Credent
 		return Token{}, newFetchError(sc, fmt.Sprintf("fetch %s token for appid %s: %s",
 			kind, cred.AppID, strings.TrimPrefix(err.Error(), "wechat: ")), err)
 	}
+	var tok Token
+	err = c.run(ctx, fmt.Sprintf("%s token for appid %s", kind, cred.AppID), cred.AppID, sc, gate, func(actx context.Context) error {
+		data, ct, err := c.roundTrip(actx, req, sc)
+		if err == nil {
+			tok, err = parseToken(data, ct, sc)
+		}
+		return err
+	})
+	return tok, err
+}
+
+// run makes the attempts of one fetch: gate before each, retryable
+// failures retried under the client's policy, ctx honoured during requests
+// and backoffs. what ("jsapi ticket for appid wx…") names the fetch in
+// errors; hookID is what the attempt hook is given.
+func (c *Client) run(ctx context.Context, what, hookID string, sc scrubber, gate Gate, try func(context.Context) error) error {
 	policy := c.retry.normalized()
 	var last error
 	for attempt := 1; ; attempt++ {
 		if ctx.Err() != nil {
-			return Token{}, c.stopped(ctx, kind, cred.AppID, attempt-1, last, sc)
+			return c.stopped(ctx, what, attempt-1, last, sc)
 		}
 		actx, cancel := ctx, context.CancelFunc(func() {})
 		if gate != nil {
 			var gerr error
 			if actx, cancel, gerr = gate(ctx, attempt); gerr != nil {
-				msg := fmt.Sprintf("fetch %s token for appid %s stopped before attempt %d: %v", kind, cred.AppID, attempt, gerr)
+				msg := fmt.Sprintf("fetch %s stopped before attempt %d: %v", what, attempt, gerr)
 				if last == nil {
-					return Token{}, newFetchError(sc, msg, gerr)
+					return newFetchError(sc, msg, gerr)
 				}
-				return Token{}, newFetchError(sc, msg+"; last error: "+strings.TrimPrefix(last.Error(), "wechat: "), gerr, last)
+				return newFetchError(sc, msg+"; last error: "+strings.TrimPrefix(last.Error(), "wechat: "), gerr, last)
 			}
 		}
 		start := time.Now()
-		tok, err := c.attempt(actx, req, sc)
+		err := try(actx)
 		cancel()
 		if c.hook != nil {
-			c.hook(cred.AppID, attempt, err, time.Since(start))
+			c.hook(hookID, attempt, err, time.Since(start))
 		}
 		if err == nil {
-			return tok, nil
+			return nil
 		}
 		last = err
 		if ctx.Err() != nil {
-			return Token{}, c.stopped(ctx, kind, cred.AppID, attempt, last, sc)
+			return c.stopped(ctx, what, attempt, last, sc)
 		}
 		if attempt >= policy.Attempts || !IsRetryable(err) {
-			return Token{}, newFetchError(sc, fmt.Sprintf("fetch %s token for appid %s failed after %s: %s",
-				kind, cred.AppID, attempts(attempt), strings.TrimPrefix(err.Error(), "wechat: ")), err)
+			return newFetchError(sc, fmt.Sprintf("fetch %s failed after %s: %s",
+				what, attempts(attempt), strings.TrimPrefix(err.Error(), "wechat: ")), err)
 		}
 		t := time.NewTimer(policy.backoff(attempt))
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return Token{}, c.stopped(ctx, kind, cred.AppID, attempt, last, sc)
+			return c.stopped(ctx, what, attempt, last, sc)
 		case <-t.C:
 		}
 	}
 }
 
-// stopped is the error of a Fetch whose ctx ended.
-func (c *Client) stopped(ctx context.Context, kind, appid string, n int, last error, sc scrubber) error {
-	msg := fmt.Sprintf("fetch %s token for appid %s stopped after %s: %v", kind, appid, attempts(n), ctx.Err())
+// stopped is the error of a fetch whose ctx ended.
+func (c *Client) stopped(ctx context.Context, what string, n int, last error, sc scrubber) error {
+	msg := fmt.Sprintf("fetch %s stopped after %s: %v", what, attempts(n), ctx.Err())
 	if last == nil {
 		return newFetchError(sc, msg, ctx.Err())
 	}
@@ -229,8 +245,9 @@ func attempts(n int) string {
 	return strconv.Itoa(n) + " attempts"
 }
 
-// attempt makes one HTTP request and interprets the answer.
-func (c *Client) attempt(ctx context.Context, r request, sc scrubber) (Token, error) {
+// roundTrip makes one HTTP request and returns the body of a 200 answer
+// and its Content-Type.
+func (c *Client) roundTrip(ctx context.Context, r request, sc scrubber) ([]byte, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, cmp.Or(c.timeout, DefaultTimeout))
 	defer cancel()
 	var body io.Reader
@@ -239,7 +256,7 @@ func (c *Client) attempt(ctx context.Context, r request, sc scrubber) (Token, er
 	}
 	hr, err := http.NewRequestWithContext(ctx, r.method, r.url, body)
 	if err != nil {
-		return Token{}, sc.transportError(r.method, r.redactedURL, err)
+		return nil, "", sc.transportError(r.method, r.redactedURL, err)
 	}
 	hr.Header.Set("Accept", "application/json")
 	if r.body != nil {
@@ -251,23 +268,23 @@ func (c *Client) attempt(ctx context.Context, r request, sc scrubber) (Token, er
 	}
 	resp, err := hc.Do(hr)
 	if err != nil {
-		return Token{}, sc.transportError(r.method, r.redactedURL, err)
+		return nil, "", sc.transportError(r.method, r.redactedURL, err)
 	}
 	defer resp.Body.Close()
 	maxBody := cmp.Or(c.maxBody, DefaultMaxBody)
 	if resp.StatusCode != http.StatusOK {
 		// Drain a little so the connection can be reused; ignore the content.
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxBody))
-		return Token{}, &HTTPError{Status: resp.StatusCode}
+		return nil, "", &HTTPError{Status: resp.StatusCode}
 	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody+1))
 	if err != nil {
-		return Token{}, &url.Error{Op: r.method, URL: r.redactedURL, Err: sc.sanitize(&bodyError{err})}
+		return nil, "", &url.Error{Op: r.method, URL: r.redactedURL, Err: sc.sanitize(&bodyError{err})}
 	}
 	if int64(len(data)) > maxBody {
-		return Token{}, fmt.Errorf("%w: body larger than %d bytes", ErrBadResponse, maxBody)
+		return nil, "", fmt.Errorf("%w: body larger than %d bytes", ErrBadResponse, maxBody)
 	}
-	return parseToken(data, resp.Header.Get("Content-Type"), sc)
+	return data, resp.Header.Get("Content-Type"), nil
 }
 
 // fetchError is every error Fetch returns: a message

@@ -1,7 +1,7 @@
 // Package wechatsim emulates the WeChat access_token API with WeChat's real
 // semantics, for tests, demos and load tests.
 //
-// It serves three endpoints:
+// It serves four endpoints:
 //
 //   - GET  /cgi-bin/token?grant_type=client_credential&appid=…&secret=…
 //     (the classic endpoint): every successful call issues a new token; the
@@ -16,6 +16,12 @@
 //   - GET or POST /cgi-bin/getcallbackip?access_token=… : a business call
 //     that accepts only currently valid tokens (41001 missing, 42001
 //     expired, 40001 unknown or superseded).
+//   - GET /cgi-bin/ticket/getticket?access_token=…&type=jsapi|wx_card: the
+//     JS-SDK and card tickets (see ticket.go): each fetch issues a new
+//     ticket, the previous one of its type stays valid for Options.Grace;
+//     they have their own daily limit (Options.TicketDailyQuota). JS-SDK
+//     signatures are checked against the valid jsapi tickets with
+//     CheckSignature.
 //
 // Both token endpoints count against one daily quota per app
 // (Options.DailyQuota, errcode 45009), and the day is WeChat's day: it starts
@@ -67,14 +73,15 @@ const (
 )
 
 const (
-	defaultExpiresIn       = 7200 * time.Second
-	defaultGrace           = 300 * time.Second
-	defaultDailyQuota      = 2000
-	defaultStableForce     = 20
-	defaultStableForceGap  = 30 * time.Second
-	defaultTokenLength     = 136
-	minTokenLength         = 8
-	maxStableTokenBodySize = 64 << 10
+	defaultExpiresIn        = 7200 * time.Second
+	defaultGrace            = 300 * time.Second
+	defaultDailyQuota       = 2000
+	defaultStableForce      = 20
+	defaultStableForceGap   = 30 * time.Second
+	defaultTokenLength      = 136
+	defaultTicketDailyQuota = 100000
+	minTokenLength          = 8
+	maxStableTokenBodySize  = 64 << 10
 )
 
 // Error is a WeChat {"errcode","errmsg"} answer.
@@ -122,6 +129,11 @@ type Options struct {
 	// BadSecretErrcode is the errcode for a wrong secret: 40001 (default)
 	// or 40125 ("invalid appsecret"), which WeChat also sends.
 	BadSecretErrcode int
+	// TicketDailyQuota is the per-app, per-day number of successful
+	// getticket calls (both types together), default 100000; a negative
+	// value means unlimited. It is separate from DailyQuota. The call after
+	// it answers 45009.
+	TicketDailyQuota int
 	// Now is the clock, default time.Now. It decides token validity and
 	// quota days; Fault.Latency always uses real time.
 	Now func() time.Time
@@ -163,6 +175,7 @@ type token struct {
 	expiresAt  time.Time
 	validUntil time.Time // zero: until expiresAt
 	revoked    bool
+	ticketType string // "" for an access token
 }
 
 type app struct {
@@ -176,6 +189,11 @@ type app struct {
 	calls     int
 	fetches   int
 	issued    int
+
+	tickets         map[string]*token // current ticket by type
+	ticketQuotaUsed int
+	ticketCalls     int
+	ticketsIssued   map[string]int
 }
 
 // Sim is the emulator. All methods are safe for concurrent use.
@@ -191,6 +209,11 @@ type Sim struct {
 	maxInflight map[string]int
 	bizOK       int
 	bizRejected int
+
+	tickets     map[string]*token // by value; never accepted as access tokens
+	ticketOrder []*token
+	sigOK       int
+	sigRejected int
 }
 
 // New returns a Sim without apps; add them with AddApp.
@@ -225,10 +248,17 @@ func New(opts Options) *Sim {
 	if opts.BadSecretErrcode != CodeInvalidAppSecret {
 		opts.BadSecretErrcode = CodeInvalidCredential
 	}
+	switch {
+	case opts.TicketDailyQuota == 0:
+		opts.TicketDailyQuota = defaultTicketDailyQuota
+	case opts.TicketDailyQuota < 0:
+		opts.TicketDailyQuota = 0
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
 	return &Sim{
+		tickets:     map[string]*token{},
 		opts:        opts,
 		apps:        map[string]*app{},
 		tokens:      map[string]*token{},
@@ -256,7 +286,8 @@ func (s *Sim) SetSecret(appid, secret string) {
 		a.secret = secret
 		return
 	}
-	s.apps[appid] = &app{secret: secret, day: shanghaiDay(s.opts.Now())}
+	s.apps[appid] = &app{secret: secret, day: shanghaiDay(s.opts.Now()),
+		tickets: map[string]*token{}, ticketsIssued: map[string]int{}}
 }
 
 // SetFault replaces the current fault; SetFault(Fault{}) clears it.
@@ -388,7 +419,7 @@ func (s *Sim) ResetDay() {
 	defer s.mu.Unlock()
 	day := shanghaiDay(s.opts.Now())
 	for _, a := range s.apps {
-		a.day, a.quotaUsed, a.forceUsed = day, 0, 0
+		a.day, a.quotaUsed, a.forceUsed, a.ticketQuotaUsed = day, 0, 0, 0
 	}
 }
 
@@ -398,6 +429,7 @@ func (s *Sim) Handler() http.Handler {
 	mux.HandleFunc(PathToken, s.serveToken)
 	mux.HandleFunc(PathStableToken, s.serveStableToken)
 	mux.HandleFunc(PathCallbackIP, s.serveCallbackIP)
+	mux.HandleFunc(PathGetTicket, s.serveGetTicket)
 	return mux
 }
 
@@ -417,7 +449,7 @@ func shanghaiDay(t time.Time) int64 {
 
 func (s *Sim) rollDay(a *app, now time.Time) {
 	if d := shanghaiDay(now); d != a.day {
-		a.day, a.quotaUsed, a.forceUsed = d, 0, 0
+		a.day, a.quotaUsed, a.forceUsed, a.ticketQuotaUsed = d, 0, 0, 0
 	}
 }
 
@@ -490,6 +522,14 @@ func (s *Sim) prune(now time.Time) {
 	}
 	if n > 0 {
 		s.order = append(s.order[:0:0], s.order[n:]...)
+	}
+	n = 0
+	for n < len(s.ticketOrder) && s.ticketOrder[n].expiresAt.Before(cut) {
+		delete(s.tickets, s.ticketOrder[n].value)
+		n++
+	}
+	if n > 0 {
+		s.ticketOrder = append(s.ticketOrder[:0:0], s.ticketOrder[n:]...)
 	}
 }
 

@@ -79,6 +79,14 @@ type reply struct {
 
 func (e *env) do(req *http.Request) reply {
 	e.t.Helper()
+	var r reply
+	e.doJSON(req, &r)
+	return r
+}
+
+// doJSON sends req and decodes WeChat's answer (HTTP 200, JSON) into v.
+func (e *env) doJSON(req *http.Request, v any) {
+	e.t.Helper()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		e.t.Fatalf("request: %v", err)
@@ -91,11 +99,9 @@ func (e *env) do(req *http.Request) reply {
 	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt != "application/json" {
 		e.t.Fatalf("Content-Type %q, want application/json", resp.Header.Get("Content-Type"))
 	}
-	var r reply
-	if err := json.Unmarshal(body, &r); err != nil {
+	if err := json.Unmarshal(body, v); err != nil {
 		e.t.Fatalf("decode %q: %v", body, err)
 	}
-	return r
 }
 
 func tokenURL(base, grant, appid, sec string) string {
