@@ -94,8 +94,9 @@ type AppConfig struct {
 	// app (default 2000, WeChat's).
 	DailyQuota int `yaml:"daily_quota"`
 	// Tickets are the tickets kept for the app under <name>.<ticket> (v2):
-	// jsapi and wx_card for kinds wechat and wechat-stable. Validated
-	// only, so far: the refresher does not fetch tickets yet (issue 11).
+	// jsapi and wx_card for kinds wechat and wechat-stable. Until the
+	// refresher fetches tickets (issue 11) a config that names any is
+	// refused, each ticket named, rather than accepted and ignored.
 	Tickets []string `yaml:"tickets"`
 
 	// secret is read by Config.ResolveSecrets (or set by WithSecret) and
@@ -489,9 +490,18 @@ func (a *AppConfig) ticketProblems() []string {
 			}
 		case dup:
 			p = append(p, fmt.Sprintf("tickets[%d]: %s is a duplicate of tickets[%d]", i, t, j))
+		case !ticketsFetched:
+			// Accepting it would be a lie: nothing would fetch it.
+			seen[t] = i
+			p = append(p, fmt.Sprintf("tickets[%d]: %s: this version does not fetch tickets yet; remove the key", i, t))
 		default:
 			seen[t] = i
 		}
 	}
 	return p
 }
+
+// ticketsFetched turns on once the refresher fetches tickets (issue 11):
+// until then a config that asks for tickets is refused, not silently
+// ignored.
+const ticketsFetched = false
