@@ -114,20 +114,30 @@ func (rec Record) Validate(key string, maxLifetime time.Duration) error {
 	if rec.App != key {
 		bad = append(bad, fmt.Sprintf("app %s is not the key %s", quoteShort(rec.App), quoteShort(key)))
 	}
-	switch {
-	case rec.FetchedAt.IsZero() || rec.ExpiresAt.IsZero():
-		bad = append(bad, "fetched_at or expires_at missing")
-	case rec.ExpiresAt.Before(rec.FetchedAt):
-		bad = append(bad, fmt.Sprintf("expires_at %s is before fetched_at %s",
-			rec.ExpiresAt.UTC().Format(time.RFC3339), rec.FetchedAt.UTC().Format(time.RFC3339)))
-	case rec.ExpiresAt.Sub(rec.FetchedAt) > maxLifetime:
-		bad = append(bad, fmt.Sprintf("lifetime %s (expires_at %s) is over the limit of %s",
-			rec.ExpiresAt.Sub(rec.FetchedAt).Round(time.Second), rec.ExpiresAt.UTC().Format(time.RFC3339), maxLifetime))
+	if p := timesProblem(rec.FetchedAt, rec.ExpiresAt, maxLifetime); p != "" {
+		bad = append(bad, p)
 	}
 	if len(bad) == 0 {
 		return nil
 	}
 	return fmt.Errorf("%w: %s", ErrInvalidRecord, strings.Join(bad, "; "))
+}
+
+// timesProblem says what is wrong with a record's fetched_at and
+// expires_at ("" if nothing): both set, expires_at not before fetched_at,
+// the lifetime at most maxLifetime.
+func timesProblem(fetched, expires time.Time, maxLifetime time.Duration) string {
+	switch {
+	case fetched.IsZero() || expires.IsZero():
+		return "fetched_at or expires_at missing"
+	case expires.Before(fetched):
+		return fmt.Sprintf("expires_at %s is before fetched_at %s",
+			expires.UTC().Format(time.RFC3339), fetched.UTC().Format(time.RFC3339))
+	case expires.Sub(fetched) > maxLifetime:
+		return fmt.Sprintf("lifetime %s (expires_at %s) is over the limit of %s",
+			expires.Sub(fetched).Round(time.Second), expires.UTC().Format(time.RFC3339), maxLifetime)
+	}
+	return ""
 }
 
 // quoteShort quotes s for an error message, cut to 64 bytes: a foreign

@@ -62,15 +62,8 @@ func (rec TicketRecord) Validate(key string, maxLifetime time.Duration) error {
 			bad = append(bad, fmt.Sprintf("ticket_type %s does not match the key %s", quoteShort(rec.TicketType), quoteShort(key)))
 		}
 	}
-	switch {
-	case rec.FetchedAt.IsZero() || rec.ExpiresAt.IsZero():
-		bad = append(bad, "fetched_at or expires_at missing")
-	case rec.ExpiresAt.Before(rec.FetchedAt):
-		bad = append(bad, fmt.Sprintf("expires_at %s is before fetched_at %s",
-			rec.ExpiresAt.UTC().Format(time.RFC3339), rec.FetchedAt.UTC().Format(time.RFC3339)))
-	case rec.ExpiresAt.Sub(rec.FetchedAt) > maxLifetime:
-		bad = append(bad, fmt.Sprintf("lifetime %s (expires_at %s) is over the limit of %s",
-			rec.ExpiresAt.Sub(rec.FetchedAt).Round(time.Second), rec.ExpiresAt.UTC().Format(time.RFC3339), maxLifetime))
+	if p := timesProblem(rec.FetchedAt, rec.ExpiresAt, maxLifetime); p != "" {
+		bad = append(bad, p)
 	}
 	if len(bad) == 0 {
 		return nil
