@@ -30,35 +30,18 @@ var ErrInvalidSignature = &Error{CodeInvalidSignature, "invalid signature"}
 // TicketCalls is the number of getticket calls that presented a valid
 // access token of appid, whatever their outcome.
 func (s *Sim) TicketCalls(appid string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if a := s.apps[appid]; a != nil {
-		return a.ticketCalls
-	}
-	return 0
+	return s.count(appid, false, func(a *app) int { return a.ticketCalls })
 }
 
 // TicketsIssued is the number of tickets of type typ issued for appid.
 func (s *Sim) TicketsIssued(appid, typ string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if a := s.apps[appid]; a != nil {
-		return a.ticketsIssued[typ]
-	}
-	return 0
+	return s.count(appid, false, func(a *app) int { return a.ticketsIssued[typ] })
 }
 
 // TicketQuotaUsed is the number of getticket calls counted against
 // today's ticket limit of appid.
 func (s *Sim) TicketQuotaUsed(appid string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	a := s.apps[appid]
-	if a == nil {
-		return 0
-	}
-	s.rollDay(a, s.opts.Now())
-	return a.ticketQuotaUsed
+	return s.count(appid, true, func(a *app) int { return a.ticketQuotaUsed })
 }
 
 // LastTicket is the latest ticket of type typ issued for appid ("" if

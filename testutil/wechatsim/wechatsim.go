@@ -307,45 +307,38 @@ func (s *Sim) CurrentFault() Fault {
 // Calls is the number of token-endpoint calls that reached the app (known
 // appid, no fault answered), whatever their outcome.
 func (s *Sim) Calls(appid string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if a := s.apps[appid]; a != nil {
-		return a.calls
-	}
-	return 0
+	return s.count(appid, false, func(a *app) int { return a.calls })
 }
 
 // Fetches is the number of successful token answers, classic and stable,
 // including stable normal-mode answers that returned the existing token.
 func (s *Sim) Fetches(appid string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if a := s.apps[appid]; a != nil {
-		return a.fetches
-	}
-	return 0
+	return s.count(appid, false, func(a *app) int { return a.fetches })
 }
 
 // Issued is the number of distinct tokens issued for the app.
 func (s *Sim) Issued(appid string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if a := s.apps[appid]; a != nil {
-		return a.issued
-	}
-	return 0
+	return s.count(appid, false, func(a *app) int { return a.issued })
 }
 
 // QuotaUsed is the number of calls counted against today's quota.
 func (s *Sim) QuotaUsed(appid string) int {
+	return s.count(appid, true, func(a *app) int { return a.quotaUsed })
+}
+
+// count reads one counter of appid's app under the lock (0 for an unknown
+// appid); with today, after moving the app's daily counters to today.
+func (s *Sim) count(appid string, today bool, f func(*app) int) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	a := s.apps[appid]
 	if a == nil {
 		return 0
 	}
-	s.rollDay(a, s.opts.Now())
-	return a.quotaUsed
+	if today {
+		s.rollDay(a, s.opts.Now())
+	}
+	return f(a)
 }
 
 // LastToken returns the latest classic and stable tokens issued for the
