@@ -109,8 +109,14 @@ func TestEnsureBucketReplicasOnCluster(t *testing.T) {
 	if r := streamConfig(t, kv).Replicas; r != 3 {
 		t.Fatalf("replicas %d, want 3", r)
 	}
-	if _, err := kv.Put(ctx, "app", []byte("v1")); err != nil {
-		t.Fatal(err)
+	// A new R3 stream elects its leader after it is created: a write
+	// right away may meet "no response from stream" for a moment.
+	var perr error
+	if !testutil.Eventually(10*time.Second, func() bool {
+		_, perr = kv.Put(ctx, "app", []byte("v1"))
+		return perr == nil
+	}) {
+		t.Fatalf("write to the new R3 bucket: %v", perr)
 	}
 
 	// R1 bucket scaled up to R3, idempotently.
