@@ -28,9 +28,9 @@ var Version = "0.1.0"
 const requestTimeout = 30 * time.Second
 
 // startService registers the token.refresh micro service. Only the leader
-// serves it (micro endpoints join one queue group, so every registered
-// replica would receive requests); a request that arrives during a
-// handover gets "no responders" and is retried by the client.
+// serves it, without a queue group (see the endpoint below); a request
+// that arrives during a handover gets "no responders" and is retried by
+// the client.
 func (r *Refresher) startService() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
