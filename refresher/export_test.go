@@ -102,5 +102,7 @@ func (r *Refresher) RefreshTicketNow(ctx context.Context, key string) error {
 	if t == nil {
 		return ErrUnknownApp
 	}
-	return r.refreshTicket(ctx, t, "manual", true)
+	_, rev := t.current()
+	_, _, err := r.refreshTicket(ctx, t, "manual", &rev)
+	return err
 }

@@ -232,7 +232,7 @@ func (r *Refresher) startTicket(t *ticket) {
 		defer r.wg.Done()
 		r.sem <- struct{}{}
 		if r.refreshCtx.Err() == nil {
-			_ = r.refreshTicket(r.refreshCtx, t, source, false)
+			_, _, _ = r.refreshTicket(r.refreshCtx, t, source, nil)
 		}
 		<-r.sem
 		t.mu.Lock()
@@ -277,13 +277,15 @@ func (r *Refresher) parseTicket(key string, rev uint64, val []byte) *contract.Ti
 }
 
 // refreshTicket makes sure t holds a valid ticket that is not due (with
-// force: a new one): it re-reads the key, fetches with the app's current
+// stale set: a valid ticket at another revision than *stale): it
+// re-reads the key, fetches with the app's current
 // token only if needed, and on a rejected token refreshes the token first
 // (one flight, that token's revision as stale, regardless of
 // passive_min_interval) and fetches the ticket once more. The result is
 // written revision-checked under t.key and announced on
-// token.updated.<app>.<ticket>.
-func (r *Refresher) refreshTicket(ctx context.Context, t *ticket, source string, force bool) error {
+// token.updated.<app>.<ticket>. It returns the record held at the end
+// and its revision.
+func (r *Refresher) refreshTicket(ctx context.Context, t *ticket, source string, stale *uint64) (contract.TicketRecord, uint64, error) {
 	t.run.Lock()
 	defer t.run.Unlock()
 	start := time.Now()
@@ -293,12 +295,15 @@ func (r *Refresher) refreshTicket(ctx context.Context, t *ticket, source string,
 	}
 	t.adopt(rec, rev)
 	now := r.now()
-	if !force && rec != nil && rec.ExpiresAt.After(now) &&
-		r.policy.RefreshAt(rec.FetchedAt, rec.ExpiresAt, jitterDraw(t.key, rec.FetchedAt)).After(now) {
-		return nil
+	if rec != nil && rec.ExpiresAt.After(now) {
+		switch {
+		case stale == nil && r.policy.RefreshAt(rec.FetchedAt, rec.ExpiresAt, jitterDraw(t.key, rec.FetchedAt)).After(now),
+			stale != nil && rev != *stale:
+			return *rec, rev, nil
+		}
 	}
 	if err := r.lease.Confirm(ctx); err != nil {
-		return err
+		return derefTicket(rec), rev, err
 	}
 	a := t.parent
 	tok, tokRev, ok := a.usable(now)
@@ -320,21 +325,21 @@ func (r *Refresher) refreshTicket(ctx context.Context, t *ticket, source string,
 	if err != nil {
 		return r.ticketFailed(t, source, err, start)
 	}
-	cur, crev := t.current()
-	if cur != nil && cur.Ticket == tk.Value && cur.ExpiresAt.After(now) {
+	if rec != nil && rec.Ticket == tk.Value && rec.ExpiresAt.After(now) {
 		// The same ticket: nothing to write.
 		t.mu.Lock()
 		t.due = r.policy.RefreshAt(fetched, fetched.Add(tk.ExpiresIn), jitterDraw(t.key, fetched))
 		t.failures, t.retryAt, t.lastErr = 0, time.Time{}, nil
 		t.mu.Unlock()
-		return nil
+		return *rec, rev, nil
 	}
 	nrec := contract.TicketRecord{App: a.name, Key: t.key, TicketType: t.typ, Ticket: tk.Value,
 		FetchedAt: fetched, ExpiresAt: fetched.Add(capLifetime(tk.ExpiresIn)), Source: source}
-	nrev, err := r.writeTicket(ctx, t, nrec, crev)
+	nrev, err := r.writeTicket(ctx, t, nrec, rev)
 	if err != nil {
 		if errors.Is(err, ErrSuperseded) {
-			return nil
+			cur, crev := t.current()
+			return derefTicket(cur), crev, nil
 		}
 		return r.ticketFailed(t, source, err, start)
 	}
@@ -345,7 +350,14 @@ func (r *Refresher) refreshTicket(ctx context.Context, t *ticket, source string,
 	r.log.Info("ticket refreshed", "key", t.key, "app", a.name, "source", source, "revision", nrev,
 		"ticket", contract.Fingerprint(nrec.Ticket), "expires_at", nrec.ExpiresAt.Format(time.RFC3339),
 		"duration", time.Since(start).Round(time.Millisecond))
-	return nil
+	return nrec, nrev, nil
+}
+
+func derefTicket(rec *contract.TicketRecord) contract.TicketRecord {
+	if rec == nil {
+		return contract.TicketRecord{}
+	}
+	return *rec
 }
 
 // fetchTicket makes one upstream ticket call (with the client's retries),
@@ -406,9 +418,10 @@ func (r *Refresher) refreshRejectedToken(ctx context.Context, a *app, stale uint
 // ticketFailed records a failed ticket refresh and logs it. A rejected
 // token (40001 from the ticket endpoint) is not the secret alert of the
 // token endpoint's 40001.
-func (r *Refresher) ticketFailed(t *ticket, source string, err error, start time.Time) error {
+func (r *Refresher) ticketFailed(t *ticket, source string, err error, start time.Time) (contract.TicketRecord, uint64, error) {
+	cur, rev := t.current()
 	if errors.Is(err, ErrNotLeader) || errors.Is(err, context.Canceled) {
-		return err
+		return derefTicket(cur), rev, err
 	}
 	now := r.now()
 	retry := t.failure(err, now)
@@ -423,7 +436,7 @@ func (r *Refresher) ticketFailed(t *ticket, source string, err error, start time
 		}
 	}
 	r.log.Error("ticket refresh failed; the stored ticket is kept", attrs...)
-	return err
+	return derefTicket(cur), rev, err
 }
 
 // writeTicket stores rec under its key over revision rev (0: create),
