@@ -28,17 +28,19 @@ type ticket struct {
 	// ticket.
 	run sync.Mutex
 
-	mu        sync.Mutex
-	rec       *contract.TicketRecord // last record seen (nil: none or invalid)
-	rev       uint64
-	due       time.Time // next refresh moment (zero: as soon as the token is valid)
-	retryAt   time.Time
-	failures  int
-	lastErr   error
-	lastErrAt time.Time
-	running   bool // a planned refresh is queued or running
-	day       int  // appDay of calls
-	calls     int  // upstream ticket calls on day
+	mu         sync.Mutex
+	rec        *contract.TicketRecord // last record seen (nil: none or invalid)
+	rev        uint64
+	due        time.Time // next refresh moment (zero: as soon as the token is valid)
+	retryAt    time.Time
+	failures   int
+	lastErr    error
+	lastErrAt  time.Time
+	running    bool // a planned refresh is queued or running
+	lastForced time.Time
+	forcing    int // forced refreshes running or waiting for one
+	day        int // appDay of calls
+	calls      int // upstream ticket calls on day
 }
 
 func newTicket(a *app, typ string) *ticket {
@@ -457,4 +459,147 @@ func (r *Refresher) writeTicket(ctx context.Context, t *ticket, rec contract.Tic
 		t.adopt(cur, crev)
 		return crev, cur != nil && !cur.FetchedAt.Before(rec.FetchedAt), nil
 	})
+}
+
+// usable returns the ticket record held and whether it can be handed out
+// at now: present and not expired.
+func (t *ticket) usable(now time.Time) (*contract.TicketRecord, uint64, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.rec, t.rev, t.rec != nil && t.rec.ExpiresAt.After(now)
+}
+
+// paused returns, while upstream calls of the ticket wait after a
+// failure, until when and the failure; zero otherwise.
+func (t *ticket) paused(now time.Time) (time.Time, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.lastErr == nil || !t.retryAt.After(now) {
+		return time.Time{}, nil
+	}
+	return t.retryAt, t.lastErr
+}
+
+// takeForced reports whether a forced refresh of the ticket may go ahead
+// now: one is running already (the caller then waits for it), or the
+// last one began at least minGap ago. The caller calls forcedDone after.
+func (t *ticket) takeForced(now time.Time, minGap time.Duration) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.forcing == 0 {
+		if !t.lastForced.IsZero() && now.Sub(t.lastForced) < minGap {
+			return false
+		}
+		t.lastForced = now
+	}
+	t.forcing++
+	return true
+}
+
+func (t *ticket) forcedDone() {
+	t.mu.Lock()
+	t.forcing--
+	t.mu.Unlock()
+}
+
+// TicketReply is the successful reply to token.refresh.<app>.<ticket>:
+// the stored ticket record plus its KV revision.
+type TicketReply struct {
+	contract.TicketRecord
+	Revision uint64 `json:"revision"`
+}
+
+// handleTicket answers a parsed token.refresh request for ticket t: from
+// the record held if it answers, otherwise from a goroutine of its own.
+func (r *Refresher) handleTicket(q *refreshReq, t *ticket, stale *uint64, source string) {
+	if source == contract.SourcePassive && r.lease != nil && r.lease.Held() {
+		if rec, rev, ok := t.usable(r.now()); ok && answers(rev, stale) {
+			r.replyOK(q, t.key, TicketReply{*rec, rev})
+			return
+		}
+	}
+	if !r.reqs.acquire() {
+		r.replyOverloaded(q, t.key)
+		return
+	}
+	go func() {
+		defer r.reqs.release()
+		defer r.recovered(q)
+		r.reqs.at(stageSlow, q)
+		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+		defer cancel()
+		rep, err := r.refreshTicketAs(ctx, t, stale, source)
+		if err != nil {
+			r.replyError(q, t.key, err)
+			return
+		}
+		r.replyOK(q, t.key, rep)
+	}()
+}
+
+// refreshTicketAs is Refresh for a ticket: the record held if it answers
+// stale (as for tokens), otherwise one refresh at a time per ticket —
+// requests that waited for it find its record at a newer revision. A
+// forced fetch (a valid ticket at revision stale) happens at most once
+// per passive_min_interval; inside it the current record is the reply.
+func (r *Refresher) refreshTicketAs(ctx context.Context, t *ticket, stale *uint64, source string) (TicketReply, error) {
+	r.mu.Lock()
+	closed := r.closed
+	r.mu.Unlock()
+	if closed || r.refreshCtx == nil {
+		return TicketReply{}, ErrClosed
+	}
+	now := r.now()
+	rec, rev, valid := t.usable(now)
+	if valid && answers(rev, stale) {
+		return TicketReply{*rec, rev}, nil
+	}
+	if !r.lease.Held() {
+		return TicketReply{}, ErrNotLeader
+	}
+	if until, why := t.paused(now); !until.IsZero() {
+		return TicketReply{}, pausedError(t.key, until, why)
+	}
+	type result struct {
+		rec contract.TicketRecord
+		rev uint64
+		err error
+	}
+	done := make(chan result, 1)
+	r.wg.Add(1)
+	go func() {
+		// The refresh runs to its end under refreshCtx, whoever waits.
+		defer r.wg.Done()
+		// stale nil: the ticket held is missing or expired (a valid one
+		// answered above), so any valid one stored answers.
+		if stale != nil && valid {
+			// Forced: at most once per passive_min_interval, unless a
+			// forced refresh runs (then this one waits for it).
+			if !t.takeForced(r.now(), time.Duration(r.passiveMin.Load())) {
+				cur, crev := t.current()
+				done <- result{derefTicket(cur), crev, nil}
+				return
+			}
+			defer t.forcedDone()
+		}
+		nrec, nrev, err := r.refreshTicket(r.refreshCtx, t, source, stale)
+		done <- result{nrec, nrev, err}
+		r.Tick()
+	}()
+	var res result
+	select {
+	case <-ctx.Done():
+		return TicketReply{}, ctx.Err()
+	case res = <-done:
+	}
+	if res.err != nil {
+		if errors.Is(res.err, errNoToken) {
+			return TicketReply{}, &RequestError{Code: contract.CodeUnavailable, Message: "no token stored yet for " + t.parent.name, Err: res.err}
+		}
+		return TicketReply{}, res.err
+	}
+	if res.rec.Ticket == "" {
+		return TicketReply{}, &RequestError{Code: contract.CodeUnavailable, Message: "no ticket stored yet"}
+	}
+	return TicketReply{res.rec, res.rev}, nil
 }

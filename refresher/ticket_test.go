@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -242,5 +243,74 @@ func TestTicketWithRejectedTokenRefreshesTokenFirst(t *testing.T) {
 	}
 	if e.Logs.Contains("secret_wrong_or_rotated") {
 		t.Errorf("a ticket's rejected token raised the wrong-secret alert")
+	}
+}
+
+// TestTicketPassiveRefresh: token.refresh.<app>.jsapi is served like
+// token.refresh.<app>: an empty request gets the stored ticket with no
+// fetch; 50 concurrent requests naming the stored revision as stale cost
+// one ticket fetch and all get the new ticket; an unconfigured ticket key
+// is a 404.
+func TestTicketPassiveRefresh(t *testing.T) {
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	app := ticketApp(e, "pas", contract.TicketJSAPI)
+	e.Start(e.Config(app))
+	first, rev := waitTicket(t, e, 10*time.Second, "pas.jsapi", func(contract.TicketRecord, uint64) bool { return true })
+	issued := e.Sim.TicketsIssued(app.AppID, contract.TicketJSAPI)
+
+	var rep refresher.TicketReply
+	m, err := e.NC.Request(contract.RefreshSubject("pas.jsapi"), nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(m.Data, &rep); err != nil || rep.Revision != rev || rep.Ticket != first.Ticket || rep.Key != "pas.jsapi" {
+		t.Fatalf("empty request: reply %s (err %v), want the stored ticket at revision %d", m.Data, err, rev)
+	}
+
+	body := []byte(`{"stale_revision":` + strconv.FormatUint(rev, 10) + `}`)
+	const n = 50
+	replies := make([]refresher.TicketReply, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m, err := e.NC.Request(contract.RefreshSubject("pas.jsapi"), body, 10*time.Second)
+			if err == nil {
+				if code := m.Header.Get(contract.ErrorCodeHeader); code != "" {
+					err = errors.New(code + " " + m.Header.Get(contract.ErrorHeader))
+				} else {
+					err = json.Unmarshal(m.Data, &replies[i])
+				}
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("request %d: %v", i, errs[i])
+		}
+		if replies[i].Revision <= rev || replies[i].Ticket == first.Ticket {
+			t.Fatalf("request %d got revision %d, want a new ticket after %d", i, replies[i].Revision, rev)
+		}
+		if err := e.Sim.CheckTicket(replies[i].Ticket); err != nil {
+			t.Errorf("request %d: ticket not valid upstream: %v", i, err)
+		}
+	}
+	if got := e.Sim.TicketsIssued(app.AppID, contract.TicketJSAPI) - issued; got != 1 {
+		t.Errorf("%d concurrent stale requests cost %d ticket fetches, want 1", n, got)
+	}
+
+	m, err = e.NC.Request(contract.RefreshSubject("pas.wx_card"), nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := m.Header.Get(contract.ErrorCodeHeader); code != "404" {
+		t.Errorf("unconfigured ticket: code %q, want 404", code)
+	}
+	if got := e.Sim.TicketsIssued(app.AppID, contract.TicketWXCard); got != 0 {
+		t.Errorf("wx_card fetched %d times", got)
 	}
 }
