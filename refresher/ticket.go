@@ -237,6 +237,8 @@ func (r *Refresher) startTicket(t *ticket) {
 			_, _, _ = r.refreshTicket(r.refreshCtx, t, source, nil)
 		}
 		<-r.sem
+		// The slot is free: start a token refresh queued meanwhile.
+		r.pump()
 		t.mu.Lock()
 		t.running = false
 		t.mu.Unlock()

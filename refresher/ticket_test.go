@@ -314,3 +314,28 @@ func TestTicketPassiveRefresh(t *testing.T) {
 		t.Errorf("wx_card fetched %d times", got)
 	}
 }
+
+// TestTicketsShareTheConcurrencySlots: with refresh.concurrency 1, tickets
+// and tokens of several apps take turns in the one slot; every token and
+// every ticket gets stored (a ticket giving its slot back starts the
+// token refresh queued meanwhile).
+func TestTicketsShareTheConcurrencySlots(t *testing.T) {
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	var apps []refresher.AppConfig
+	names := []string{"c1", "c2", "c3", "c4", "c5"}
+	for _, n := range names {
+		apps = append(apps, ticketApp(e, n, contract.TicketJSAPI, contract.TicketWXCard))
+	}
+	cfg := e.Config(apps...)
+	cfg.Policy.Concurrency = 1
+	e.Start(cfg)
+	for _, n := range names {
+		e.WaitRecord(10*time.Second, n, func(contract.Record, uint64) bool { return true })
+		for _, typ := range []string{contract.TicketJSAPI, contract.TicketWXCard} {
+			rec, _ := waitTicket(t, e, 10*time.Second, contract.Key(n, typ), func(contract.TicketRecord, uint64) bool { return true })
+			if err := e.Sim.CheckTicket(rec.Ticket); err != nil {
+				t.Errorf("%s.%s: ticket not valid upstream: %v", n, typ, err)
+			}
+		}
+	}
+}
