@@ -74,7 +74,7 @@ func TestTicketStoredAfterToken(t *testing.T) {
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
 	app := ticketApp(e, "mp", contract.TicketJSAPI)
 	events := subscribeEvents(t, e.NC, "mp.jsapi")
-	e.Start(e.Config(app))
+	rep := e.Start(e.Config(app))
 
 	rec, rev := waitTicket(t, e, 10*time.Second, "mp.jsapi", func(contract.TicketRecord, uint64) bool { return true })
 	tok, _ := e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
@@ -115,6 +115,14 @@ func TestTicketStoredAfterToken(t *testing.T) {
 	}
 	if n := e.Sim.TicketsIssued(app.AppID, contract.TicketWXCard); n != 0 {
 		t.Errorf("wx_card tickets issued = %d, want 0 (not configured)", n)
+	}
+	testutil.WaitFor(t, 5*time.Second, func() bool {
+		st := rep.R.Statuses()
+		return len(st) == 1 && len(st[0].Tickets) == 1 && st[0].Tickets[0].Revision == rev
+	}, "status does not list the ticket at revision %d", rev)
+	ts0 := rep.R.Statuses()[0].Tickets[0]
+	if ts0.Key != "mp.jsapi" || !ts0.Valid || ts0.CallsToday != 1 || !ts0.ExpiresAt.Equal(rec.ExpiresAt) || ts0.RefreshAt.IsZero() {
+		t.Errorf("ticket status %+v", ts0)
 	}
 }
 
