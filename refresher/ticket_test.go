@@ -347,3 +347,27 @@ func TestTicketsShareTheConcurrencySlots(t *testing.T) {
 		}
 	}
 }
+
+// TestTicketAddedByReload: a ticket added to an app by Reload is fetched
+// with the app's token, which stays as it was.
+func TestTicketAddedByReload(t *testing.T) {
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	app := e.App("rl")
+	rep := e.Start(e.Config(app))
+	tok, tokRev := e.WaitRecord(5*time.Second, "rl", func(contract.Record, uint64) bool { return true })
+
+	app.Tickets = []string{contract.TicketWXCard}
+	if _, err := rep.R.Reload(e.Config(app)); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := waitTicket(t, e, 10*time.Second, "rl.wx_card", func(contract.TicketRecord, uint64) bool { return true })
+	if rec.TicketType != contract.TicketWXCard || e.Sim.CheckTicket(rec.Ticket) != nil {
+		t.Errorf("ticket record %s of type %q not valid upstream", rec.Key, rec.TicketType)
+	}
+	if now, rev, _ := e.Record(contract.DefaultBucket, "rl"); rev != tokRev || now.AccessToken != tok.AccessToken {
+		t.Errorf("token rewritten by the reload: revision %d -> %d", tokRev, rev)
+	}
+	if n := e.Sim.Fetches(app.AppID); n != 1 {
+		t.Errorf("token fetches = %d, want 1", n)
+	}
+}
