@@ -71,7 +71,7 @@ func RolePermissions(role Role, bucket, user string) *server.Permissions {
 		pub = append(pub, contract.UpdatedPrefix+">")
 		return &server.Permissions{
 			Publish:   &server.SubjectPermission{Allow: pub},
-			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", contract.RefreshPrefix + "*", "$SRV.>"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", contract.RefreshPrefix + ">", "$SRV.>"}},
 			Response: &server.ResponsePermission{
 				MaxMsgs: server.DEFAULT_ALLOW_RESPONSE_MAX_MSGS,
 				Expires: server.DEFAULT_ALLOW_RESPONSE_EXPIRATION,

@@ -40,6 +40,10 @@ type app struct {
 	pending *contract.Record
 
 	stateRev uint64 // revision of the app's key in the state bucket (0: none known)
+
+	// tickets are the app's configured tickets (v2), guarded by mu; see
+	// syncTickets and ticketList.
+	tickets []*ticket
 }
 
 // owns reports whether rec is a token of this app's upstream appid

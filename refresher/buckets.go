@@ -432,6 +432,11 @@ func (r *Refresher) forgetRecords() {
 		a.mu.Lock()
 		a.rec, a.rev, a.due = nil, 0, time.Time{}
 		a.mu.Unlock()
+		for _, t := range a.ticketList() {
+			t.mu.Lock()
+			t.rec, t.rev, t.due = nil, 0, time.Time{}
+			t.mu.Unlock()
+		}
 	}
 	r.Tick()
 }

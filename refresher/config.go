@@ -94,9 +94,8 @@ type AppConfig struct {
 	// app (default 2000, WeChat's).
 	DailyQuota int `yaml:"daily_quota"`
 	// Tickets are the tickets kept for the app under <name>.<ticket> (v2):
-	// jsapi and wx_card for kinds wechat and wechat-stable. Until the
-	// refresher fetches tickets (issue 11) a config that names any is
-	// refused, each ticket named, rather than accepted and ignored.
+	// jsapi and wx_card for kinds wechat and wechat-stable, each fetched
+	// with the app's current token and refreshed before it expires.
 	Tickets []string `yaml:"tickets"`
 
 	// secret is read by Config.ResolveSecrets (or set by WithSecret) and
@@ -501,7 +500,7 @@ func (a *AppConfig) ticketProblems() []string {
 	return p
 }
 
-// ticketsFetched turns on once the refresher fetches tickets (issue 11):
-// until then a config that asks for tickets is refused, not silently
-// ignored.
-const ticketsFetched = false
+// ticketsFetched says that the refresher fetches tickets (issue 11,
+// refresher/ticket.go); while it was false a config that asked for
+// tickets was refused, not silently ignored.
+const ticketsFetched = true

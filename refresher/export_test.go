@@ -4,6 +4,7 @@ package refresher
 // external tests in package refresher_test.
 
 import (
+	"context"
 	"encoding/json"
 	"time"
 
@@ -92,3 +93,16 @@ func (q *directRequest) Data() []byte           { return q.data }
 func (q *directRequest) Headers() micro.Headers { return micro.Headers(q.hdr) }
 func (q *directRequest) Subject() string        { return q.subject }
 func (q *directRequest) Reply() string          { return "_INBOX.direct" }
+
+// RefreshTicketNow fetches a new ticket for key (<app>.<ticket>) at once,
+// as a due refresh would, whatever its schedule says, and returns the
+// refresh's error.
+func (r *Refresher) RefreshTicketNow(ctx context.Context, key string) error {
+	t := r.ticketByKey(key)
+	if t == nil {
+		return ErrUnknownApp
+	}
+	_, rev := t.current()
+	_, _, err := r.refreshTicket(ctx, t, "manual", &rev)
+	return err
+}

@@ -49,6 +49,9 @@ func (r *Refresher) plan() time.Time {
 	now := r.now()
 	var next time.Time
 	for _, a := range r.appList() {
+		if tn := r.planTickets(a, now); !tn.IsZero() && (next.IsZero() || tn.Before(next)) {
+			next = tn
+		}
 		due, busy := a.dueAt()
 		if busy {
 			continue

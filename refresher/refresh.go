@@ -141,6 +141,10 @@ func (r *Refresher) store(ctx context.Context, a *app, nrec contract.Record, rev
 	}
 	a.stored(nrec, nrev)
 	r.publish(nrec, nrev)
+	if len(a.ticketList()) > 0 {
+		// The app's tickets wait for a valid token: plan them now.
+		r.Tick()
+	}
 	r.obs.Refreshed(name, source, nrec.ExpiresAt)
 	r.log.Info("token refreshed", "app", name, "source", source, "revision", nrev,
 		"token", contract.Fingerprint(nrec.AccessToken), "expires_at", nrec.ExpiresAt.Format(time.RFC3339),

@@ -114,7 +114,9 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Refresher, error) {
 		r.id = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), nats.NewInbox()[len(nats.InboxPrefix):][:6])
 	}
 	for _, ac := range cfg.Apps {
-		r.apps[ac.Name] = &app{name: ac.Name, cfg: ac, policy: &r.policy}
+		a := &app{name: ac.Name, cfg: ac, policy: &r.policy}
+		a.syncTickets()
+		r.apps[ac.Name] = a
 		r.order = append(r.order, ac.Name)
 	}
 	sort.Strings(r.order)

@@ -45,7 +45,9 @@ func (r *Refresher) Reload(cfg *Config) (needRestart []string, err error) {
 	for _, ac := range cfg.Apps {
 		a := r.apps[ac.Name]
 		if a == nil {
-			apps[ac.Name] = &app{name: ac.Name, cfg: ac, policy: &r.policy}
+			na := &app{name: ac.Name, cfg: ac, policy: &r.policy}
+			na.syncTickets()
+			apps[ac.Name] = na
 			added = append(added, ac.Name)
 			continue
 		}
@@ -65,6 +67,7 @@ func (r *Refresher) Reload(cfg *Config) (needRestart []string, err error) {
 			rotated = append(rotated, ac.Name)
 		}
 		a.mu.Unlock()
+		a.syncTickets()
 	}
 	for name := range r.apps {
 		if _, ok := apps[name]; !ok {

@@ -53,7 +53,8 @@ func (r *Refresher) startService() error {
 		return err
 	}
 	err = svc.AddEndpoint("refresh", micro.HandlerFunc(r.handleRefresh),
-		micro.WithEndpointSubject(contract.RefreshPrefix+"*"),
+		// Every key: token.refresh.<app> and (v2) token.refresh.<app>.<ticket>.
+		micro.WithEndpointSubject(contract.RefreshPrefix+">"),
 		// Bounded: the handler never blocks, so the queue holds only a
 		// burst not handled yet; the requests in progress are bounded by
 		// r.reqs, answered with a 503 past it.
@@ -264,22 +265,32 @@ func (r *Refresher) handle(req micro.Request, send func(*nats.Msg) error) {
 	r.mu.Lock()
 	a := r.apps[name]
 	r.mu.Unlock()
+	var tk *ticket
+	if a == nil {
+		tk = r.ticketByKey(name)
+	}
 	label := UnknownAppLabel
 	if a != nil {
 		label = a.name
+	} else if tk != nil {
+		label = tk.key
 	}
 	stale, err := ParseRefreshRequest(q.Data())
 	if err != nil {
 		r.replyError(q, label, err)
 		return
 	}
-	if a == nil {
+	if a == nil && tk == nil {
 		r.replyError(q, label, unknownApp(name))
 		return
 	}
 	source := contract.SourcePassive
 	if q.Headers().Get(contract.SourceHeader) == contract.SourceManual {
 		source = contract.SourceManual
+	}
+	if tk != nil {
+		r.handleTicket(q, tk, stale, source)
+		return
 	}
 	// Fast paths without a goroutine: the stored record answers, or a
 	// refresh of the stale revision is in flight and the request parks

@@ -89,7 +89,7 @@ func TestRefreshServiceDiscovery(t *testing.T) {
 	if err := json.Unmarshal(m.Data, &info); err != nil {
 		t.Fatal(err)
 	}
-	if info.Name != contract.ServiceName || len(info.Endpoints) != 1 || info.Endpoints[0].Subject != contract.RefreshPrefix+"*" {
+	if info.Name != contract.ServiceName || len(info.Endpoints) != 1 || info.Endpoints[0].Subject != contract.RefreshPrefix+">" {
 		t.Fatalf("service info %+v", info)
 	}
 	if info.Metadata["replica"] != rep.R.ID() {

@@ -16,6 +16,47 @@ type Status struct {
 	LastErrAt  time.Time `json:"last_error_at,omitzero"`
 	Failures   int       `json:"failures,omitempty"`
 	CallsToday int       `json:"calls_today"`
+	// Tickets is the status of the app's tickets (v2), each under its
+	// key <app>.<ticket>; CallsToday counts its ticket calls.
+	Tickets []TicketStatus `json:"tickets,omitempty"`
+}
+
+// TicketStatus describes one ticket of an app.
+type TicketStatus struct {
+	Key        string    `json:"key"`
+	Revision   uint64    `json:"revision"`
+	Source     string    `json:"source,omitempty"`
+	FetchedAt  time.Time `json:"fetched_at,omitzero"`
+	ExpiresAt  time.Time `json:"expires_at,omitzero"`
+	RefreshAt  time.Time `json:"refresh_at,omitzero"`
+	RetryAt    time.Time `json:"retry_at,omitzero"`
+	Valid      bool      `json:"valid"`
+	LastError  string    `json:"last_error,omitempty"`
+	LastErrAt  time.Time `json:"last_error_at,omitzero"`
+	Failures   int       `json:"failures,omitempty"`
+	CallsToday int       `json:"calls_today"`
+}
+
+func (t *ticket) status(now time.Time) TicketStatus {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := TicketStatus{Key: t.key, Revision: t.rev, Failures: t.failures, LastErrAt: t.lastErrAt}
+	if t.rec != nil {
+		s.Source, s.FetchedAt, s.ExpiresAt = t.rec.Source, t.rec.FetchedAt, t.rec.ExpiresAt
+		s.Valid = t.rec.ExpiresAt.After(now)
+		s.RefreshAt = t.due
+		if t.retryAt.After(t.due) {
+			s.RefreshAt = t.retryAt
+		}
+	}
+	if t.lastErr != nil {
+		s.LastError = t.lastErr.Error()
+		s.RetryAt = t.retryAt
+	}
+	if appDay(now) == t.day {
+		s.CallsToday = t.calls
+	}
+	return s
 }
 
 // Statuses returns the status of every app, sorted by name.
@@ -32,7 +73,11 @@ func (r *Refresher) Statuses() []Status {
 		if a == nil {
 			continue
 		}
-		out = append(out, a.status(now))
+		s := a.status(now)
+		for _, t := range a.ticketList() {
+			s.Tickets = append(s.Tickets, t.status(now))
+		}
+		out = append(out, s)
 	}
 	return out
 }

@@ -40,43 +40,67 @@ func (r *Refresher) write(ctx context.Context, a *app, rec contract.Record, rev 
 	if err != nil {
 		return 0, err
 	}
+	return r.casWrite(ctx, rec.App, val, rev, contract.Fingerprint(rec.AccessToken), func(ctx context.Context) (uint64, bool, error) {
+		cur, crev, err := r.read(ctx, rec.App)
+		if err != nil {
+			return 0, false, err
+		}
+		a.adopt(cur, crev)
+		return crev, cur != nil && !cur.FetchedAt.Before(rec.FetchedAt), nil
+	})
+}
+
+// casWrite stores val under key over revision rev (0: create). On a
+// revision conflict it calls reread, which reads the stored record and
+// returns its revision and whether it was fetched no earlier than ours:
+// then ours is dropped (ErrSuperseded: the upstream honours only the
+// newest credential); otherwise the write is retried over that revision.
+// A replica that no longer holds the lease writes nothing (ErrNotLeader).
+// fp is the fingerprint of the credential, for the logs.
+func (r *Refresher) casWrite(ctx context.Context, key string, val []byte, rev uint64, fp string,
+	reread func(context.Context) (uint64, bool, error)) (uint64, error) {
+	var err error
 	for attempt := 0; attempt < 5; attempt++ {
 		if !r.lease.Held() {
 			// Fenced: the lease may be someone else's by now.
-			r.log.Warn("lease lost during the fetch; the fetched token is discarded", "app", rec.App, "token", contract.Fingerprint(rec.AccessToken))
+			r.log.Warn("lease lost during the fetch; the fetched token is discarded", "app", key, "token", fp)
 			return 0, ErrNotLeader
 		}
 		var nrev uint64
 		if rev == 0 {
-			nrev, err = r.kv.Create(ctx, rec.App, val)
+			nrev, err = r.kv.Create(ctx, key, val)
 		} else {
-			nrev, err = r.kv.Update(ctx, rec.App, val, rev)
+			nrev, err = r.kv.Update(ctx, key, val, rev)
 		}
 		if err == nil {
 			return nrev, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			return 0, fmt.Errorf("write %s: %w", rec.App, err)
+			return 0, fmt.Errorf("write %s: %w", key, err)
 		}
-		r.obs.WriteConflict(rec.App)
-		cur, crev, rerr := r.read(ctx, rec.App)
+		r.obs.WriteConflict(key)
+		crev, newer, rerr := reread(ctx)
 		if rerr != nil {
-			return 0, fmt.Errorf("write %s: re-read after conflict: %w", rec.App, rerr)
+			return 0, fmt.Errorf("write %s: re-read after conflict: %w", key, rerr)
 		}
-		a.adopt(cur, crev)
-		if cur != nil && !cur.FetchedAt.Before(rec.FetchedAt) {
-			r.log.Info("a newer token was stored first; dropping ours", "app", rec.App, "revision", crev)
+		if newer {
+			r.log.Info("a newer token was stored first; dropping ours", "app", key, "revision", crev)
 			return 0, ErrSuperseded
 		}
 		rev = crev
 	}
-	return 0, fmt.Errorf("write %s: too many revision conflicts", rec.App)
+	return 0, fmt.Errorf("write %s: too many revision conflicts", key)
 }
 
 // publish sends the token.updated event. It carries no token.
 func (r *Refresher) publish(rec contract.Record, rev uint64) {
-	ev, _ := json.Marshal(contract.Event{App: rec.App, Revision: rev, ExpiresAt: rec.ExpiresAt, FetchedAt: rec.FetchedAt, Source: rec.Source})
-	if err := r.nc.Publish(contract.UpdatedSubject(rec.App), ev); err != nil {
-		r.log.Warn("publish event failed", "app", rec.App, "err", err)
+	r.publishEvent(rec.App, contract.Event{App: rec.App, Revision: rev, ExpiresAt: rec.ExpiresAt, FetchedAt: rec.FetchedAt, Source: rec.Source})
+}
+
+// publishEvent sends ev on token.updated.<key>.
+func (r *Refresher) publishEvent(key string, ev contract.Event) {
+	b, _ := json.Marshal(ev)
+	if err := r.nc.Publish(contract.UpdatedSubject(key), b); err != nil {
+		r.log.Warn("publish event failed", "key", key, "err", err)
 	}
 }

@@ -22,6 +22,21 @@ type recordGuard struct {
 	reported map[string]uint64 // key -> revision last reported
 }
 
+// first reports whether the invalid record under key at rev is reported
+// for the first time (and remembers it).
+func (g *recordGuard) first(key string, rev uint64) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.reported[key] == rev {
+		return false
+	}
+	if g.reported == nil {
+		g.reported = map[string]uint64{}
+	}
+	g.reported[key] = rev
+	return true
+}
+
 // parseRecord parses and validates the value stored under key at
 // revision rev. A value that does not parse or fails
 // contract.Record.Validate is treated as missing: parseRecord returns nil
@@ -39,17 +54,7 @@ func (r *Refresher) parseRecord(key string, rev uint64, val []byte) *contract.Re
 	if err == nil {
 		return &rec
 	}
-	g := &r.guard
-	g.mu.Lock()
-	seen := g.reported[key] == rev
-	if !seen {
-		if g.reported == nil {
-			g.reported = map[string]uint64{}
-		}
-		g.reported[key] = rev
-	}
-	g.mu.Unlock()
-	if !seen {
+	if r.guard.first(key, rev) {
 		r.obs.Alert(key, AlertInvalidRecord)
 		r.log.Error("ALERT invalid_record: the stored record is not valid; it is treated as missing, never served, and replaced by a new fetch",
 			"alert", AlertInvalidRecord, "app", key, "revision", rev, "problem", err.Error())

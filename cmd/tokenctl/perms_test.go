@@ -171,7 +171,7 @@ func TestPermissionsOfProtocolDoc(t *testing.T) {
 		Metadata map[string]string `json:"metadata"`
 	}
 	if err := json.Unmarshal(msg.Data, &info); err != nil || info.Name != contract.ServiceName ||
-		len(info.Endpoints) != 1 || info.Endpoints[0].Subject != "token.refresh.*" || info.Metadata["replica"] != rep.R.ID() {
+		len(info.Endpoints) != 1 || info.Endpoints[0].Subject != "token.refresh.>" || info.Metadata["replica"] != rep.R.ID() {
 		t.Fatalf("$SRV.INFO reply: %s", msg.Data)
 	}
 
