@@ -262,22 +262,7 @@ func (r *Refresher) readTicket(ctx context.Context, key string) (*contract.Ticke
 // parseTicket parses and validates a ticket record; an invalid one is
 // reported (once per key and revision) and treated as missing.
 func (r *Refresher) parseTicket(key string, rev uint64, val []byte) *contract.TicketRecord {
-	var rec contract.TicketRecord
-	var err error
-	if json.Unmarshal(val, &rec) != nil {
-		err = fmt.Errorf("%w: the value (%d bytes) is not a JSON ticket record", contract.ErrInvalidTicketRecord, len(val))
-	} else {
-		err = rec.Validate(key, maxRecordLifetime)
-	}
-	if err == nil {
-		return &rec
-	}
-	if r.guard.first(key, rev) {
-		r.obs.Alert(key, AlertInvalidRecord)
-		r.log.Error("ALERT invalid_record: the stored ticket record is not valid; it is treated as missing, never served, and replaced by a new fetch",
-			"alert", AlertInvalidRecord, "key", key, "revision", rev, "problem", err.Error())
-	}
-	return nil
+	return parseValid[contract.TicketRecord](r, key, rev, val, "ticket record", "key", contract.ErrInvalidTicketRecord)
 }
 
 // refreshTicket makes sure t holds a valid ticket that is not due (with

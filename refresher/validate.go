@@ -43,21 +43,36 @@ func (g *recordGuard) first(key string, rev uint64) bool {
 // and logs ALERT invalid_record (once per key and revision) naming the
 // key, the revision and what is wrong, never the token.
 func (r *Refresher) parseRecord(key string, rev uint64, val []byte) *contract.Record {
-	var rec contract.Record
+	return parseValid[contract.Record](r, key, rev, val, "record", "app", contract.ErrInvalidRecord)
+}
+
+// validatable is a stored value that checks itself against its key.
+type validatable[T any] interface {
+	*T
+	Validate(key string, maxLifetime time.Duration) error
+}
+
+// parseValid parses val as a T and validates it for key. An invalid one
+// is reported (once per key and revision: ALERT invalid_record, the
+// alert metric) and treated as missing (nil). what names the value in
+// the log line, keyAttr the attribute that carries the key; invalid is
+// the error an unparseable value wraps.
+func parseValid[T any, P validatable[T]](r *Refresher, key string, rev uint64, val []byte, what, keyAttr string, invalid error) *T {
+	var v T
 	var err error
-	if json.Unmarshal(val, &rec) != nil {
+	if json.Unmarshal(val, &v) != nil {
 		// The decoder's message is not kept: it may quote the value.
-		err = fmt.Errorf("%w: the value (%d bytes) is not a JSON record", contract.ErrInvalidRecord, len(val))
+		err = fmt.Errorf("%w: the value (%d bytes) is not a JSON %s", invalid, len(val), what)
 	} else {
-		err = rec.Validate(key, maxRecordLifetime)
+		err = P(&v).Validate(key, maxRecordLifetime)
 	}
 	if err == nil {
-		return &rec
+		return &v
 	}
 	if r.guard.first(key, rev) {
 		r.obs.Alert(key, AlertInvalidRecord)
-		r.log.Error("ALERT invalid_record: the stored record is not valid; it is treated as missing, never served, and replaced by a new fetch",
-			"alert", AlertInvalidRecord, "app", key, "revision", rev, "problem", err.Error())
+		r.log.Error("ALERT invalid_record: the stored "+what+" is not valid; it is treated as missing, never served, and replaced by a new fetch",
+			"alert", AlertInvalidRecord, keyAttr, key, "revision", rev, "problem", err.Error())
 	}
 	return nil
 }
