@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
-	"github.com/tokenkeeper/tokenkeeper/internal/backoff"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 )
 
@@ -20,15 +19,9 @@ type app struct {
 	mu          sync.Mutex
 	rec         *contract.Record // last record seen (nil: none, or unparseable)
 	rev         uint64           // its revision (0: no key)
-	due         time.Time        // next refresh moment (zero: now)
-	retryAt     time.Time        // not before this, after a failure
-	failures    int              // consecutive failures
-	lastErr     error
-	lastErrAt   time.Time
+	pacing                       // schedule, failures, calls today
 	flight      *flight
 	lastForced  time.Time
-	day         int // appDay of calls
-	calls       int // upstream calls on day
 	policy      *Policy
 	forceDay    int  // appDay of forcedToday
 	forcedToday int  // stable_token force_refresh calls today
@@ -86,10 +79,7 @@ func (a *app) dueAt() (time.Time, bool) {
 		// whatever the stored record's own moment is.
 		return a.retryAt, false
 	}
-	if a.retryAt.After(a.due) {
-		return a.retryAt, false
-	}
-	return a.due, false
+	return a.next(), false
 }
 
 // adopt takes a record read from the bucket if it is newer than what the
@@ -121,7 +111,8 @@ func (a *app) adopt(rec *contract.Record, rev uint64) bool {
 func (a *app) stored(rec contract.Record, rev uint64) {
 	a.adopt(&rec, rev)
 	a.mu.Lock()
-	a.failures, a.retryAt, a.lastErr, a.pending = 0, time.Time{}, nil, nil
+	a.succeeded()
+	a.pending = nil
 	a.mu.Unlock()
 }
 
@@ -131,7 +122,7 @@ func (a *app) unchanged(fetched, expires time.Time, p Policy) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.due = p.RefreshAt(fetched, expires, jitterDraw(a.name, fetched))
-	a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
+	a.succeeded()
 }
 
 // keepPending keeps rec, fetched but not stored, and reports whether it
@@ -188,25 +179,13 @@ func (a *app) current() (*contract.Record, uint64) {
 func (a *app) failure(err error, now time.Time) time.Time {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.failures++
-	a.lastErr, a.lastErrAt = err, now
-	var base, maxD time.Duration
-	switch {
-	case errors.Is(err, wechat.ErrQuotaExceeded):
-		// Spread over the first minute of WeChat's new day.
-		a.retryAt = nextQuotaReset(now).Add(backoff.Full(time.Minute))
-		return a.retryAt
-	case errors.Is(err, ErrQuotaReserved):
-		base, maxD = a.policy.PermanentRetryMin, a.policy.PermanentRetryMin
-	case errors.Is(err, ErrNotStored), wechat.IsRetryable(err):
-		base, maxD = a.policy.RetryMin, 60*a.policy.RetryMin
-	default:
-		base, maxD = a.policy.PermanentRetryMin, 10*a.policy.PermanentRetryMin
-	}
-	a.retryAt = now.Add(backoff.Delay(a.failures, base, maxD, failureJitter))
-	return a.retryAt
+	return a.failed(err, now, func(err error) (time.Duration, time.Duration) {
+		switch {
+		case errors.Is(err, ErrQuotaReserved):
+			return a.policy.PermanentRetryMin, a.policy.PermanentRetryMin
+		case errors.Is(err, ErrNotStored), wechat.IsRetryable(err):
+			return a.policy.RetryMin, 60 * a.policy.RetryMin
+		}
+		return a.policy.PermanentRetryMin, 10 * a.policy.PermanentRetryMin
+	})
 }
-
-// failureJitter spreads the pause after a failure by ±20 %, so that
-// failing apps do not retry in step.
-var failureJitter = backoff.Spread(0.2)

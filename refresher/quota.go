@@ -80,18 +80,12 @@ func (a *app) takeStableForce(now time.Time) bool {
 func (a *app) countCall(now time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if d := appDay(now); d != a.day {
-		a.day, a.calls = d, 0
-	}
-	a.calls++
+	a.pacing.countCall(now)
 }
 
 // callsToday returns the upstream calls made on WeChat's current day.
 func (a *app) callsToday(now time.Time) int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if appDay(now) != a.day {
-		return 0
-	}
-	return a.calls
+	return a.callsOn(now)
 }

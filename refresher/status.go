@@ -40,21 +40,12 @@ type TicketStatus struct {
 func (t *ticket) status(now time.Time) TicketStatus {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	s := TicketStatus{Key: t.key, Revision: t.rev, Failures: t.failures, LastErrAt: t.lastErrAt}
+	p := t.pacing.status(now, t.rec != nil)
+	s := TicketStatus{Key: t.key, Revision: t.rev, RefreshAt: p.refreshAt, RetryAt: p.retryAt,
+		LastError: p.lastError, LastErrAt: p.lastErrAt, Failures: p.failures, CallsToday: p.callsToday}
 	if t.rec != nil {
 		s.Source, s.FetchedAt, s.ExpiresAt = t.rec.Source, t.rec.FetchedAt, t.rec.ExpiresAt
 		s.Valid = t.rec.ExpiresAt.After(now)
-		s.RefreshAt = t.due
-		if t.retryAt.After(t.due) {
-			s.RefreshAt = t.retryAt
-		}
-	}
-	if t.lastErr != nil {
-		s.LastError = t.lastErr.Error()
-		s.RetryAt = t.retryAt
-	}
-	if appDay(now) == t.day {
-		s.CallsToday = t.calls
 	}
 	return s
 }
@@ -85,21 +76,12 @@ func (r *Refresher) Statuses() []Status {
 func (a *app) status(now time.Time) Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	s := Status{App: a.name, Revision: a.rev, Failures: a.failures, LastErrAt: a.lastErrAt}
+	p := a.pacing.status(now, a.rec != nil)
+	s := Status{App: a.name, Revision: a.rev, RefreshAt: p.refreshAt, RetryAt: p.retryAt,
+		LastError: p.lastError, LastErrAt: p.lastErrAt, Failures: p.failures, CallsToday: p.callsToday}
 	if a.rec != nil {
 		s.Source, s.FetchedAt, s.ExpiresAt = a.rec.Source, a.rec.FetchedAt, a.rec.ExpiresAt
 		s.Valid = a.rec.ExpiresAt.After(now)
-		s.RefreshAt = a.due
-		if a.retryAt.After(a.due) {
-			s.RefreshAt = a.retryAt
-		}
-	}
-	if a.lastErr != nil {
-		s.LastError = a.lastErr.Error()
-		s.RetryAt = a.retryAt
-	}
-	if appDay(now) == a.day {
-		s.CallsToday = a.calls
 	}
 	return s
 }

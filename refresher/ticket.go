@@ -11,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
-	"github.com/tokenkeeper/tokenkeeper/internal/backoff"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 )
 
@@ -31,16 +30,10 @@ type ticket struct {
 	mu         sync.Mutex
 	rec        *contract.TicketRecord // last record seen (nil: none or invalid)
 	rev        uint64
-	due        time.Time // next refresh moment (zero: as soon as the token is valid)
-	retryAt    time.Time
-	failures   int
-	lastErr    error
-	lastErrAt  time.Time
+	pacing          // schedule (due zero: as soon as the token is valid), failures, ticket calls today
 	running    bool // a planned refresh is queued or running
 	lastForced time.Time
 	forcing    int // forced refreshes running or waiting for one
-	day        int // appDay of calls
-	calls      int // upstream ticket calls on day
 }
 
 func newTicket(a *app, typ string) *ticket {
@@ -106,10 +99,7 @@ func (t *ticket) dueAt() (time.Time, bool) {
 	if t.running {
 		return time.Time{}, true
 	}
-	if t.retryAt.After(t.due) {
-		return t.retryAt, false
-	}
-	return t.due, false
+	return t.next(), false
 }
 
 // current returns the ticket record held and its revision.
@@ -147,7 +137,7 @@ func (t *ticket) adopt(rec *contract.TicketRecord, rev uint64) bool {
 func (t *ticket) stored(rec contract.TicketRecord, rev uint64) {
 	t.adopt(&rec, rev)
 	t.mu.Lock()
-	t.failures, t.retryAt, t.lastErr = 0, time.Time{}, nil
+	t.succeeded()
 	t.mu.Unlock()
 }
 
@@ -155,30 +145,20 @@ func (t *ticket) stored(rec contract.TicketRecord, rev uint64) {
 func (t *ticket) countCall(now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if d := appDay(now); d != t.day {
-		t.day, t.calls = d, 0
-	}
-	t.calls++
+	t.pacing.countCall(now)
 }
 
 // failure records a failed refresh and returns when to try again.
 func (t *ticket) failure(err error, now time.Time) time.Time {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.failures++
-	t.lastErr, t.lastErrAt = err, now
-	var base, maxD time.Duration
-	switch {
-	case errors.Is(err, wechat.ErrQuotaExceeded):
-		t.retryAt = nextQuotaReset(now).Add(backoff.Full(time.Minute))
-		return t.retryAt
-	case errors.Is(err, errNoToken), errors.Is(err, ErrNotStored), errors.Is(err, wechat.ErrTokenRejected), wechat.IsRetryable(err):
-		base, maxD = t.policy.RetryMin, 60*t.policy.RetryMin
-	default:
-		base, maxD = t.policy.PermanentRetryMin, 10*t.policy.PermanentRetryMin
-	}
-	t.retryAt = now.Add(backoff.Delay(t.failures, base, maxD, failureJitter))
-	return t.retryAt
+	return t.failed(err, now, func(err error) (time.Duration, time.Duration) {
+		switch {
+		case errors.Is(err, errNoToken), errors.Is(err, ErrNotStored), errors.Is(err, wechat.ErrTokenRejected), wechat.IsRetryable(err):
+			return t.policy.RetryMin, 60 * t.policy.RetryMin
+		}
+		return t.policy.PermanentRetryMin, 10 * t.policy.PermanentRetryMin
+	})
 }
 
 // errNoToken: a ticket cannot be fetched while its app holds no valid
@@ -318,7 +298,7 @@ func (r *Refresher) refreshTicket(ctx context.Context, t *ticket, source string,
 		// The same ticket: nothing to write.
 		t.mu.Lock()
 		t.due = r.policy.RefreshAt(fetched, fetched.Add(tk.ExpiresIn), jitterDraw(t.key, fetched))
-		t.failures, t.retryAt, t.lastErr = 0, time.Time{}, nil
+		t.succeeded()
 		t.mu.Unlock()
 		return *rec, rev, nil
 	}
