@@ -69,14 +69,7 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 	// expires_at computed from it is never late, and when two fetches
 	// race, the one sent later (the newest upstream) wins.
 	var fetched time.Time
-	gate := func(ctx context.Context, _ int) (context.Context, context.CancelFunc, error) {
-		bctx, cancel, err := r.lease.Bound(ctx)
-		if err != nil {
-			return nil, nil, err
-		}
-		fetched = r.now().UTC()
-		return bctx, cancel, nil
-	}
+	gate := r.leaseGate(&fetched)
 	fetchStart := time.Now()
 	cfg := a.config()
 	tok, err := r.client.FetchGated(ctx, cfg.Kind, cfg.APIBase, cfg.credentials(), need.force, gate)
@@ -104,6 +97,21 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 		Source: source,
 	}
 	return r.store(ctx, a, nrec, rev, source, start)
+}
+
+// leaseGate is the wechat.Gate of every upstream call: each attempt,
+// retries included, is sent only inside the lease's trust window and ends
+// with it (lease.Bound); *sent becomes the (wall-clock) send time of the
+// attempt, so after a success it is that of the attempt that succeeded.
+func (r *Refresher) leaseGate(sent *time.Time) wechat.Gate {
+	return func(ctx context.Context, _ int) (context.Context, context.CancelFunc, error) {
+		bctx, cancel, err := r.lease.Bound(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		*sent = r.now().UTC()
+		return bctx, cancel, nil
+	}
 }
 
 // store writes a fetched record over revision rev and publishes its event.

@@ -334,14 +334,7 @@ func derefTicket(rec *contract.TicketRecord) contract.TicketRecord {
 // and when the attempt that got it was sent.
 func (r *Refresher) fetchTicket(ctx context.Context, t *ticket, accessToken string) (wechat.Ticket, time.Time, error) {
 	var fetched time.Time
-	gate := func(ctx context.Context, _ int) (context.Context, context.CancelFunc, error) {
-		bctx, cancel, err := r.lease.Bound(ctx)
-		if err != nil {
-			return nil, nil, err
-		}
-		fetched = r.now().UTC()
-		return bctx, cancel, nil
-	}
+	gate := r.leaseGate(&fetched)
 	begin := time.Now()
 	tk, err := r.client.FetchTicket(ctx, t.parent.config().APIBase, accessToken, t.typ, gate)
 	r.obs.UpstreamCall(t.key, time.Since(begin), err)
