@@ -109,20 +109,26 @@ func Problems(err error) []error {
 	return []error{err}
 }
 
+// problemAdders returns the two ways a validate reports a problem into
+// errs, each naming its key and matching ErrInvalidOptions: add for a
+// problem of the keys' values (kept if keys), addFile for one found by
+// reading what they name (kept if files).
+func problemAdders(errs *[]error, keys, files bool) (add, addFile func(key, format string, args ...any)) {
+	adder := func(on bool) func(key, format string, args ...any) {
+		return func(key, format string, args ...any) {
+			if on {
+				*errs = append(*errs, optErr(key, fmt.Sprintf(format, args...)))
+			}
+		}
+	}
+	return adder(keys), adder(files)
+}
+
 // validate reports the problems of the keys (keys) and of the files and
 // variables they name (files).
 func (o Options) validate(keys, files bool) []error {
 	var errs []error
-	add := func(key, format string, args ...any) {
-		if keys {
-			errs = append(errs, optErr(key, fmt.Sprintf(format, args...)))
-		}
-	}
-	addFile := func(key, format string, args ...any) {
-		if files {
-			errs = append(errs, optErr(key, fmt.Sprintf(format, args...)))
-		}
-	}
+	add, addFile := problemAdders(&errs, keys, files)
 
 	embedded := strings.TrimSpace(o.URL) == ""
 	if !embedded {

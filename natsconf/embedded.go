@@ -73,16 +73,7 @@ func (o EmbeddedOptions) bucket() string {
 // keys, those of the files and variables they name if files.
 func (o EmbeddedOptions) validate(keys, files bool) []error {
 	var errs []error
-	add := func(key, format string, args ...any) {
-		if keys {
-			errs = append(errs, optErr(key, fmt.Sprintf(format, args...)))
-		}
-	}
-	addFile := func(key, format string, args ...any) {
-		if files {
-			errs = append(errs, optErr(key, fmt.Sprintf(format, args...)))
-		}
-	}
+	add, addFile := problemAdders(&errs, keys, files)
 	o = o.withDefaults()
 	host, _, err := splitListen(o.Listen)
 	if err != nil {
