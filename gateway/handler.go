@@ -324,7 +324,7 @@ func parseSign(body []byte) ([]byte, string, error) {
 	if ticket == "" {
 		ticket = contract.TicketJSAPI
 	}
-	if !contract.ValidTicketType(ticket) {
+	if ticket != contract.TicketJSAPI && ticket != contract.TicketAgentConfig {
 		return nil, "", fmt.Errorf("ticket %s is not %s or %s", strconv.Quote(clip(ticket)), contract.TicketJSAPI, contract.TicketAgentConfig)
 	}
 	b, err := json.Marshal(req)

@@ -1,0 +1,289 @@
+package gateway_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tokenkeeper/tokenkeeper/contract"
+)
+
+// TestGetReturnsRecordAsStored: a client allowed the key reads the token
+// record and the ticket record byte for byte as the refresher stored
+// them, with the revision in a header and no caching; the read is logged
+// with the client's name and the key.
+func TestGetReturnsRecordAsStored(t *testing.T) {
+	w := setup(t, nil)
+	for _, key := range []string{"mp", "mp.jsapi"} {
+		r := w.do(t, "GET", "/v1/tokens/"+key, tokShop, "")
+		mustStatus(t, "GET "+key, r, 200)
+		stored, ok := w.stored(t, key)
+		if !ok {
+			t.Fatalf("%s: nothing stored", key)
+		}
+		if !bytes.Equal(r.body, stored) {
+			t.Errorf("GET %s: body %s, want the record as stored %s", key, r.body, stored)
+		}
+		if r.header.Get("Cache-Control") != "no-store" {
+			t.Errorf("GET %s: Cache-Control %q, want no-store", key, r.header.Get("Cache-Control"))
+		}
+		rev, err := strconv.ParseUint(r.header.Get("Tokenkeeper-Revision"), 10, 64)
+		if err != nil || rev == 0 {
+			t.Errorf("GET %s: revision header %q", key, r.header.Get("Tokenkeeper-Revision"))
+		}
+		if !w.logs.Contains("client=shop") || !w.logs.Contains("key="+key+" ") {
+			t.Errorf("GET %s not logged with client and key:\n%s", key, w.logs)
+		}
+	}
+	var rec contract.TicketRecord
+	r := w.do(t, "GET", "/v1/tokens/mp.jsapi", tokAll, "")
+	mustStatus(t, "GET mp.jsapi as all", r, 200)
+	if err := json.Unmarshal(r.body, &rec); err != nil || rec.Ticket == "" || rec.Key != "mp.jsapi" {
+		t.Errorf("ticket record %s: %v", r.body, err)
+	}
+}
+
+// TestUnauthenticated: no token, another scheme and an unknown token get
+// 401 with WWW-Authenticate and a JSON body, and read nothing.
+func TestUnauthenticated(t *testing.T) {
+	w := setup(t, nil)
+	r := w.do(t, "GET", "/v1/tokens/mp", "", "")
+	mustStatus(t, "no token", r, 401)
+	r.errBody(t)
+	if h := r.header.Get("WWW-Authenticate"); h != `Bearer realm="tokenkeeper"` {
+		t.Errorf("no token: WWW-Authenticate %q", h)
+	}
+	r = w.do(t, "GET", "/v1/tokens/mp", tokShop+"x", "")
+	mustStatus(t, "wrong token", r, 401)
+	r.errBody(t)
+	if h := r.header.Get("WWW-Authenticate"); !strings.Contains(h, `error="invalid_token"`) {
+		t.Errorf("wrong token: WWW-Authenticate %q", h)
+	}
+	// The hash of a token is not a token.
+	r = w.do(t, "GET", "/v1/tokens/mp", hash(tokShop), "")
+	mustStatus(t, "the hash as token", r, 401)
+	// Basic auth with the right token as password is not bearer.
+	r = w.doHeader(t, "GET", "/v1/tokens/mp", "Basic "+tokShop)
+	mustStatus(t, "basic auth", r, 401)
+	// An unauthenticated caller learns nothing of the routes either.
+	r = w.do(t, "GET", "/nope", "", "")
+	mustStatus(t, "unknown path without token", r, 401)
+	if bytes.Contains(r.body, []byte("access_token")) {
+		t.Errorf("401 body carries a record: %s", r.body)
+	}
+}
+
+// TestForbiddenAndNotFound: a key outside the client's patterns is 403
+// (whether or not it exists), a key that does not exist 404, a bad key
+// 400, an unknown path 404 and a wrong method 405, all with JSON bodies.
+func TestForbiddenAndNotFound(t *testing.T) {
+	w := setup(t, nil)
+	for _, c := range []struct {
+		what, method, path, tok, body string
+		want                          int
+	}{
+		{"narrow reads mp", "GET", "/v1/tokens/mp", tokNarrow, "", 403},
+		{"narrow reads mp.jsapi", "GET", "/v1/tokens/mp.jsapi", tokNarrow, "", 403},
+		{"shop reads other", "GET", "/v1/tokens/other", tokShop, "", 403},
+		{"shop reads a missing key outside its patterns", "GET", "/v1/tokens/nope", tokShop, "", 403},
+		{"shop refreshes other", "POST", "/v1/tokens/other/refresh", tokShop, `{"stale_revision":1}`, 403},
+		{"narrow signs for mp", "POST", "/v1/sign/mp", tokNarrow, `{"url":"https://x.example/"}`, 403},
+		{"all reads a missing key", "GET", "/v1/tokens/nope", tokAll, "", 404},
+		{"shop reads missing mp.wx_card", "GET", "/v1/tokens/mp.wx_card", tokShop, "", 404},
+		{"bad key", "GET", "/v1/tokens/a..b", tokAll, "", 400},
+		{"too many segments", "GET", "/v1/tokens/a.b.c.d", tokAll, "", 400},
+		{"unknown path", "GET", "/v2/tokens/mp", tokAll, "", 404},
+		{"POST on a record", "POST", "/v1/tokens/mp", tokAll, "", 405},
+		{"GET on refresh", "GET", "/v1/tokens/mp/refresh", tokAll, "", 405},
+	} {
+		r := w.do(t, c.method, c.path, c.tok, c.body)
+		mustStatus(t, c.what, r, c.want)
+		d := r.errBody(t)
+		if bytes.Contains(r.body, []byte("access_token")) || bytes.Contains(r.body, []byte(`"ticket"`)) {
+			t.Errorf("%s: the error carries a record: %s", c.what, r.body)
+		}
+		t.Logf("%s: %d %s", c.what, r.status, d.Message)
+	}
+	if !w.logs.Contains("client=narrow") || !w.logs.Contains("status=403") {
+		t.Errorf("403 not logged with the client:\n%s", w.logs)
+	}
+}
+
+// TestRefresh: POST refresh with the current revision as stale makes the
+// real refresher fetch a new token from the emulator; the reply is the
+// refresh reply (record + revision) and the bucket holds it. Bad bodies
+// are 400, big ones 413, and make no upstream call.
+func TestRefresh(t *testing.T) {
+	w := setup(t, nil)
+	rec, rev := w.e.WaitRecord(5*time.Second, "mp", func(contract.Record, uint64) bool { return true })
+	fetches := w.e.Sim.Fetches("wxmp")
+
+	r := w.do(t, "POST", "/v1/tokens/mp/refresh", tokShop, fmt.Sprintf(`{"stale_revision":%d}`, rev))
+	mustStatus(t, "refresh", r, 200)
+	var reply contract.RefreshReply
+	if err := json.Unmarshal(r.body, &reply); err != nil {
+		t.Fatalf("reply %s: %v", r.body, err)
+	}
+	if reply.Revision <= rev || reply.AccessToken == "" || reply.AccessToken == rec.AccessToken || reply.App != "mp" {
+		t.Fatalf("reply revision %d (stale %d), new token %v: want a newer token", reply.Revision, rev, reply.AccessToken != rec.AccessToken)
+	}
+	if err := w.e.Sim.Check(reply.AccessToken); err != nil {
+		t.Errorf("the emulator does not accept the refreshed token: %v", err)
+	}
+	now, nrev := w.e.WaitRecord(5*time.Second, "mp", func(_ contract.Record, v uint64) bool { return v >= reply.Revision })
+	if nrev != reply.Revision || now.AccessToken != reply.AccessToken {
+		t.Errorf("bucket at %d, reply at %d", nrev, reply.Revision)
+	}
+	if got := w.e.Sim.Fetches("wxmp"); got != fetches+1 {
+		t.Errorf("upstream fetches %d, want %d", got, fetches+1)
+	}
+
+	// An old stale revision is answered from the bucket: no fetch.
+	r = w.do(t, "POST", "/v1/tokens/mp/refresh", tokShop, fmt.Sprintf(`{"stale_revision":%d}`, rev))
+	mustStatus(t, "refresh of an old revision", r, 200)
+	fetches = w.e.Sim.Fetches("wxmp")
+
+	for _, c := range []struct {
+		what, body string
+		want       int
+	}{
+		{"not JSON", `stale`, 400},
+		{"negative", `{"stale_revision":-1}`, 400},
+		{"string", `{"stale_revision":"3"}`, 400},
+		{"unknown field", `{"stale_revision":3,"force":true}`, 400},
+		{"two values", `{"stale_revision":3}{"stale_revision":4}`, 400},
+		{"oversized", `{"stale_revision":3,"pad":"` + strings.Repeat("x", 8<<10) + `"}`, 413},
+	} {
+		r := w.do(t, "POST", "/v1/tokens/mp/refresh", tokShop, c.body)
+		mustStatus(t, c.what, r, c.want)
+		r.errBody(t)
+	}
+	// Chunked, so no Content-Length announces the size: still 413.
+	r = w.doChunked(t, "/v1/tokens/mp/refresh", tokShop, strings.Repeat(" ", 64<<10))
+	mustStatus(t, "oversized chunked", r, 413)
+	if got := w.e.Sim.Fetches("wxmp"); got != fetches {
+		t.Errorf("bad bodies made %d upstream fetches", got-fetches)
+	}
+	// A refresh of a key no refresher keeps: the refresher's 404.
+	r = w.do(t, "POST", "/v1/tokens/nope/refresh", tokAll, `{}`)
+	mustStatus(t, "refresh of an unknown key", r, 404)
+	r.errBody(t)
+}
+
+// TestSign: POST /v1/sign/mp forwards the URL to token.sign.mp — here a
+// small real NATS responder that signs with contract.JSSDKSignature — and
+// returns its reply; its error replies come back with their code; with
+// nobody serving the subject the answer is 503.
+func TestSign(t *testing.T) {
+	w := setup(t, nil)
+	const ticket = "test-jsapi-ticket"
+	var mu sync.Mutex
+	var got []contract.SignRequest
+	sub, err := w.e.NC.Subscribe(contract.SignSubject("mp"), func(m *nats.Msg) {
+		var req contract.SignRequest
+		if err := json.Unmarshal(m.Data, &req); err != nil || !strings.HasPrefix(req.URL, "https://") {
+			e := nats.NewMsg(m.Reply)
+			e.Header.Set(contract.ErrorCodeHeader, "400")
+			e.Header.Set(contract.ErrorHeader, "url must be https")
+			e.Data, _ = json.Marshal(contract.ErrorReply{Error: contract.ErrorDetail{Code: 400, Message: "url must be https"}})
+			_ = m.RespondMsg(e)
+			return
+		}
+		mu.Lock()
+		got = append(got, req)
+		mu.Unlock()
+		ts := time.Now().Unix()
+		b, _ := json.Marshal(contract.SignReply{AppID: "wxmp", Timestamp: ts, NonceStr: "n0nce",
+			Signature: contract.JSSDKSignature(ticket, "n0nce", ts, req.URL)})
+		_ = m.Respond(b)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := w.e.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	url := "https://shop.example/pay?x=1#frag"
+	r := w.do(t, "POST", "/v1/sign/mp", tokShop, `{"url":"`+url+`"}`)
+	mustStatus(t, "sign", r, 200)
+	var reply contract.SignReply
+	if err := json.Unmarshal(r.body, &reply); err != nil {
+		t.Fatalf("sign reply %s: %v", r.body, err)
+	}
+	if reply.AppID != "wxmp" || reply.Signature != contract.JSSDKSignature(ticket, reply.NonceStr, reply.Timestamp, url) {
+		t.Errorf("sign reply %+v does not sign %s", reply, url)
+	}
+	mu.Lock()
+	if len(got) != 1 || got[0].URL != url {
+		t.Errorf("token.sign.mp got %+v, want the url as sent", got)
+	}
+	mu.Unlock()
+
+	r = w.do(t, "POST", "/v1/sign/mp", tokShop, `{"url":"http://plain.example/"}`)
+	mustStatus(t, "sign refused by the service", r, 400)
+	if d := r.errBody(t); d.Message != "url must be https" {
+		t.Errorf("the service's message did not come through: %+v", d)
+	}
+	for _, c := range []struct{ what, body string }{
+		{"no url", `{}`},
+		{"empty url", `{"url":""}`},
+		{"bad ticket", `{"url":"https://x.example/","ticket":"wx_card"}`},
+		{"not JSON", `url=https://x.example/`},
+	} {
+		r := w.do(t, "POST", "/v1/sign/mp", tokShop, c.body)
+		mustStatus(t, c.what, r, 400)
+		r.errBody(t)
+	}
+	// all may read other.jsapi, but nobody serves token.sign.other.
+	r = w.do(t, "POST", "/v1/sign/other", tokAll, `{"url":"https://x.example/"}`)
+	mustStatus(t, "sign without a responder", r, 503)
+	r.errBody(t)
+}
+
+// TestFlood: a client limited to 1 request/s with a burst of 2 gets 429
+// with Retry-After once its burst is spent; other clients are not
+// limited by it.
+func TestFlood(t *testing.T) {
+	w := setup(t, nil)
+	start := time.Now()
+	ok, limited := 0, 0
+	for i := 0; i < 12; i++ {
+		r := w.do(t, "GET", "/v1/tokens/mp", tokFlood, "")
+		switch r.status {
+		case 200:
+			ok++
+		case 429:
+			limited++
+			d := r.errBody(t)
+			if ra, err := strconv.Atoi(r.header.Get("Retry-After")); err != nil || ra < 1 {
+				t.Errorf("429 Retry-After %q, want whole seconds >= 1", r.header.Get("Retry-After"))
+			}
+			if !strings.Contains(d.Message, "flood") {
+				t.Errorf("429 message %q does not name the client", d.Message)
+			}
+		default:
+			t.Fatalf("flood: status %d: %s", r.status, r.body)
+		}
+	}
+	elapsed := time.Since(start)
+	// burst 2, plus at most one token per second elapsed.
+	if max := 2 + int(elapsed.Seconds()) + 1; ok > max || ok < 2 {
+		t.Errorf("%d requests allowed in %s, want 2..%d", ok, elapsed, max)
+	}
+	if limited == 0 {
+		t.Errorf("no request was limited")
+	}
+	mustStatus(t, "another client meanwhile", w.do(t, "GET", "/v1/tokens/mp", tokShop, ""), 200)
+	if !w.logs.Contains("client=flood") || !w.logs.Contains("status=429") {
+		t.Errorf("429 not logged:\n%s", w.logs)
+	}
+}
