@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
+	"github.com/tokenkeeper/tokenkeeper/gateway"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 )
@@ -45,6 +46,9 @@ type Config struct {
 	Log                LogConfig      `yaml:"log"`
 	Policy             PolicyConfig   `yaml:"refresh"`
 	Apps               []AppConfig    `yaml:"apps"`
+	// Gateway is the HTTP gateway for services without NATS (off unless
+	// gateway.listen is set); cmd/refresher runs it.
+	Gateway gateway.Config `yaml:"gateway"`
 }
 
 // HTTPConfig is the http: section (metrics and health endpoints).
@@ -341,6 +345,9 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Apps) == 0 {
 		add("apps: no apps configured")
+	}
+	for _, problem := range c.Gateway.Problems() {
+		add("%s", problem)
 	}
 	seen := map[string]int{}
 	for i := range c.Apps {
