@@ -19,7 +19,8 @@ type Role string
 // The roles.
 const (
 	// RoleRefresher owns the buckets (tokens, tokens_lease, tokens_state),
-	// publishes token.updated.<app> and serves token.refresh.<app>.
+	// publishes token.updated.<app> and serves token.refresh.<app>; its
+	// HTTP gateway requests token.refresh.<key> and token.sign.<key>.
 	RoleRefresher Role = "refresher"
 	// RoleService reads and watches the tokens bucket, requests
 	// token.refresh.<app>, receives token.updated.<app>, and writes
@@ -68,7 +69,9 @@ func RolePermissions(role Role, bucket, user string) *server.Permissions {
 			pub = append(pub, read(b)...)
 			pub = append(pub, "$KV."+b+".>")
 		}
-		pub = append(pub, contract.UpdatedPrefix+">")
+		// The events; and the requests the HTTP gateway (gateway:
+		// section, run by any replica) forwards.
+		pub = append(pub, contract.UpdatedPrefix+">", contract.RefreshPrefix+">", contract.SignPrefix+">")
 		return &server.Permissions{
 			Publish:   &server.SubjectPermission{Allow: pub},
 			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", contract.RefreshPrefix + ">", "$SRV.>"}},
