@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/tokenkeeper/tokenkeeper/gateway"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
@@ -126,8 +127,17 @@ func run(ctx context.Context, args []string) error {
 			cancel()
 		}()
 	}
+	var gw *gateway.Gateway
+	if cfg.Gateway.Enabled() {
+		g, stopGateway, err := startGateway(ctx, cfg, conn, log)
+		if err != nil {
+			return err
+		}
+		defer stopGateway()
+		gw = g
+	}
 	if *configPath != "" {
-		go reloadOnHUP(ctx, r, *configPath, log)
+		go reloadOnHUP(ctx, r, gw, *configPath, log)
 	} else {
 		go func() {
 			select {
@@ -140,10 +150,34 @@ func run(ctx context.Context, args []string) error {
 	return r.Run(ctx)
 }
 
+// startGateway listens on gateway.listen (so that a taken port fails the
+// start) and serves the HTTP gateway on the refresher's NATS connection
+// until stop is called.
+func startGateway(ctx context.Context, cfg *refresher.Config, conn *natsconf.Conn, log *slog.Logger) (*gateway.Gateway, func(), error) {
+	g, err := gateway.New(cfg.Gateway, conn.NC, gateway.WithLogger(log), gateway.WithBucket(cfg.Bucket))
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Gateway.Listen)
+	if err != nil {
+		return nil, nil, fmt.Errorf("gateway.listen: %w", err)
+	}
+	gctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := g.Serve(gctx, ln); err != nil {
+			log.Error("gateway stopped", "err", err)
+		}
+	}()
+	return g, func() { cancel(); <-done }, nil
+}
+
 // reloadOnHUP re-reads the config file on every SIGHUP and applies it:
-// apps added, removed, secrets rotated, without dropping tokens. A config
-// that does not load is reported and changes nothing.
-func reloadOnHUP(ctx context.Context, r *refresher.Refresher, path string, log *slog.Logger) {
+// apps added, removed, secrets rotated, without dropping tokens; the
+// gateway's clients replaced. A config that does not load is reported and
+// changes nothing.
+func reloadOnHUP(ctx context.Context, r *refresher.Refresher, gw *gateway.Gateway, path string, log *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -160,6 +194,15 @@ func reloadOnHUP(ctx context.Context, r *refresher.Refresher, path string, log *
 		}
 		if _, err := r.Reload(cfg); err != nil {
 			log.Error("SIGHUP: config not reloaded", "err", err)
+			continue
+		}
+		switch {
+		case gw != nil:
+			if err := gw.SetClients(cfg.Gateway); err != nil {
+				log.Warn("SIGHUP: gateway clients not reloaded", "err", err)
+			}
+		case cfg.Gateway.Enabled():
+			log.Warn("SIGHUP: the gateway section takes effect only with a restart")
 		}
 	}
 }
