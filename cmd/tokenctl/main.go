@@ -7,6 +7,7 @@
 //	tokenctl [global flags] watch APP
 //	tokenctl [global flags] refresh APP [--stale REV]
 //	tokenctl [global flags] status
+//	tokenctl hash-token [--new] < token
 //
 // It speaks only the wire contract of docs/protocol.md, with the same
 // connection options as the refresher (natsconf.Options). Exit status: 0
@@ -118,7 +119,7 @@ type command struct {
 }
 
 // commands are tokenctl's subcommands, in the order of the help.
-var commands = []*command{getCommand, watchCommand, refreshCommand, statusCommand}
+var commands = []*command{getCommand, watchCommand, refreshCommand, statusCommand, hashTokenCommand}
 
 // lookup returns the command called name, or nil.
 func lookup(name string) *command {
@@ -133,6 +134,7 @@ func lookup(name string) *command {
 // cli is one invocation of tokenctl.
 type cli struct {
 	g      globals
+	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
 }
@@ -141,7 +143,12 @@ type cli struct {
 // command, writes to stdout and stderr, and returns the exit status.
 // Cancelling ctx stops a running command (watch returns 0 then).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	c := &cli{g: defaultGlobals(), stdout: stdout, stderr: stderr}
+	return runIO(ctx, args, os.Stdin, stdout, stderr)
+}
+
+// runIO is run reading standard input from stdin (hash-token).
+func runIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	c := &cli{g: defaultGlobals(), stdin: stdin, stdout: stdout, stderr: stderr}
 	code, err := c.main(ctx, args)
 	if err != nil {
 		var ue *usageError
