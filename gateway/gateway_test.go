@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
+	"github.com/tokenkeeper/tokenkeeper/gateway"
 )
 
 // TestGetReturnsRecordAsStored: a client allowed the key reads the token
@@ -285,5 +286,41 @@ func TestFlood(t *testing.T) {
 	mustStatus(t, "another client meanwhile", w.do(t, "GET", "/v1/tokens/mp", tokShop, ""), 200)
 	if !w.logs.Contains("client=flood") || !w.logs.Contains("status=429") {
 		t.Errorf("429 not logged:\n%s", w.logs)
+	}
+}
+
+// TestSetClients: a reload replaces the clients at once — a removed
+// client gets 401, a new one is served, a widened pattern applies — and
+// a reload that changes the listener, or has problems, changes nothing.
+func TestSetClients(t *testing.T) {
+	w := setup(t, nil)
+	mustStatus(t, "shop before", w.do(t, "GET", "/v1/tokens/mp", tokShop, ""), 200)
+	mustStatus(t, "narrow before", w.do(t, "GET", "/v1/tokens/mp", tokNarrow, ""), 403)
+
+	clients := testClients()[1:] // shop removed
+	clients[1].Keys = []string{"other", "mp"}
+	const tokNew = "bearer-new-0123456789-must-never-be-logged"
+	clients = append(clients, gateway.ClientConfig{Name: "new", TokenSHA256: hash(tokNew), Keys: []string{"mp"}})
+	cfg := gateway.Config{Listen: "127.0.0.1:0", Clients: clients}
+
+	moved := cfg
+	moved.Listen = "127.0.0.1:1"
+	if err := w.g.SetClients(moved); err == nil {
+		t.Errorf("SetClients with another listen address: no error")
+	}
+	broken := gateway.Config{Listen: cfg.Listen, Clients: []gateway.ClientConfig{{Name: "x", TokenSHA256: "nope", Keys: []string{"*"}}}}
+	if err := w.g.SetClients(broken); err == nil || !strings.Contains(err.Error(), "gateway.clients[0] (x).token_sha256") {
+		t.Errorf("SetClients with a bad client: %v", err)
+	}
+	mustStatus(t, "shop after refused reloads", w.do(t, "GET", "/v1/tokens/mp", tokShop, ""), 200)
+
+	if err := w.g.SetClients(cfg); err != nil {
+		t.Fatal(err)
+	}
+	mustStatus(t, "shop removed", w.do(t, "GET", "/v1/tokens/mp", tokShop, ""), 401)
+	mustStatus(t, "narrow widened", w.do(t, "GET", "/v1/tokens/mp", tokNarrow, ""), 200)
+	mustStatus(t, "new client", w.do(t, "GET", "/v1/tokens/mp", tokNew, ""), 200)
+	if w.logs.Contains(tokNew) {
+		t.Errorf("the new client's token is in the log")
 	}
 }
