@@ -14,8 +14,7 @@ const (
 	// DefaultRatePerSecond is a client's sustained request rate when
 	// rate_per_second is not set.
 	DefaultRatePerSecond = 10
-	// DefaultBurst is used when burst is not set: twice the rate, at
-	// least 1.
+	// defaultBurstFactor: an unset burst is twice the rate, at least 1.
 	defaultBurstFactor = 2
 )
 

@@ -221,7 +221,7 @@ func (g *Gateway) SetClients(cfg Config) error {
 	return nil
 }
 
-// Server returns the http.Server the gateway runs: its handler, timeouts
+// server returns the http.Server the gateway runs: its handler, timeouts
 // and TLS config.
 func (g *Gateway) server() *http.Server {
 	return &http.Server{
