@@ -107,7 +107,10 @@ func (s *Sim) CheckFeishu(tok string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	_, st := s.lookup(tok, kindFeishu, s.opts.Now())
-	return feishuTokenErr(st)
+	if e := feishuTokenErr(st); e != nil {
+		return e
+	}
+	return nil // not a typed nil
 }
 
 func feishuTokenErr(st tokenState) *Error {

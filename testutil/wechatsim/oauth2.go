@@ -99,7 +99,10 @@ func (s *Sim) CheckOAuth2(tok string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	_, st := s.lookup(tok, kindOAuth2, s.opts.Now())
-	return oauth2TokenErr(st)
+	if e := oauth2TokenErr(st); e != nil {
+		return e
+	}
+	return nil // not a typed nil
 }
 
 func oauth2TokenErr(st tokenState) *Error {
@@ -116,9 +119,10 @@ func oauth2TokenErr(st tokenState) *Error {
 // insufficient_scope ones included) and rejected ones.
 func (s *Sim) OAuth2BusinessCalls() (ok, rejected int) { return s.bizCalls(kindOAuth2) }
 
-// oauth2Error is an RFC 6749 §5.2 error answer; with basic, the
-// WWW-Authenticate challenge of a 401 names the Basic scheme.
-func oauth2Error(status int, code, description string, basic bool) answer {
+// oauth2Error is an RFC 6749 §5.2 error answer; a 401 carries a
+// WWW-Authenticate challenge for HTTP Basic, the client authentication
+// scheme the endpoint supports besides the body parameters.
+func oauth2Error(status int, code, description string) answer {
 	b, _ := json.Marshal(struct {
 		Error       string `json:"error"`
 		Description string `json:"error_description,omitempty"`
@@ -126,11 +130,7 @@ func oauth2Error(status int, code, description string, basic bool) answer {
 	a := answer{status: status, ctype: oauth2JSONType, body: b,
 		header: http.Header{"Cache-Control": {"no-store"}, "Pragma": {"no-cache"}}}
 	if status == http.StatusUnauthorized {
-		scheme := "Bearer"
-		if basic {
-			scheme = "Basic"
-		}
-		a.header.Set("WWW-Authenticate", scheme+` realm="`+oauth2Realm+`"`)
+		a.header.Set("WWW-Authenticate", `Basic realm="`+oauth2Realm+`"`)
 	}
 	return a
 }
@@ -139,7 +139,6 @@ func oauth2Error(status int, code, description string, basic bool) answer {
 // read as a form.
 type oauth2Request struct {
 	form     url.Values
-	basic    bool // credentials came in an Authorization: Basic header
 	clientID string
 	secret   string
 	perr     string // invalid_request description, if any
@@ -171,7 +170,7 @@ func parseOAuth2Request(r *http.Request) oauth2Request {
 		case bodyID != "" && bodyID != id:
 			q.perr = "client_id differs from the authenticated client"
 		}
-		q.basic, q.clientID, q.secret = true, id, sec
+		q.clientID, q.secret = id, sec
 		return q
 	}
 	q.clientID, q.secret = bodyID, bodySecret
@@ -209,13 +208,13 @@ func (s *Sim) serveOAuth2Token(w http.ResponseWriter, r *http.Request) {
 		}
 		switch {
 		case req.perr != "":
-			return oauth2Error(http.StatusBadRequest, "invalid_request", req.perr, false)
+			return oauth2Error(http.StatusBadRequest, "invalid_request", req.perr)
 		case req.form.Get("grant_type") == "":
-			return oauth2Error(http.StatusBadRequest, "invalid_request", "grant_type missing", false)
+			return oauth2Error(http.StatusBadRequest, "invalid_request", "grant_type missing")
 		case req.clientID == "" || c == nil || req.secret != c.secret:
-			return oauth2Error(http.StatusUnauthorized, "invalid_client", "client authentication failed", req.basic)
+			return oauth2Error(http.StatusUnauthorized, "invalid_client", "client authentication failed")
 		case req.form.Get("grant_type") != "client_credentials":
-			return oauth2Error(http.StatusBadRequest, "unsupported_grant_type", "only client_credentials is supported", false)
+			return oauth2Error(http.StatusBadRequest, "unsupported_grant_type", "only client_credentials is supported")
 		}
 		scopes := strings.Fields(req.form.Get("scope"))
 		if len(scopes) == 0 {
@@ -223,7 +222,7 @@ func (s *Sim) serveOAuth2Token(w http.ResponseWriter, r *http.Request) {
 		}
 		for _, sc := range scopes {
 			if !slices.Contains(c.scopes, sc) {
-				return oauth2Error(http.StatusBadRequest, "invalid_scope", "the requested scope exceeds the client's", false)
+				return oauth2Error(http.StatusBadRequest, "invalid_scope", "the requested scope exceeds the client's")
 			}
 		}
 		t := &token{value: s.newTokenValue(), kind: kindOAuth2, app: req.clientID, issuedAt: now,

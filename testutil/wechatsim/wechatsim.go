@@ -742,7 +742,7 @@ func (s *Sim) takeFault(path, kind string) (answer, bool) {
 		case kindFeishu:
 			a = feishuAnswer(http.StatusInternalServerError, CodeFeishuInternal, "Internal Error")
 		case kindOAuth2:
-			a = oauth2Error(http.StatusServiceUnavailable, "temporarily_unavailable", "injected fault", false)
+			a = oauth2Error(http.StatusServiceUnavailable, "temporarily_unavailable", "injected fault")
 		default:
 			a = errAnswer(CodeBusy, "system error")
 		}
@@ -758,7 +758,7 @@ func (s *Sim) takeFault(path, kind string) (answer, bool) {
 			if f.Errcode >= 400 && f.Errcode <= 599 {
 				status = f.Errcode
 			}
-			a = oauth2Error(status, cmp.Or(f.Errmsg, "invalid_request"), "injected fault", false)
+			a = oauth2Error(status, cmp.Or(f.Errmsg, "invalid_request"), "injected fault")
 		default:
 			a = errAnswer(f.Errcode, cmp.Or(f.Errmsg, defaultErrmsg(f.Errcode)))
 		}
