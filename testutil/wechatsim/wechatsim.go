@@ -1,7 +1,9 @@
 // Package wechatsim emulates the WeChat access_token API with WeChat's real
-// semantics, for tests, demos and load tests.
+// semantics, for tests, demos and load tests; the same Sim and server also
+// emulate WeCom, Feishu and an OAuth2 client_credentials server, each with
+// its own real semantics.
 //
-// It serves four endpoints:
+// WeChat (apps added with AddApp):
 //
 //   - GET  /cgi-bin/token?grant_type=client_credential&appid=…&secret=…
 //     (the classic endpoint): every successful call issues a new token; the
@@ -23,14 +25,58 @@
 //     signatures are checked against the valid jsapi tickets with
 //     CheckSignature.
 //
-// Both token endpoints count against one daily quota per app
+// Both WeChat token endpoints count against one daily quota per app
 // (Options.DailyQuota, errcode 45009), and the day is WeChat's day: it starts
-// at midnight Asia/Shanghai (UTC+8). All JSON answers are HTTP 200 with
-// Content-Type "application/json; encoding=utf-8", as WeChat sends them.
+// at midnight Asia/Shanghai (UTC+8). All WeChat and WeCom JSON answers are
+// HTTP 200 with Content-Type "application/json; encoding=utf-8", as they
+// send them.
 //
-// The clock is injectable (Options.Now), faults can be injected at run time
-// (SetFault), and every interesting count can be observed (Calls, Fetches,
-// Issued, MaxConcurrentFetches, BusinessCalls, Check).
+// WeCom, 企业微信 (apps added with AddWeComApp; see wecom.go):
+//
+//   - GET /cgi-bin/gettoken?corpid=…&corpsecret=…: tokens are per app
+//     (corpid plus that app's secret), never per corp; a call inside the
+//     validity returns the same token with the remaining expires_in, after
+//     expiry a new one (41002, 40013, 41004, 40001 for bad arguments).
+//   - GET /cgi-bin/get_jsapi_ticket?access_token=…: the corp's jsapi
+//     ticket (any app's token gets the same one), and
+//     GET /cgi-bin/ticket/get?access_token=…&type=agent_config: the app's
+//     ticket; both same until expiry, both limited per clock hour to
+//     Options.WeComTicketCorpHourly (400) per corp and
+//     Options.WeComTicketAppHourly (100) per app (45009); signatures are
+//     checked with CheckWeComSignature.
+//   - GET /cgi-bin/agent/get?access_token=…&agentid=…: the business call
+//     (41001 missing, 40014 invalid, 42001 expired).
+//
+// Feishu, 飞书 (apps added with AddFeishuApp; see feishu.go):
+//
+//   - POST /open-apis/auth/v3/tenant_access_token/internal with JSON
+//     {"app_id","app_secret"}: the same token while at least
+//     Options.FeishuRenewWindow (30 min) of it remains, with expire = the
+//     remaining seconds; under it a new token, the old one valid until its
+//     own end (10003 invalid param, 10014 unknown app or wrong secret).
+//   - GET /open-apis/bot/v3/info with "Authorization: Bearer …": the
+//     business call (HTTP 400 with 99991661 missing, 99991663 invalid or
+//     expired).
+//
+// OAuth2 client_credentials, RFC 6749 §4.4 and RFC 6750 (clients added
+// with AddOAuth2Client; see oauth2.go):
+//
+//   - POST /oauth2/token, form-encoded, client authentication with HTTP
+//     Basic or client_id/client_secret in the body, optional scope (a
+//     subset of the client's) and audience: every call issues a new token,
+//     earlier ones stay valid until their expiry or Revoke; errors as RFC
+//     6749 §5.2 (invalid_client 401, invalid_request, invalid_scope,
+//     unsupported_grant_type 400).
+//   - GET /oauth2/resource with "Authorization: Bearer …": the business
+//     call (401 with a Bearer challenge, error="invalid_token" for a bad
+//     token; 403 insufficient_scope for ?scope= not granted).
+//
+// Every token lives Options.ExpiresIn and is accepted only by the
+// endpoints of its own upstream. The clock is injectable (Options.Now),
+// faults can be injected at run time for the token endpoints of every
+// upstream (SetFault; Fault.Paths picks endpoints), and every interesting
+// count can be observed (Calls, Fetches, Issued, MaxConcurrentFetches,
+// BusinessCalls, Check, and their WeCom, Feishu and OAuth2 counterparts).
 package wechatsim
 
 import (
@@ -487,7 +533,8 @@ func (s *Sim) Revoke(tok string) bool {
 
 // MaxConcurrentFetches is the highest number of token calls naming appid
 // that were in flight at the same time (faulted and abandoned calls
-// included).
+// included). appid is a WeChat appid, a WeComKey, a Feishu app_id or an
+// OAuth2 client_id (one namespace for all upstreams).
 func (s *Sim) MaxConcurrentFetches(appid string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
