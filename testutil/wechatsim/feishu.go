@@ -22,7 +22,11 @@ const (
 	PathFeishuBotInfo = "/open-apis/bot/v3/info"
 )
 
-// Feishu codes produced by the emulator.
+// Feishu codes produced by the emulator. The token endpoint's HTTP
+// statuses follow what clients have recorded of Feishu (200 for 10003 and
+// an unknown app_id, 400 for a wrong secret), and business calls with a
+// bad token answer HTTP 400: a client must branch on "code", not on the
+// status.
 const (
 	CodeFeishuInvalidParam  = 10003    // body not JSON, app_id or app_secret missing (HTTP 200)
 	CodeFeishuAppSecret     = 10014    // "app secret invalid" (HTTP 400), "app id not exists" (HTTP 200)
