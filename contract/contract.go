@@ -77,6 +77,11 @@ type Record struct {
 	// be empty in records written before). A refresher whose config names
 	// another appid for this app does not reuse the token.
 	AppID string `json:"appid,omitempty"`
+	// Kind is the app's kind (v2: wechat, wechat-stable, wecom, feishu,
+	// oauth2); empty in records written before, which are WeChat's. It
+	// says where the token goes in a business request and which answers
+	// reject it (PlacementOf, RejectedAnswer).
+	Kind string `json:"kind,omitempty"`
 }
 
 // Limits of a valid Record (see Record.Validate).

@@ -48,7 +48,17 @@ func (a *app) owns(rec *contract.Record) bool {
 }
 
 func (a *app) ownsLocked(rec *contract.Record) bool {
-	return rec.AppID == "" || rec.AppID == a.cfg.AppID
+	return rec.AppID == "" || rec.AppID == a.cfg.UpstreamID()
+}
+
+// dueOf returns the refresh moment of a stored record under the app's
+// kind: a pure function of the record, so that every replica and every
+// restart agrees on it.
+func (a *app) dueOf(rec *contract.Record) time.Time {
+	a.mu.Lock()
+	rot := a.cfg.spec().rotation
+	a.mu.Unlock()
+	return a.policy.refreshMoment(rot, rec.FetchedAt, rec.ExpiresAt, jitterDraw(a.name, rec.FetchedAt))
 }
 
 // usable returns the record the app holds and whether it can be handed
@@ -98,7 +108,7 @@ func (a *app) adopt(rec *contract.Record, rev uint64) bool {
 	if rec == nil || !a.ownsLocked(rec) {
 		a.due = time.Time{} // nothing usable: fetch now
 	} else {
-		a.due = a.policy.RefreshAt(rec.FetchedAt, rec.ExpiresAt, jitterDraw(a.name, rec.FetchedAt))
+		a.due = a.policy.refreshMoment(a.cfg.spec().rotation, rec.FetchedAt, rec.ExpiresAt, jitterDraw(a.name, rec.FetchedAt))
 		if changed {
 			// Someone stored a new token: whatever failed before is moot.
 			a.retryAt, a.failures = time.Time{}, 0
@@ -116,12 +126,14 @@ func (a *app) stored(rec contract.Record, rev uint64) {
 	a.mu.Unlock()
 }
 
-// unchanged records a fetch that returned the token already stored
-// (stable_token normal mode): check again within the remaining lifetime.
-func (a *app) unchanged(fetched, expires time.Time, p Policy) {
+// unchanged records a fetch at fetched that returned the token already
+// stored, with left of its life (stable_token normal mode, Feishu above
+// its window: check again within the remaining lifetime; WeCom: at its
+// end). The stored record, and its first known expires_at, stay.
+func (a *app) unchanged(fetched time.Time, left time.Duration) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.due = p.RefreshAt(fetched, expires, jitterDraw(a.name, fetched))
+	a.due = a.policy.unchangedMoment(a.cfg.spec().rotation, fetched, left, jitterDraw(a.name, fetched))
 	a.succeeded()
 }
 
@@ -179,7 +191,7 @@ func (a *app) current() (*contract.Record, uint64) {
 func (a *app) failure(err error, now time.Time) time.Time {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.failed(err, now, func(err error) (time.Duration, time.Duration) {
+	return a.failed(err, now, a.cfg.Kind == KindWeCom, func(err error) (time.Duration, time.Duration) {
 		switch {
 		case errors.Is(err, ErrQuotaReserved):
 			return a.policy.PermanentRetryMin, a.policy.PermanentRetryMin

@@ -43,6 +43,7 @@ type Config struct {
 	// refreshes of one app. Nil means the default; 0 is allowed.
 	PassiveMinInterval *time.Duration `yaml:"passive_min_interval"`
 	HTTP               HTTPConfig     `yaml:"http"`
+	Upstream           UpstreamConfig `yaml:"upstream"`
 	Log                LogConfig      `yaml:"log"`
 	Policy             PolicyConfig   `yaml:"refresh"`
 	Apps               []AppConfig    `yaml:"apps"`
@@ -55,6 +56,15 @@ type Config struct {
 type HTTPConfig struct {
 	// Listen is the address of /metrics, /healthz and /readyz; empty: off.
 	Listen string `yaml:"listen"`
+}
+
+// UpstreamConfig is the upstream: section.
+type UpstreamConfig struct {
+	// Proxy is the HTTP CONNECT proxy (http://[user:password@]host:port)
+	// of every upstream call, for fleets whose egress IP must be on the
+	// upstream's allow list; an app's own proxy key overrides it. Empty:
+	// the environment's HTTPS_PROXY/NO_PROXY.
+	Proxy string `yaml:"proxy"`
 }
 
 // LogConfig is the log: section.
@@ -88,12 +98,33 @@ type PolicyConfig struct {
 
 // AppConfig is one entry of apps:.
 type AppConfig struct {
-	Name       string `yaml:"name"`
-	Kind       string `yaml:"kind"` // wechat | wechat-stable
-	AppID      string `yaml:"appid"`
+	Name string `yaml:"name"`
+	// Kind is wechat (default), wechat-stable, wecom, feishu or oauth2.
+	Kind       string `yaml:"kind"`
+	AppID      string `yaml:"appid"` // wechat, wechat-stable, feishu
 	SecretEnv  string `yaml:"secret_env"`
 	SecretFile string `yaml:"secret_file"`
-	APIBase    string `yaml:"api_base"`
+	// APIBase is the upstream origin (wechat kinds: api.weixin.qq.com,
+	// wecom: qyapi.weixin.qq.com, feishu: open.feishu.cn).
+	APIBase string `yaml:"api_base"`
+
+	// CorpID and AgentID identify a WeCom app: its token is per app
+	// (corpid + the app's secret), never per corp.
+	CorpID  string `yaml:"corpid"`
+	AgentID int    `yaml:"agentid"`
+
+	// OAuth2 client_credentials (RFC 6749 §4.4): the token endpoint, the
+	// client, the scopes and audience asked for, and how the client
+	// authenticates: header (HTTP Basic, default) or params (form body).
+	TokenURL  string   `yaml:"token_url"`
+	ClientID  string   `yaml:"client_id"`
+	Scopes    []string `yaml:"scopes"`
+	Audience  string   `yaml:"audience"`
+	AuthStyle string   `yaml:"auth_style"`
+
+	// Proxy is the HTTP CONNECT proxy of this app's upstream calls
+	// (overrides upstream.proxy; "direct": none).
+	Proxy string `yaml:"proxy"`
 	// DailyQuota is the upstream's daily limit of token calls for this
 	// app (default 2000, WeChat's).
 	DailyQuota int `yaml:"daily_quota"`
@@ -116,7 +147,7 @@ func (a AppConfig) WithSecret(secret string) AppConfig { a.secret = secret; retu
 
 // String describes the app without its secret.
 func (a AppConfig) String() string {
-	return fmt.Sprintf("app %s (%s %s)", a.Name, a.Kind, a.AppID)
+	return fmt.Sprintf("app %s (%s %s)", a.Name, a.Kind, a.UpstreamID())
 }
 
 // GoString describes the app without its secret.
@@ -124,7 +155,7 @@ func (a AppConfig) GoString() string { return a.String() }
 
 // credentials returns the upstream credentials of a.
 func (a AppConfig) credentials() wechat.Credentials {
-	return wechat.Credentials{AppID: a.AppID, Secret: a.secret}
+	return wechat.Credentials{AppID: a.UpstreamID(), Secret: a.secret}
 }
 
 // ConfigError lists every problem found in a configuration. Like every
@@ -261,8 +292,11 @@ func (c *Config) SetDefaults() {
 		if a.Kind == "" {
 			a.Kind = wechat.KindClassic
 		}
-		if a.APIBase == "" {
-			a.APIBase = DefaultAPIBase
+		if a.APIBase == "" && slices.Contains(a.spec().keys, "api_base") {
+			a.APIBase = wechat.DefaultBase(a.Kind)
+		}
+		if a.Kind == KindOAuth2 && a.AuthStyle == "" {
+			a.AuthStyle = AuthStyleHeader
 		}
 	}
 }
@@ -346,6 +380,11 @@ func (c *Config) Validate() error {
 	if len(c.Apps) == 0 {
 		add("apps: no apps configured")
 	}
+	if c.Upstream.Proxy != "" {
+		if err := checkProxyURL(c.Upstream.Proxy); err != nil {
+			add("upstream.proxy: %v", err)
+		}
+	}
 	for _, problem := range c.Gateway.Problems() {
 		add("%s", problem)
 	}
@@ -365,10 +404,12 @@ func (c *Config) Validate() error {
 				seen[a.Name] = i
 			}
 		}
-		switch a.Kind {
-		case wechat.KindClassic, wechat.KindStable:
-		default:
-			add("%s.kind: unknown kind %q (want %s or %s)", where, a.Kind, wechat.KindClassic, wechat.KindStable)
+		if _, ok := kindSpecs[a.Kind]; !ok {
+			add("%s.kind: unknown kind %q (want one of %s)", where, a.Kind, strings.Join(kindNames, ", "))
+		} else {
+			for _, problem := range a.kindProblems() {
+				add("%s.%s", where, problem)
+			}
 		}
 		if a.DailyQuota < 0 {
 			add("%s.daily_quota: %d is negative", where, a.DailyQuota)
@@ -376,11 +417,10 @@ func (c *Config) Validate() error {
 		for _, problem := range a.ticketProblems() {
 			add("%s.%s", where, problem)
 		}
-		if a.AppID == "" {
-			add("%s.appid: missing", where)
-		}
-		if !strings.HasPrefix(a.APIBase, "http://") && !strings.HasPrefix(a.APIBase, "https://") {
-			add("%s.api_base: %q is not an http(s) URL", where, a.APIBase)
+		if a.Proxy != "" && a.Proxy != ProxyDirect {
+			if err := checkProxyURL(a.Proxy); err != nil {
+				add("%s.proxy: %v", where, err)
+			}
 		}
 		switch {
 		case a.SecretEnv != "" && a.SecretFile != "":
@@ -474,17 +514,11 @@ func (c *Config) checkResolved() error {
 	return nil
 }
 
-// ticketsOf lists the ticket types each kind can keep.
-var ticketsOf = map[string][]string{
-	wechat.KindClassic: {contract.TicketJSAPI, contract.TicketWXCard},
-	wechat.KindStable:  {contract.TicketJSAPI, contract.TicketWXCard},
-}
-
 // ticketProblems reports what is wrong with a's tickets, each problem
 // starting with the key (tickets[i]).
 func (a *AppConfig) ticketProblems() []string {
 	var p []string
-	allowed := ticketsOf[a.Kind]
+	allowed := a.spec().tickets
 	seen := map[string]int{}
 	for i, t := range a.Tickets {
 		switch j, dup := seen[t]; {

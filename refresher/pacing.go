@@ -36,14 +36,19 @@ func (p *pacing) next() time.Time {
 func (p *pacing) succeeded() { p.failures, p.retryAt, p.lastErr = 0, time.Time{}, nil }
 
 // failed records err at now and returns when to try again: after 45009 at
-// WeChat's midnight (spread over its first minute), otherwise after the
-// jittered exponential pause pace chooses for err (first pause base,
-// capped at maxD).
-func (p *pacing) failed(err error, now time.Time, pace func(error) (base, maxD time.Duration)) time.Time {
+// WeChat's midnight (spread over its first minute) — at the next full hour
+// if hourly (WeCom's limits are hourly) —, otherwise after the jittered
+// exponential pause pace chooses for err (first pause base, capped at
+// maxD).
+func (p *pacing) failed(err error, now time.Time, hourly bool, pace func(error) (base, maxD time.Duration)) time.Time {
 	p.failures++
 	p.lastErr, p.lastErrAt = err, now
 	if errors.Is(err, wechat.ErrQuotaExceeded) {
-		p.retryAt = nextQuotaReset(now).Add(backoff.Full(time.Minute))
+		reset := nextQuotaReset(now)
+		if hourly {
+			reset = now.Truncate(time.Hour).Add(time.Hour)
+		}
+		p.retryAt = reset.Add(backoff.Full(time.Minute))
 		return p.retryAt
 	}
 	base, maxD := pace(err)

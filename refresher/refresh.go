@@ -30,7 +30,7 @@ func (r *Refresher) satisfiedBy(a *app, rec *contract.Record, rev uint64, need r
 	if need.stale != nil && *need.stale <= rev {
 		return rev > *need.stale
 	}
-	return r.dueFor(a.name, rec).After(now)
+	return a.dueOf(rec).After(now)
 }
 
 // refresh makes sure a holds a token that satisfies need: it re-reads the
@@ -72,7 +72,7 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 	gate := r.leaseGate(&fetched)
 	fetchStart := time.Now()
 	cfg := a.config()
-	tok, err := r.client.FetchGated(ctx, cfg.Kind, cfg.APIBase, cfg.credentials(), need.force, gate)
+	tok, err := r.fetchToken(ctx, cfg, need.force, gate)
 	r.obs.UpstreamCall(name, time.Since(fetchStart), err)
 	if !fetched.IsZero() {
 		a.countCall(r.now())
@@ -85,14 +85,17 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 	// The state write is not on the reply's path: one saver per app
 	// writes it, in order, after the flight's waiters have their answer.
 	defer r.saveLater(a)
-	if rec != nil && rec.AccessToken == tok.AccessToken && rec.ExpiresAt.After(now) {
-		// stable_token in normal mode hands back the token we already
-		// store: nothing to write, check again later.
-		a.unchanged(fetched, fetched.Add(tok.ExpiresIn), r.policy)
+	if rec != nil && rec.AccessToken == tok.AccessToken && a.owns(rec) &&
+		(rec.ExpiresAt.After(now) || cfg.spec().rotation == sameUntilExpiry) {
+		// The upstream hands back the token we already store
+		// (stable_token in normal mode, Feishu above its window, WeCom
+		// inside the validity): no write, no event, the first known
+		// expires_at kept; check again later.
+		a.unchanged(fetched, tok.ExpiresIn)
 		return flightResult{rec: *rec, rev: rev}
 	}
 	nrec := contract.Record{
-		App: name, AppID: cfg.AppID, AccessToken: tok.AccessToken,
+		App: name, AppID: cfg.UpstreamID(), Kind: cfg.Kind, AccessToken: tok.AccessToken,
 		FetchedAt: fetched, ExpiresAt: fetched.Add(capLifetime(tok.ExpiresIn)),
 		Source: source,
 	}

@@ -58,6 +58,9 @@ type Refresher struct {
 	readyOnce     sync.Once
 	reqs          requestGate // token.refresh requests in progress (service.go)
 
+	proxyClients // upstream clients per proxy (upstream.go)
+	corpStates   // WeCom corps: corp ticket fetches, hourly counts (corp.go)
+
 	guard recordGuard // invalid records already reported (validate.go)
 	bk    *buckets    // the buckets behind kv, stateKV and the lease (buckets.go)
 }

@@ -33,7 +33,8 @@ type ticket struct {
 	pacing          // schedule (due zero: as soon as the token is valid), failures, ticket calls today
 	running    bool // a planned refresh is queued or running
 	lastForced time.Time
-	forcing    int // forced refreshes running or waiting for one
+	forcing    int       // forced refreshes running or waiting for one
+	hour       hourCount // upstream calls this hour (kinds with hourly limits)
 }
 
 func newTicket(a *app, typ string) *ticket {
@@ -126,11 +127,19 @@ func (t *ticket) adopt(rec *contract.TicketRecord, rev uint64) bool {
 		t.due = time.Time{}
 		return true
 	}
-	t.due = t.policy.RefreshAt(rec.FetchedAt, rec.ExpiresAt, jitterDraw(t.key, rec.FetchedAt))
+	t.due = t.dueOf(rec)
 	if changed {
 		t.retryAt, t.failures = time.Time{}, 0
 	}
 	return true
+}
+
+// rotation returns how the ticket's upstream rotates it.
+func (t *ticket) rotation() rotation { return t.parent.config().spec().ticketRotation }
+
+// dueOf returns the refresh moment of a stored ticket record.
+func (t *ticket) dueOf(rec *contract.TicketRecord) time.Time {
+	return t.policy.refreshMoment(t.rotation(), rec.FetchedAt, rec.ExpiresAt, jitterDraw(t.key, rec.FetchedAt))
 }
 
 // stored records a successful write of ours.
@@ -152,7 +161,7 @@ func (t *ticket) countCall(now time.Time) {
 func (t *ticket) failure(err error, now time.Time) time.Time {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.failed(err, now, func(err error) (time.Duration, time.Duration) {
+	return t.failed(err, now, len(t.parent.config().spec().hourlyTicketLimit) > 0, func(err error) (time.Duration, time.Duration) {
 		switch {
 		case errors.Is(err, errNoToken), errors.Is(err, ErrNotStored), errors.Is(err, wechat.ErrTokenRejected), wechat.IsRetryable(err):
 			return t.policy.RetryMin, 60 * t.policy.RetryMin
@@ -266,7 +275,7 @@ func (r *Refresher) refreshTicket(ctx context.Context, t *ticket, source string,
 	now := r.now()
 	if rec != nil && rec.ExpiresAt.After(now) {
 		switch {
-		case stale == nil && r.policy.RefreshAt(rec.FetchedAt, rec.ExpiresAt, jitterDraw(t.key, rec.FetchedAt)).After(now),
+		case stale == nil && t.dueOf(rec).After(now),
 			stale != nil && rev != *stale:
 			return *rec, rev, nil
 		}
@@ -275,6 +284,19 @@ func (r *Refresher) refreshTicket(ctx context.Context, t *ticket, source string,
 		return derefTicket(rec), rev, err
 	}
 	a := t.parent
+	if t.corpTicket() {
+		// The corp's ticket: one fetch at a time across its apps, and a
+		// newer one another app holds is copied, not fetched again.
+		c := r.corp(a.config().CorpID)
+		c.fetch.Lock()
+		defer c.fetch.Unlock()
+		if cp := r.corpCopy(t, rec, r.now()); cp != nil {
+			return r.storeTicket(ctx, t, *cp, rev, source, start, false)
+		}
+	}
+	if err := r.checkTicketHour(t, source, now); err != nil {
+		return r.ticketFailed(t, source, err, start)
+	}
 	tok, tokRev, ok := a.usable(now)
 	if !ok {
 		return r.ticketFailed(t, source, errNoToken, start)
@@ -294,16 +316,25 @@ func (r *Refresher) refreshTicket(ctx context.Context, t *ticket, source string,
 	if err != nil {
 		return r.ticketFailed(t, source, err, start)
 	}
-	if rec != nil && rec.Ticket == tk.Value && rec.ExpiresAt.After(now) {
-		// The same ticket: nothing to write.
+	if rec != nil && rec.Ticket == tk.Value && (rec.ExpiresAt.After(now) || t.rotation() == sameUntilExpiry) {
+		// The same ticket: nothing to write, the first known expires_at
+		// kept.
 		t.mu.Lock()
-		t.due = r.policy.RefreshAt(fetched, fetched.Add(tk.ExpiresIn), jitterDraw(t.key, fetched))
+		t.due = t.policy.unchangedMoment(t.rotation(), fetched, tk.ExpiresIn, jitterDraw(t.key, fetched))
 		t.succeeded()
 		t.mu.Unlock()
 		return *rec, rev, nil
 	}
 	nrec := contract.TicketRecord{App: a.name, Key: t.key, TicketType: t.typ, Ticket: tk.Value,
 		FetchedAt: fetched, ExpiresAt: fetched.Add(capLifetime(tk.ExpiresIn)), Source: source}
+	return r.storeTicket(ctx, t, nrec, rev, source, start, true)
+}
+
+// storeTicket writes nrec under t.key over revision rev, publishes its
+// event and, for a corp ticket just fetched (fetched), has the corp's
+// other apps copy it.
+func (r *Refresher) storeTicket(ctx context.Context, t *ticket, nrec contract.TicketRecord, rev uint64, source string, start time.Time, fetched bool) (contract.TicketRecord, uint64, error) {
+	a := t.parent
 	nrev, err := r.writeTicket(ctx, t, nrec, rev)
 	if err != nil {
 		if errors.Is(err, ErrSuperseded) {
@@ -316,9 +347,18 @@ func (r *Refresher) refreshTicket(ctx context.Context, t *ticket, source string,
 	r.publishEvent(t.key, contract.Event{App: a.name, Key: t.key, Revision: nrev,
 		ExpiresAt: nrec.ExpiresAt, FetchedAt: nrec.FetchedAt, Source: source})
 	r.obs.Refreshed(t.key, source, nrec.ExpiresAt)
-	r.log.Info("ticket refreshed", "key", t.key, "app", a.name, "source", source, "revision", nrev,
+	how := "ticket refreshed"
+	if !fetched {
+		how = "ticket copied from another app of the corp"
+	}
+	r.log.Info(how, "key", t.key, "app", a.name, "source", source, "revision", nrev,
 		"ticket", contract.Fingerprint(nrec.Ticket), "expires_at", nrec.ExpiresAt.Format(time.RFC3339),
 		"duration", time.Since(start).Round(time.Millisecond))
+	if fetched && t.corpTicket() {
+		for _, st := range r.siblings(t) {
+			r.startTicket(st)
+		}
+	}
 	return nrec, nrev, nil
 }
 
@@ -336,10 +376,12 @@ func (r *Refresher) fetchTicket(ctx context.Context, t *ticket, accessToken stri
 	var fetched time.Time
 	gate := r.leaseGate(&fetched)
 	begin := time.Now()
-	tk, err := r.client.FetchTicket(ctx, t.parent.config().APIBase, accessToken, t.typ, gate)
+	cfg := t.parent.config()
+	tk, err := r.clientFor(cfg).FetchTicketOf(ctx, cfg.Kind, cfg.APIBase, accessToken, t.typ, gate)
 	r.obs.UpstreamCall(t.key, time.Since(begin), err)
 	if !fetched.IsZero() {
 		t.countCall(r.now())
+		r.countTicketCall(t, r.now())
 	}
 	return tk, fetched, err
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,13 +21,18 @@ import (
 // errcode. Error answers are tiny; a larger body is passed on untouched.
 const MaxPeek = 64 << 10
 
-// Transport is an http.RoundTripper for WeChat business APIs. It sets
-// access_token=<the Source's token> in the query of every request
-// (replacing any access_token already there) and sends it with Base. If
-// the answer is a JSON body (at most MaxPeek bytes) with errcode 40001,
-// 40014 or 42001 — upstream rejected the token — it calls
-// Source.Refresh(ctx, revision used) and sends the request once more with
-// the new token, so that the caller never sees that first rejection.
+// Transport is an http.RoundTripper for the business APIs of the token's
+// upstream. It puts the Source's token where the token's kind
+// (Token.Kind, or Transport.Kind) wants it — access_token=<token> in the
+// query for WeChat and WeCom (replacing any access_token already there),
+// Authorization: Bearer <token> for Feishu and OAuth2 — and sends the
+// request with Base. If the answer says the token was rejected
+// (contract.RejectedAnswer: a JSON body of at most MaxPeek bytes with
+// errcode 40001, 40014 or 42001 for WeChat and WeCom, code 99991663,
+// 99991668, 99991671 or 99991677 for Feishu, HTTP 401 for OAuth2), it
+// calls Source.Refresh(ctx, revision used) and sends the request once
+// more with the new token, so that the caller never sees that first
+// rejection.
 //
 // The retry happens only when the request can be sent again: it has no
 // body, or req.GetBody is set (http.NewRequest sets it for
@@ -51,6 +57,9 @@ type Transport struct {
 	Base http.RoundTripper
 	// Log receives a line per rejection and retry; nil: none.
 	Log *slog.Logger
+	// Kind overrides the token's kind (contract.Kind*): where the token
+	// goes and which answers reject it. Empty: the token's own Kind.
+	Kind string
 }
 
 // TokenSource is what Transport needs of a token's source: the current
@@ -143,16 +152,26 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
 
-	resp, err := t.base().RoundTrip(withToken(req, tok.AccessToken, req.Body))
+	kind := t.Kind
+	if kind == "" {
+		kind = tok.Kind
+	}
+	resp, err := t.base().RoundTrip(withToken(req, kind, tok.AccessToken, req.Body))
 	if err != nil {
 		return nil, scrub(err, tok.AccessToken)
 	}
-	code, ok := peekErrcode(resp)
-	if !ok || !contract.RejectedTokenCode(code) {
+	ans := peekAnswer(resp)
+	if !contract.RejectedAnswer(kind, ans) {
 		resp.Request = req
 		return resp, nil
 	}
-	log := t.log().With("path", req.URL.Path, "errcode", code, "token", tok)
+	log := t.log().With("path", req.URL.Path, "status", ans.Status, "token", tok)
+	switch {
+	case ans.HasErr:
+		log = log.With("errcode", ans.Errcode)
+	case ans.HasCode:
+		log = log.With("code", ans.Code)
+	}
 	ntok, err := s.Refresh(ctx, tok.Revision)
 	if !replayable {
 		// The token is known bad: refreshed for the next call, but this
@@ -176,7 +195,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	resp.Body.Close()
 	log.Info("upstream rejected the token; retrying with a refreshed one", "new_token", ntok)
-	resp, err = t.base().RoundTrip(withToken(req, ntok.AccessToken, body))
+	resp, err = t.base().RoundTrip(withToken(req, kind, ntok.AccessToken, body))
 	if err != nil {
 		return nil, scrub(err, ntok.AccessToken)
 	}
@@ -190,11 +209,16 @@ func closeBody(req *http.Request) {
 	}
 }
 
-// withToken returns a copy of req that carries token in its query and
+// withToken returns a copy of req that carries token where kind wants
+// it (the access_token query parameter, or Authorization: Bearer) and
 // has body as its body.
-func withToken(req *http.Request, token string, body io.ReadCloser) *http.Request {
+func withToken(req *http.Request, kind, token string, body io.ReadCloser) *http.Request {
 	r := req.Clone(req.Context())
 	r.Body = body
+	if contract.PlacementOf(kind) == contract.PlaceBearer {
+		r.Header.Set("Authorization", "Bearer "+token)
+		return r
+	}
 	r.URL.RawQuery = setQuery(r.URL.RawQuery, "access_token", token)
 	return r
 }
@@ -220,36 +244,45 @@ func setQuery(raw, key, value string) string {
 	return b.String()
 }
 
-// peekErrcode reads up to MaxPeek bytes of a JSON-looking response body,
-// puts them back in front of the rest, and returns the body's errcode if
-// it is a complete JSON object that has one.
-func peekErrcode(resp *http.Response) (int, bool) {
+// peekAnswer returns resp's status and, for a JSON-looking body of at
+// most MaxPeek bytes (read and put back in front of the rest), the
+// errcode and code it has.
+func peekAnswer(resp *http.Response) contract.Answer {
+	a := contract.Answer{Status: resp.StatusCode}
 	if resp.Body == nil || resp.Body == http.NoBody {
-		return 0, false
+		return a
 	}
 	if ct := strings.ToLower(resp.Header.Get("Content-Type")); ct != "" &&
 		!strings.Contains(ct, "json") && !strings.HasPrefix(ct, "text/") {
-		return 0, false // media downloads and the like: no errcode here
+		return a // media downloads and the like: no errcode here
 	}
 	if resp.ContentLength > MaxPeek {
-		return 0, false
+		return a
 	}
 	buf, err := io.ReadAll(io.LimitReader(resp.Body, MaxPeek+1))
 	resp.Body = &peekedBody{Reader: io.MultiReader(bytes.NewReader(buf), resp.Body), Closer: resp.Body}
 	if err != nil || len(buf) > MaxPeek {
-		return 0, false
+		return a
 	}
 	trimmed := bytes.TrimSpace(buf)
 	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return 0, false
+		return a
 	}
+	// Each field on its own: a string "code" must not hide an errcode.
 	var v struct {
-		Errcode *int `json:"errcode"`
+		Errcode json.RawMessage `json:"errcode"`
+		Code    json.RawMessage `json:"code"`
 	}
-	if json.Unmarshal(trimmed, &v) != nil || v.Errcode == nil {
-		return 0, false
+	if json.Unmarshal(trimmed, &v) != nil {
+		return a
 	}
-	return *v.Errcode, true
+	if n, err := strconv.Atoi(string(v.Errcode)); err == nil {
+		a.Errcode, a.HasErr = n, true
+	}
+	if n, err := strconv.Atoi(string(v.Code)); err == nil {
+		a.Code, a.HasCode = n, true
+	}
+	return a
 }
 
 // peekedBody is a response body whose start was read already.

@@ -35,6 +35,10 @@ type Token struct {
 	// AppID is the upstream (WeChat) appid the token belongs to; empty
 	// for records written before the refresher stored it.
 	AppID string
+	// Kind is the app's kind (contract.KindWeChat, …, KindFeishu,
+	// KindOAuth2); empty for records written before v2 (WeChat's).
+	// Transport places the token and recognises rejections by it.
+	Kind string
 }
 
 // Valid reports whether t is a usable token now (by time.Now): non-nil,
@@ -87,5 +91,6 @@ func tokenOf(app string, rec *contract.Record, rev uint64) *Token {
 		FetchedAt:   rec.FetchedAt,
 		Source:      rec.Source,
 		AppID:       rec.AppID,
+		Kind:        rec.Kind,
 	}
 }

@@ -129,3 +129,128 @@ func TestRunServesLogsAndShutsDown(t *testing.T) {
 		t.Fatalf("%d call lines, want 2:\n%s", n, out)
 	}
 }
+
+func TestParseConfigKinds(t *testing.T) {
+	env := map[string]string{
+		"WECHATSIM_WECOM_APPS":     "wwenv:1000005:wecom-env-secret",
+		"WECHATSIM_FEISHU_APPS":    "cli_env:feishu:env-secret",
+		"WECHATSIM_OAUTH2_CLIENTS": "envclient:oauth-env-secret",
+	}
+	c, err := parseConfig([]string{"--wecom", "wwflag:1000002:wecom:flag", "--feishu", "cli_flag:fs", "--oauth2", "svc:os",
+		"--oauth2-scopes", "svc=read write", "--oauth2-scopes", "envclient=admin", "--feishu-renew-window", "0"},
+		func(k string) string { return env[k] }, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.apps) != 0 || len(c.wecom) != 2 || len(c.feishu) != 2 || len(c.oauth2) != 2 {
+		t.Fatalf("config %+v", c)
+	}
+	if c.wecom[0] != (wecomApp{"wwflag", 1000002, "wecom:flag"}) || c.wecom[1] != (wecomApp{"wwenv", 1000005, "wecom-env-secret"}) {
+		t.Fatalf("wecom %+v", c.wecom)
+	}
+	if c.feishu[1] != (app{"cli_env", "feishu:env-secret"}) {
+		t.Fatalf("feishu %+v", c.feishu)
+	}
+	if o := c.oauth2[0]; o.id != "svc" || o.secret != "os" || strings.Join(o.scopes, ",") != "read,write" {
+		t.Fatalf("oauth2 %+v", o)
+	}
+	if o := c.oauth2[1]; o.id != "envclient" || strings.Join(o.scopes, ",") != "admin" {
+		t.Fatalf("oauth2 %+v", o)
+	}
+	if c.opts.FeishuRenewWindow != -1 || c.opts.WeComTicketCorpHourly != 400 || c.opts.WeComTicketAppHourly != 100 {
+		t.Fatalf("opts %+v", c.opts)
+	}
+
+	none := func(string) string { return "" }
+	for _, bad := range [][]string{
+		{"--wecom", "ww:notanumber:topsecret"},
+		{"--wecom", "ww:topsecret"},
+		{"--feishu", "topsecret"},
+		{"--oauth2", ":topsecret"},
+		{"--oauth2", "a:b", "--oauth2-scopes", "other=read"},
+	} {
+		var out bytes.Buffer
+		_, err := parseConfig(bad, none, &out)
+		if err == nil {
+			t.Errorf("%q accepted", bad)
+			continue
+		}
+		if strings.Contains(err.Error(), "topsecret") || strings.Contains(out.String(), "topsecret") {
+			t.Errorf("%q: error leaks the secret: %v", bad, err)
+		}
+	}
+	_, err = parseConfig(nil, func(k string) string {
+		if k == "WECHATSIM_WECOM_APPS" {
+			return "ww:x:topsecret"
+		}
+		return ""
+	}, &bytes.Buffer{})
+	if err == nil || strings.Contains(err.Error(), "topsecret") || !strings.Contains(err.Error(), "WECHATSIM_WECOM_APPS") {
+		t.Fatalf("env error: %v", err)
+	}
+}
+
+func TestRunServesEveryKind(t *testing.T) {
+	const wecomSecret, feishuSecret, oauthSecret = "wecom-very-secret", "feishu-very-secret", "oauth-very-secret"
+	var logs lockedBuf
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--wecom", "wwdemo:1000002:" + wecomSecret,
+			"--feishu", "cli_demo:" + feishuSecret, "--oauth2", "svc:" + oauthSecret, "--oauth2-scopes", "svc=read"},
+			func(string) string { return "" }, &logs, ready)
+	}()
+	var base string
+	select {
+	case addr := <-ready:
+		base = "http://" + addr
+	case err := <-done:
+		t.Fatal(err)
+	}
+	decode := func(resp *http.Response, err error) map[string]any {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&m); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("HTTP %d %v %v", resp.StatusCode, m, err)
+		}
+		return m
+	}
+	var tokens []string
+	m := decode(http.Get(base + "/cgi-bin/gettoken?" + url.Values{"corpid": {"wwdemo"}, "corpsecret": {wecomSecret}}.Encode()))
+	tokens = append(tokens, m["access_token"].(string))
+	m = decode(http.Post(base+"/open-apis/auth/v3/tenant_access_token/internal", "application/json",
+		strings.NewReader(`{"app_id":"cli_demo","app_secret":"`+feishuSecret+`"}`)))
+	tokens = append(tokens, m["tenant_access_token"].(string))
+	m = decode(http.PostForm(base+"/oauth2/token", url.Values{"grant_type": {"client_credentials"},
+		"client_id": {"svc"}, "client_secret": {oauthSecret}}))
+	if m["scope"] != "read" {
+		t.Fatalf("oauth2 answer %v", m)
+	}
+	tokens = append(tokens, m["access_token"].(string))
+	for _, tok := range tokens {
+		if tok == "" {
+			t.Fatal("empty token")
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	out := logs.String()
+	for _, s := range append([]string{wecomSecret, feishuSecret, oauthSecret}, tokens...) {
+		if strings.Contains(out, s) {
+			t.Fatalf("log leaks a secret or token:\n%s", out)
+		}
+	}
+	for _, want := range []string{"appid=wwdemo/1000002", "appid=cli_demo", "appid=svc", "wecom:wwdemo/1000002,feishu:cli_demo,oauth2:svc"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("log lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -18,6 +18,8 @@ import (
 const (
 	classicPath = "/cgi-bin/token"
 	stablePath  = "/cgi-bin/stable_token"
+	wecomPath   = "/cgi-bin/gettoken"
+	feishuPath  = "/open-apis/auth/v3/tenant_access_token/internal"
 )
 
 // Client fetches access tokens from the WeChat token endpoints. It holds
@@ -77,6 +79,15 @@ type request struct {
 	url         string // with the secret; never put in an error
 	redactedURL string // secret=REDACTED, password hidden
 	body        []byte // stable_token JSON; nil for the classic GET
+	// feishu: the answer is Feishu's {"code","msg",…}, which Feishu also
+	// sends with HTTP 4xx statuses.
+	feishu bool
+}
+
+// feishuBody is the JSON request body of Feishu's tenant_access_token.
+type feishuBody struct {
+	AppID     string `json:"app_id"`
+	AppSecret string `json:"app_secret"`
 }
 
 // stableBody is the JSON request body of /cgi-bin/stable_token.
@@ -90,7 +101,7 @@ type stableBody struct {
 // prepare validates the arguments of Fetch and builds the request.
 func prepare(kind, base string, cred Credentials, force bool, sc scrubber) (request, error) {
 	if !ValidKind(kind) {
-		return request{}, fmt.Errorf("%w %q (want %q or %q)", ErrUnknownKind, sc.scrub(kind), KindClassic, KindStable)
+		return request{}, fmt.Errorf("%w %q (want %q, %q, %q or %q)", ErrUnknownKind, sc.scrub(kind), KindClassic, KindStable, KindWeCom, KindFeishu)
 	}
 	if cred.AppID == "" {
 		return request{}, fmt.Errorf("%w: empty AppID", ErrInvalidArgument)
@@ -109,15 +120,28 @@ func prepare(kind, base string, cred Credentials, force bool, sc scrubber) (requ
 	}
 	u.Path = strings.TrimRight(u.Path, "/")
 	u.RawPath = ""
-	if kind == KindClassic {
-		u.Path += classicPath
-		q := func(secret string) string {
+	switch kind {
+	case KindClassic, KindWeCom:
+		path, q := classicPath, func(secret string) string {
 			return "grant_type=client_credential&appid=" + url.QueryEscape(cred.AppID) + "&secret=" + url.QueryEscape(secret)
 		}
+		if kind == KindWeCom {
+			path, q = wecomPath, func(secret string) string {
+				return "corpid=" + url.QueryEscape(cred.AppID) + "&corpsecret=" + url.QueryEscape(secret)
+			}
+		}
+		u.Path += path
 		u.RawQuery = q(redacted)
 		red := sc.scrub(u.Redacted())
 		u.RawQuery = q(cred.Secret)
 		return request{method: http.MethodGet, url: u.String(), redactedURL: red}, nil
+	case KindFeishu:
+		u.Path += feishuPath
+		body, err := json.Marshal(feishuBody{AppID: cred.AppID, AppSecret: cred.Secret})
+		if err != nil { // cannot happen for a struct of strings
+			return request{}, fmt.Errorf("%w: encoding the request body", ErrInvalidArgument)
+		}
+		return request{method: http.MethodPost, url: u.String(), redactedURL: sc.scrub(u.Redacted()), body: body, feishu: true}, nil
 	}
 	u.Path += stablePath
 	body, err := json.Marshal(stableBody{GrantType: "client_credential", AppID: cred.AppID, Secret: cred.Secret, ForceRefresh: force})
@@ -162,7 +186,7 @@ type Gate func(ctx context.Context, attempt int) (context.Context, context.Cance
 func (c *Client) FetchGated(ctx context.Context, kind, base string, cred Credentials, force bool, gate Gate) (Token, error) {
 	sc := newScrubber(cred.Secret)
 	if base == "" {
-		base = cmp.Or(c.base, DefaultBaseURL)
+		base = c.baseFor(kind)
 	}
 	req, err := prepare(kind, base, cred, force, sc)
 	if err != nil {
@@ -172,12 +196,52 @@ func (c *Client) FetchGated(ctx context.Context, kind, base string, cred Credent
 	var tok Token
 	err = c.run(ctx, fmt.Sprintf("%s token for appid %s", kind, cred.AppID), cred.AppID, sc, gate, func(actx context.Context) error {
 		data, ct, err := c.roundTrip(actx, req, sc)
-		if err == nil {
+		switch {
+		case err == nil && req.feishu:
+			tok, err = parseFeishuToken(data, ct, sc)
+		case err == nil:
 			tok, err = parseToken(data, ct, sc)
 		}
 		return err
 	})
 	return tok, err
+}
+
+// baseFor returns the API origin of kind: the client's base URL if
+// WithBaseURL set one, otherwise the kind's own default.
+func (c *Client) baseFor(kind string) string {
+	if c.base != "" && c.base != DefaultBaseURL {
+		return c.base
+	}
+	return DefaultBase(kind)
+}
+
+// Run makes the attempts of one upstream call that is not one of the
+// client's own endpoints (the refresher's OAuth2 provider uses it): gate
+// before each attempt, retryable failures (see [IsRetryable]) retried
+// under the client's [RetryPolicy], ctx honoured during attempts and
+// backoffs, each attempt bounded by the client's timeout. what names the
+// call in errors ("oauth2 token for client x"); every error's text has
+// secret scrubbed out.
+func (c *Client) Run(ctx context.Context, what, secret string, gate Gate, try func(context.Context) error) error {
+	sc := newScrubber(secret)
+	return c.run(ctx, what, what, sc, gate, func(actx context.Context) error {
+		actx, cancel := context.WithTimeout(actx, cmp.Or(c.timeout, DefaultTimeout))
+		defer cancel()
+		if err := try(actx); err != nil {
+			return sc.sanitize(err)
+		}
+		return nil
+	})
+}
+
+// HTTPClient returns the *http.Client the client sends with (it never
+// follows redirects).
+func (c *Client) HTTPClient() *http.Client {
+	if c.hc == nil {
+		return defaultHTTPClient
+	}
+	return c.hc
 }
 
 // run makes the attempts of one fetch: gate before each, retryable
@@ -273,6 +337,14 @@ func (c *Client) roundTrip(ctx context.Context, r request, sc scrubber) ([]byte,
 	defer resp.Body.Close()
 	maxBody := cmp.Or(c.maxBody, DefaultMaxBody)
 	if resp.StatusCode != http.StatusOK {
+		if r.feishu && resp.StatusCode >= 400 && resp.StatusCode < 500 {
+			// Feishu answers errors as {"code","msg"} with a 4xx status.
+			data, _ := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+			if code, msg, ok := parseFeishuCode(data); ok && code != 0 {
+				return nil, "", &Error{Code: code, Msg: sc.cleanMsg(msg)}
+			}
+			return nil, "", &HTTPError{Status: resp.StatusCode}
+		}
 		// Drain a little so the connection can be reused; ignore the content.
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxBody))
 		return nil, "", &HTTPError{Status: resp.StatusCode}

@@ -126,7 +126,7 @@ func TestFetchInvalidArguments(t *testing.T) {
 		cred wechat.Credentials
 		want error
 	}{
-		{"unknown kind", "wecom", testCred, wechat.ErrUnknownKind},
+		{"unknown kind", "dingtalk", testCred, wechat.ErrUnknownKind},
 		{"empty kind", "", testCred, wechat.ErrUnknownKind},
 		{"empty appid", wechat.KindClassic, wechat.Credentials{Secret: testSecret}, wechat.ErrInvalidArgument},
 		{"empty secret", wechat.KindStable, wechat.Credentials{AppID: testAppID}, wechat.ErrInvalidArgument},

@@ -18,10 +18,39 @@ const (
 	// the current token until its last minutes; with force_refresh it
 	// issues a new one (limited to 20 a day, 30 s apart).
 	KindStable = "wechat-stable"
+	// KindWeCom is WeCom's (企业微信) GET /cgi-bin/gettoken?corpid=…&corpsecret=…
+	// of one app: Credentials.AppID is the corpid, Secret that app's
+	// secret. A fetch inside the validity returns the same token; a new
+	// one exists only after expiry.
+	KindWeCom = "wecom"
+	// KindFeishu is Feishu's POST
+	// /open-apis/auth/v3/tenant_access_token/internal with the JSON body
+	// {"app_id","app_secret"}: the same token while at least 30 minutes
+	// of it remain, a new one (the old one still valid) after.
+	KindFeishu = "feishu"
 )
 
-// ValidKind reports whether kind is one of [KindClassic] and [KindStable].
-func ValidKind(kind string) bool { return kind == KindClassic || kind == KindStable }
+// ValidKind reports whether kind is one of [KindClassic], [KindStable],
+// [KindWeCom] and [KindFeishu].
+func ValidKind(kind string) bool {
+	switch kind {
+	case KindClassic, KindStable, KindWeCom, KindFeishu:
+		return true
+	}
+	return false
+}
+
+// DefaultBase returns the API origin of kind: [DefaultBaseURL] for the
+// WeChat kinds, [DefaultWeComBaseURL] and [DefaultFeishuBaseURL].
+func DefaultBase(kind string) string {
+	switch kind {
+	case KindWeCom:
+		return DefaultWeComBaseURL
+	case KindFeishu:
+		return DefaultFeishuBaseURL
+	}
+	return DefaultBaseURL
+}
 
 // redacted replaces a secret in every formatting of this package.
 const redacted = "REDACTED"

@@ -105,6 +105,20 @@ var codeSentinels = map[int][]error{
 	45011: {ErrRateLimited},
 	40014: {ErrTokenRejected},
 	42001: {ErrTokenRejected},
+
+	// WeCom (企业微信) shares WeChat's codes above and adds these.
+	60020: {ErrIPNotAllowed},      // not allow to access from your ip
+	40091: {ErrInvalidCredential}, // secret is invalid
+	41004: {ErrInvalidCredential}, // corpsecret missing
+
+	// Feishu's codes live far from WeChat's, so one table serves both.
+	10014:    {ErrInvalidCredential}, // app secret invalid
+	10003:    {ErrInvalidAppID},      // invalid param (app_id)
+	99991400: {ErrRateLimited},       // request trigger frequency limit
+	99991663: {ErrTokenRejected},     // invalid tenant access token
+	99991668: {ErrTokenRejected},     // invalid access token
+	99991671: {ErrTokenRejected},     // invalid token format
+	99991677: {ErrTokenRejected},     // token expired
 }
 
 // Error is an errcode answer of a WeChat API: {"errcode":N,"errmsg":"…"}

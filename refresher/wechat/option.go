@@ -2,6 +2,7 @@ package wechat
 
 import (
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/internal/backoff"
@@ -11,6 +12,10 @@ import (
 const (
 	// DefaultBaseURL is the WeChat API origin.
 	DefaultBaseURL = "https://api.weixin.qq.com"
+	// DefaultWeComBaseURL is the WeCom (企业微信) API origin.
+	DefaultWeComBaseURL = "https://qyapi.weixin.qq.com"
+	// DefaultFeishuBaseURL is the Feishu open platform origin.
+	DefaultFeishuBaseURL = "https://open.feishu.cn"
 	// DefaultTimeout bounds each HTTP attempt.
 	DefaultTimeout = 10 * time.Second
 	// DefaultMaxBody is the largest response body read (64 KiB).
@@ -122,4 +127,28 @@ func WithMaxBody(n int64) Option {
 // A nil f removes the hook.
 func WithAttemptHook(f func(appid string, attempt int, err error, d time.Duration)) Option {
 	return func(c *Client) { c.hook = f }
+}
+
+// Clone returns a copy of c with opts applied on top of c's settings (the
+// refresher gives each upstream proxy its own client this way).
+func (c *Client) Clone(opts ...Option) *Client {
+	n := *c
+	for _, o := range opts {
+		if o != nil {
+			o(&n)
+		}
+	}
+	return &n
+}
+
+// ProxyHTTPClient returns an *http.Client like the default one (no
+// redirects followed) whose requests go through the HTTP CONNECT proxy
+// proxy (nil: straight to the upstream, ignoring HTTPS_PROXY).
+func ProxyHTTPClient(proxy *url.URL) *http.Client {
+	t := defaultTransport().(*http.Transport)
+	t.Proxy = nil
+	if proxy != nil {
+		t.Proxy = http.ProxyURL(proxy)
+	}
+	return noRedirects(&http.Client{Transport: t})
 }

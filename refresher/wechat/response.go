@@ -83,3 +83,57 @@ func describeType(ct string, sc scrubber) string {
 	}
 	return strconv.Quote(strings.ToValidUTF8(ct, "?"))
 }
+
+// feishuTokenBody is the answer of Feishu's tenant_access_token endpoint.
+type feishuTokenBody struct {
+	Code   *json.Number `json:"code"`
+	Msg    string       `json:"msg"`
+	Token  string       `json:"tenant_access_token"`
+	Expire json.Number  `json:"expire"`
+}
+
+// parseFeishuCode reads the code and msg of a Feishu answer; ok is false
+// if body is not a JSON object with an integer code.
+func parseFeishuCode(body []byte) (code int, msg string, ok bool) {
+	var b feishuTokenBody
+	if err := json.Unmarshal(body, &b); err != nil || b.Code == nil {
+		return 0, "", false
+	}
+	n, err := strconv.Atoi(b.Code.String())
+	if err != nil {
+		return 0, "", false
+	}
+	return n, b.Msg, true
+}
+
+// parseFeishuToken turns a 200 response body of Feishu's
+// tenant_access_token endpoint into a Token, an *Error (its code) or an
+// error wrapping ErrBadResponse.
+func parseFeishuToken(body []byte, contentType string, sc scrubber) (Token, error) {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return Token{}, fmt.Errorf("%w: empty body", ErrBadResponse)
+	}
+	var b feishuTokenBody
+	if err := json.Unmarshal(body, &b); err != nil {
+		return Token{}, fmt.Errorf("%w: body is not a JSON token answer (%s, %d bytes)",
+			ErrBadResponse, describeType(contentType, sc), len(body))
+	}
+	if b.Code == nil {
+		return Token{}, fmt.Errorf("%w: no code in the answer", ErrBadResponse)
+	}
+	code, err := strconv.Atoi(b.Code.String())
+	if err != nil {
+		return Token{}, fmt.Errorf("%w: code is not an integer", ErrBadResponse)
+	}
+	if code != 0 {
+		return Token{}, &Error{Code: code, Msg: sc.cleanMsg(b.Msg)}
+	}
+	if b.Token == "" {
+		return Token{}, fmt.Errorf("%w: code 0 without tenant_access_token", ErrBadResponse)
+	}
+	secs, err := b.Expire.Float64()
+	if b.Expire == "" || err != nil || !(secs > 0) || secs > math.MaxInt64/float64(time.Second) {
+		return Token{}, fmt.Errorf("%w: expire missing, not a number or not positive", ErrBadResponse)
+	}
+	return Token{AccessToken: b.Token, ExpiresIn: time.Duration(secs * float64(time.Second))}, nil
+}

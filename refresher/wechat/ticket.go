@@ -2,7 +2,6 @@ package wechat
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -60,24 +59,46 @@ func (t Ticket) Format(f fmt.State, verb rune) {
 // [ErrTokenRejected]: fetch a new token, then the ticket. The access token
 // is a credential: no error contains it.
 func (c *Client) FetchTicket(ctx context.Context, base, accessToken, typ string, gate Gate) (Ticket, error) {
+	return c.FetchTicketOf(ctx, KindClassic, base, accessToken, typ, gate)
+}
+
+// WeCom's ticket endpoints, below the base URL.
+const (
+	wecomJSAPIPath = "/cgi-bin/get_jsapi_ticket" // the corp's jsapi ticket
+	wecomAgentPath = "/cgi-bin/ticket/get"       // ?type=agent_config: the app's
+)
+
+// FetchTicketOf is FetchTicket for the tickets of kind: for the WeChat
+// kinds as FetchTicket; for [KindWeCom] the corp's jsapi ticket (GET
+// {base}/cgi-bin/get_jsapi_ticket?access_token=…) or the app's
+// agent_config ticket (GET {base}/cgi-bin/ticket/get?access_token=…
+// &type=agent_config). WeCom hands back the same ticket until it expires.
+func (c *Client) FetchTicketOf(ctx context.Context, kind, base, accessToken, typ string, gate Gate) (Ticket, error) {
 	sc := newScrubber(accessToken)
 	what := typ + " ticket"
-	if typ != contract.TicketJSAPI && typ != contract.TicketWXCard {
-		return Ticket{}, newFetchError(sc, fmt.Sprintf("fetch ticket: type %q is not %s or %s",
-			typ, contract.TicketJSAPI, contract.TicketWXCard), ErrInvalidArgument)
+	path, query := ticketPath, "&type="+url.QueryEscape(typ)
+	switch {
+	case (kind == KindClassic || kind == KindStable) && (typ == contract.TicketJSAPI || typ == contract.TicketWXCard):
+	case kind == KindWeCom && typ == contract.TicketJSAPI:
+		path, query = wecomJSAPIPath, ""
+	case kind == KindWeCom && typ == contract.TicketAgentConfig:
+		path = wecomAgentPath
+	default:
+		return Ticket{}, newFetchError(sc, fmt.Sprintf("fetch ticket: kind %q keeps no ticket of type %q", kind, typ), ErrInvalidArgument)
 	}
 	if accessToken == "" {
 		return Ticket{}, newFetchError(sc, "fetch "+what+": empty access token", ErrInvalidArgument)
 	}
-	u, err := url.Parse(cmp.Or(base, c.base, DefaultBaseURL))
+	if base == "" {
+		base = c.baseFor(kind)
+	}
+	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
 		return Ticket{}, newFetchError(sc, "fetch "+what+": base URL is not an absolute http(s) URL without query or fragment", ErrInvalidArgument)
 	}
-	u.Path = strings.TrimRight(u.Path, "/") + ticketPath
+	u.Path = strings.TrimRight(u.Path, "/") + path
 	u.RawPath = ""
-	q := func(tok string) string {
-		return "access_token=" + url.QueryEscape(tok) + "&type=" + url.QueryEscape(typ)
-	}
+	q := func(tok string) string { return "access_token=" + url.QueryEscape(tok) + query }
 	u.RawQuery = q(redacted)
 	red := sc.scrub(u.Redacted())
 	u.RawQuery = q(accessToken)

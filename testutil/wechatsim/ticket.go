@@ -76,7 +76,7 @@ func (s *Sim) CheckSignature(appid, url, nonceStr string, timestamp int64, signa
 	defer s.mu.Unlock()
 	now := s.opts.Now()
 	for _, t := range s.tickets {
-		if t.app != appid || t.ticketType != contract.TicketJSAPI {
+		if t.kind != kindWeChat || t.app != appid || t.ticketType != contract.TicketJSAPI {
 			continue
 		}
 		if _, err := s.checkTicket(t.value, now); err != nil {
@@ -100,7 +100,7 @@ func (s *Sim) SignatureChecks() (ok, rejected int) {
 
 func (s *Sim) checkTicket(v string, now time.Time) (*token, error) {
 	t := s.tickets[v]
-	if t == nil {
+	if t == nil || t.kind != kindWeChat {
 		return nil, ErrInvalidToken
 	}
 	if !now.Before(t.expiresAt) {
@@ -124,24 +124,28 @@ func (s *Sim) issueTicket(appid string, a *app, typ string, now time.Time) *toke
 			prev.validUntil = until
 		}
 	}
-	buf := make([]byte, ticketLength)
-	var v string
-	for {
-		_, _ = rand.Read(buf)
-		for i, b := range buf {
-			buf[i] = tokenAlphabet[b&63]
-		}
-		if v = string(buf); s.tickets[v] == nil {
-			break
-		}
-	}
-	t := &token{value: v, app: appid, issuedAt: now, expiresAt: now.Add(s.opts.ExpiresIn), ticketType: typ}
-	s.tickets[v] = t
+	t := &token{value: s.newTicketValue(), app: appid, issuedAt: now, expiresAt: now.Add(s.opts.ExpiresIn), ticketType: typ}
+	s.tickets[t.value] = t
 	s.ticketOrder = append(s.ticketOrder, t)
 	a.tickets[typ] = t
 	a.ticketsIssued[typ]++
 	s.prune(now)
 	return t
+}
+
+// newTicketValue returns a random ticket value not issued yet. Caller
+// holds s.mu.
+func (s *Sim) newTicketValue() string {
+	buf := make([]byte, ticketLength)
+	for {
+		_, _ = rand.Read(buf) // never fails (crypto/rand, Go >= 1.24)
+		for i, b := range buf {
+			buf[i] = tokenAlphabet[b&63]
+		}
+		if v := string(buf); s.tickets[v] == nil {
+			return v
+		}
+	}
 }
 
 func ticketAnswer(ticket string, expiresIn int) answer {

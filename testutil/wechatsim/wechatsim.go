@@ -1,7 +1,9 @@
 // Package wechatsim emulates the WeChat access_token API with WeChat's real
-// semantics, for tests, demos and load tests.
+// semantics, for tests, demos and load tests; the same Sim and server also
+// emulate WeCom, Feishu and an OAuth2 client_credentials server, each with
+// its own real semantics.
 //
-// It serves four endpoints:
+// WeChat (apps added with AddApp):
 //
 //   - GET  /cgi-bin/token?grant_type=client_credential&appid=…&secret=…
 //     (the classic endpoint): every successful call issues a new token; the
@@ -23,17 +25,62 @@
 //     signatures are checked against the valid jsapi tickets with
 //     CheckSignature.
 //
-// Both token endpoints count against one daily quota per app
+// Both WeChat token endpoints count against one daily quota per app
 // (Options.DailyQuota, errcode 45009), and the day is WeChat's day: it starts
-// at midnight Asia/Shanghai (UTC+8). All JSON answers are HTTP 200 with
-// Content-Type "application/json; encoding=utf-8", as WeChat sends them.
+// at midnight Asia/Shanghai (UTC+8). All WeChat and WeCom JSON answers are
+// HTTP 200 with Content-Type "application/json; encoding=utf-8", as they
+// send them.
 //
-// The clock is injectable (Options.Now), faults can be injected at run time
-// (SetFault), and every interesting count can be observed (Calls, Fetches,
-// Issued, MaxConcurrentFetches, BusinessCalls, Check).
+// WeCom, 企业微信 (apps added with AddWeComApp; see wecom.go):
+//
+//   - GET /cgi-bin/gettoken?corpid=…&corpsecret=…: tokens are per app
+//     (corpid plus that app's secret), never per corp; a call inside the
+//     validity returns the same token with the remaining expires_in, after
+//     expiry a new one (41002, 40013, 41004, 40001 for bad arguments).
+//   - GET /cgi-bin/get_jsapi_ticket?access_token=…: the corp's jsapi
+//     ticket (any app's token gets the same one), and
+//     GET /cgi-bin/ticket/get?access_token=…&type=agent_config: the app's
+//     ticket; both same until expiry, both limited per clock hour to
+//     Options.WeComTicketCorpHourly (400) per corp and
+//     Options.WeComTicketAppHourly (100) per app (45009); signatures are
+//     checked with CheckWeComSignature.
+//   - GET /cgi-bin/agent/get?access_token=…&agentid=…: the business call
+//     (41001 missing, 40014 invalid, 42001 expired).
+//
+// Feishu, 飞书 (apps added with AddFeishuApp; see feishu.go):
+//
+//   - POST /open-apis/auth/v3/tenant_access_token/internal with JSON
+//     {"app_id","app_secret"}: the same token while at least
+//     Options.FeishuRenewWindow (30 min) of it remains, with expire = the
+//     remaining seconds; under it a new token, the old one valid until its
+//     own end (10003 invalid param, 10014 unknown app or wrong secret).
+//   - GET /open-apis/bot/v3/info with "Authorization: Bearer …": the
+//     business call (HTTP 400 with 99991661 missing, 99991663 invalid or
+//     expired).
+//
+// OAuth2 client_credentials, RFC 6749 §4.4 and RFC 6750 (clients added
+// with AddOAuth2Client; see oauth2.go):
+//
+//   - POST /oauth2/token, form-encoded, client authentication with HTTP
+//     Basic or client_id/client_secret in the body, optional scope (a
+//     subset of the client's) and audience: every call issues a new token,
+//     earlier ones stay valid until their expiry or Revoke; errors as RFC
+//     6749 §5.2 (invalid_client 401, invalid_request, invalid_scope,
+//     unsupported_grant_type 400).
+//   - GET /oauth2/resource with "Authorization: Bearer …": the business
+//     call (401 with a Bearer challenge, error="invalid_token" for a bad
+//     token; 403 insufficient_scope for ?scope= not granted).
+//
+// Every token lives Options.ExpiresIn and is accepted only by the
+// endpoints of its own upstream. The clock is injectable (Options.Now),
+// faults can be injected at run time for the token endpoints of every
+// upstream (SetFault; Fault.Paths picks endpoints), and every interesting
+// count can be observed (Calls, Fetches, Issued, MaxConcurrentFetches,
+// BusinessCalls, Check, and their WeCom, Feishu and OAuth2 counterparts).
 package wechatsim
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -80,6 +127,9 @@ const (
 	defaultStableForceGap   = 30 * time.Second
 	defaultTokenLength      = 136
 	defaultTicketDailyQuota = 100000
+	defaultWeComCorpHourly  = 400
+	defaultWeComAppHourly   = 100
+	defaultFeishuWindow     = 30 * time.Minute
 	minTokenLength          = 8
 	maxStableTokenBodySize  = 64 << 10
 )
@@ -134,6 +184,20 @@ type Options struct {
 	// value means unlimited. It is separate from DailyQuota. The call after
 	// it answers 45009.
 	TicketDailyQuota int
+	// WeComTicketCorpHourly is how many WeCom jsapi_ticket fetches a corp
+	// may make per clock hour, default 400; negative: unlimited. Both
+	// ticket endpoints (get_jsapi_ticket and ticket/get?type=agent_config)
+	// and every app of the corp count together, as in WeCom's documented
+	// limit; the call after it answers 45009.
+	WeComTicketCorpHourly int
+	// WeComTicketAppHourly is the same limit per app (the app whose token
+	// is presented), default 100; negative: unlimited.
+	WeComTicketAppHourly int
+	// FeishuRenewWindow is Feishu's 30-minute rule: a tenant_access_token
+	// call while at least this much validity remains returns the current
+	// token, under it a new one (the old one stays valid until its own
+	// end). Default 30 min; negative: a new token only after expiry.
+	FeishuRenewWindow time.Duration
 	// Now is the clock, default time.Now. It decides token validity and
 	// quota days; Fault.Latency always uses real time.
 	Now func() time.Time
@@ -157,8 +221,18 @@ type Call struct {
 
 // Fault is injected by SetFault. Counters are consumed in the order
 // HTTP5xx, Garbage, Busy, then Errcode applies; -1 means "every call until
-// cleared". Faults apply to the two token endpoints only, after Latency,
-// and answered faults do not count as Calls.
+// cleared". Faults apply to the token endpoints only (WeChat's two, WeCom's
+// gettoken, Feishu's tenant_access_token and OAuth2's token endpoint, or
+// those listed in Paths), after Latency, and answered faults do not count
+// as calls.
+//
+// Busy and Errcode answer in the shape of the upstream called: WeChat and
+// WeCom {"errcode","errmsg"} with HTTP 200; Feishu {"code","msg"} (Busy:
+// HTTP 500 and code 2200 "Internal Error"; Errcode: HTTP 400); OAuth2 an
+// RFC 6749 error (Busy: HTTP 503 "temporarily_unavailable"; Errcode: the
+// HTTP status Errcode if it is 400-599, else 400, with "error" = Errmsg,
+// default "invalid_request", so Errcode 400 with Errmsg "invalid_grant"
+// injects that RFC error).
 type Fault struct {
 	Busy    int           // next N token calls answer {"errcode":-1,"errmsg":"system error"}
 	HTTP5xx int           // next N token calls answer HTTP 502 with an HTML body
@@ -166,17 +240,46 @@ type Fault struct {
 	Latency time.Duration // added to every token call; abandoned when the request context ends
 	Errcode int           // if != 0, every token call answers this errcode until cleared
 	Errmsg  string        // errmsg for Errcode (a default is used if empty)
+	// Paths, if not empty, limits the fault to the token endpoints with
+	// these paths (e.g. []string{PathWeComToken}); other endpoints then
+	// answer normally and keep the counters untouched.
+	Paths []string
+}
+
+// applies reports whether the fault concerns a token call to path.
+func (f *Fault) applies(path string) bool {
+	if len(f.Paths) == 0 {
+		return true
+	}
+	for _, p := range f.Paths {
+		if p == path {
+			return true
+		}
+	}
+	return false
 }
 
 type token struct {
 	value      string
-	app        string
+	kind       string // kindWeChat, kindWeCom, kindFeishu or kindOAuth2
+	app        string // appid; "corpid/agentid" for WeCom; client_id for OAuth2
 	issuedAt   time.Time
 	expiresAt  time.Time
 	validUntil time.Time // zero: until expiresAt
 	revoked    bool
 	ticketType string // "" for an access token
+	scope      string // OAuth2: the granted scopes, space-separated
+	audience   string // OAuth2: the requested audience
 }
+
+// Token kinds: every token and ticket belongs to one upstream, and is
+// accepted only by that upstream's endpoints.
+const (
+	kindWeChat = ""
+	kindWeCom  = "wecom"
+	kindFeishu = "feishu"
+	kindOAuth2 = "oauth2"
+)
 
 type app struct {
 	secret    string
@@ -214,6 +317,38 @@ type Sim struct {
 	ticketOrder []*token
 	sigOK       int
 	sigRejected int
+
+	wecom  map[string]*wecomCorp    // by corpid
+	feishu map[string]*feishuApp    // by app_id
+	oauth2 map[string]*oauth2Client // by client_id
+	biz    map[string]*bizCount     // business calls of the new kinds, by kind
+}
+
+// bizCount counts business calls of one kind: accepted and rejected tokens.
+type bizCount struct{ ok, rejected int }
+
+// countBiz counts one business call of kind. Caller holds s.mu.
+func (s *Sim) countBiz(kind string, ok bool) {
+	c := s.biz[kind]
+	if c == nil {
+		c = &bizCount{}
+		s.biz[kind] = c
+	}
+	if ok {
+		c.ok++
+	} else {
+		c.rejected++
+	}
+}
+
+// bizCalls reads the business counters of kind.
+func (s *Sim) bizCalls(kind string) (ok, rejected int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.biz[kind]; c != nil {
+		return c.ok, c.rejected
+	}
+	return 0, 0
 }
 
 // New returns a Sim without apps; add them with AddApp.
@@ -254,10 +389,26 @@ func New(opts Options) *Sim {
 	case opts.TicketDailyQuota < 0:
 		opts.TicketDailyQuota = 0
 	}
+	if opts.WeComTicketCorpHourly == 0 {
+		opts.WeComTicketCorpHourly = defaultWeComCorpHourly
+	}
+	if opts.WeComTicketAppHourly == 0 {
+		opts.WeComTicketAppHourly = defaultWeComAppHourly
+	}
+	switch {
+	case opts.FeishuRenewWindow == 0:
+		opts.FeishuRenewWindow = defaultFeishuWindow
+	case opts.FeishuRenewWindow < 0:
+		opts.FeishuRenewWindow = 0
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
 	return &Sim{
+		wecom:       map[string]*wecomCorp{},
+		feishu:      map[string]*feishuApp{},
+		oauth2:      map[string]*oauth2Client{},
+		biz:         map[string]*bizCount{},
 		tickets:     map[string]*token{},
 		opts:        opts,
 		apps:        map[string]*app{},
@@ -382,7 +533,8 @@ func (s *Sim) Revoke(tok string) bool {
 
 // MaxConcurrentFetches is the highest number of token calls naming appid
 // that were in flight at the same time (faulted and abandoned calls
-// included).
+// included). appid is a WeChat appid, a WeComKey, a Feishu app_id or an
+// OAuth2 client_id (one namespace for all upstreams).
 func (s *Sim) MaxConcurrentFetches(appid string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -423,6 +575,14 @@ func (s *Sim) Handler() http.Handler {
 	mux.HandleFunc(PathStableToken, s.serveStableToken)
 	mux.HandleFunc(PathCallbackIP, s.serveCallbackIP)
 	mux.HandleFunc(PathGetTicket, s.serveGetTicket)
+	mux.HandleFunc(PathWeComToken, s.serveWeComToken)
+	mux.HandleFunc(PathWeComJSAPITicket, s.serveWeComJSAPITicket)
+	mux.HandleFunc(PathWeComAgentTicket, s.serveWeComAgentTicket)
+	mux.HandleFunc(PathWeComAgentGet, s.serveWeComAgentGet)
+	mux.HandleFunc(PathFeishuToken, s.serveFeishuToken)
+	mux.HandleFunc(PathFeishuBotInfo, s.serveFeishuBotInfo)
+	mux.HandleFunc(PathOAuth2Token, s.serveOAuth2Token)
+	mux.HandleFunc(PathOAuth2Resource, s.serveOAuth2Resource)
 	return mux
 }
 
@@ -446,21 +606,50 @@ func (s *Sim) rollDay(a *app, now time.Time) {
 	}
 }
 
+// check validates a WeChat access token.
 func (s *Sim) check(tok string, now time.Time) (*token, error) {
-	if tok == "" {
+	t, st := s.lookup(tok, kindWeChat, now)
+	switch st {
+	case tokMissing:
 		return nil, ErrMissingToken
-	}
-	t := s.tokens[tok]
-	if t == nil {
+	case tokUnknown:
 		return nil, ErrInvalidToken
-	}
-	if !now.Before(t.expiresAt) {
+	case tokExpired:
 		return t, ErrExpiredToken
-	}
-	if t.revoked || (!t.validUntil.IsZero() && !now.Before(t.validUntil)) {
+	case tokInvalid:
 		return t, ErrInvalidToken
 	}
 	return t, nil
+}
+
+// tokenState is what lookup found; each upstream maps it to its own codes.
+type tokenState int
+
+const (
+	tokValid   tokenState = iota
+	tokMissing            // no token presented
+	tokUnknown            // never issued (or pruned), or a token of another kind
+	tokExpired            // past its expiry
+	tokInvalid            // revoked, or superseded past its grace
+)
+
+// lookup finds access token tok of kind and says whether it is valid now.
+// Caller holds s.mu.
+func (s *Sim) lookup(tok, kind string, now time.Time) (*token, tokenState) {
+	if tok == "" {
+		return nil, tokMissing
+	}
+	t := s.tokens[tok]
+	if t == nil || t.kind != kind {
+		return nil, tokUnknown
+	}
+	if !now.Before(t.expiresAt) {
+		return t, tokExpired
+	}
+	if t.revoked || (!t.validUntil.IsZero() && !now.Before(t.validUntil)) {
+		return t, tokInvalid
+	}
+	return t, tokValid
 }
 
 const tokenAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -541,6 +730,7 @@ type answer struct {
 	errcode int
 	fault   string
 	token   string
+	header  http.Header // extra response headers, if any
 }
 
 const jsonType = "application/json; encoding=utf-8"
@@ -562,6 +752,9 @@ func tokenAnswer(tok string, expiresIn int) answer {
 }
 
 func (a answer) write(w http.ResponseWriter) {
+	for k, v := range a.header {
+		w.Header()[k] = v
+	}
 	w.Header().Set("Content-Type", a.ctype)
 	w.WriteHeader(a.status)
 	_, _ = w.Write(a.body)
@@ -569,9 +762,13 @@ func (a answer) write(w http.ResponseWriter) {
 
 const html502 = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
 
-// takeFault consumes one fault occurrence, if any. Caller holds s.mu.
-func (s *Sim) takeFault() (answer, bool) {
+// takeFault consumes one fault occurrence for a token call of kind to
+// path, if any, and renders it in that upstream's shape. Caller holds s.mu.
+func (s *Sim) takeFault(path, kind string) (answer, bool) {
 	f := &s.fault
+	if !f.applies(path) {
+		return answer{}, false
+	}
 	take := func(n *int) bool {
 		if *n == 0 {
 			return false
@@ -587,15 +784,31 @@ func (s *Sim) takeFault() (answer, bool) {
 	case take(&f.Garbage):
 		return answer{status: http.StatusOK, ctype: jsonType, body: []byte(`{"access_token":"ACCESS_TOK`), fault: "garbage"}, true
 	case take(&f.Busy):
-		a := errAnswer(CodeBusy, "system error")
+		var a answer
+		switch kind {
+		case kindFeishu:
+			a = feishuAnswer(http.StatusInternalServerError, CodeFeishuInternal, "Internal Error")
+		case kindOAuth2:
+			a = oauth2Error(http.StatusServiceUnavailable, "temporarily_unavailable", "injected fault")
+		default:
+			a = errAnswer(CodeBusy, "system error")
+		}
 		a.fault = "busy"
 		return a, true
 	case f.Errcode != 0:
-		msg := f.Errmsg
-		if msg == "" {
-			msg = defaultErrmsg(f.Errcode)
+		var a answer
+		switch kind {
+		case kindFeishu:
+			a = feishuAnswer(http.StatusBadRequest, f.Errcode, cmp.Or(f.Errmsg, "injected error"))
+		case kindOAuth2:
+			status := http.StatusBadRequest
+			if f.Errcode >= 400 && f.Errcode <= 599 {
+				status = f.Errcode
+			}
+			a = oauth2Error(status, cmp.Or(f.Errmsg, "invalid_request"), "injected fault")
+		default:
+			a = errAnswer(f.Errcode, cmp.Or(f.Errmsg, defaultErrmsg(f.Errcode)))
 		}
-		a := errAnswer(f.Errcode, msg)
 		a.fault = "errcode"
 		return a, true
 	}
@@ -612,20 +825,26 @@ func defaultErrmsg(code int) string {
 		return "system error"
 	case CodeInvalidAppSecret:
 		return "invalid appsecret"
+	case CodeWeComIPNotTrusted:
+		return "not allow to access from your ip"
 	}
 	return "injected error"
 }
 
-// tokenCall runs the common part of both token endpoints: in-flight
-// accounting, latency, faults, then logic under the lock.
-func (s *Sim) tokenCall(w http.ResponseWriter, r *http.Request, path, appid string, logic func(now time.Time) answer) {
+// tokenCall runs the common part of every token endpoint: in-flight
+// accounting, latency, faults (rendered for kind), then logic under the
+// lock. appid names the caller for in-flight accounting and Call.AppID.
+func (s *Sim) tokenCall(w http.ResponseWriter, r *http.Request, path, kind, appid string, logic func(now time.Time) answer) {
 	start := time.Now()
 	s.mu.Lock()
 	s.inflight[appid]++
 	if n := s.inflight[appid]; n > s.maxInflight[appid] {
 		s.maxInflight[appid] = n
 	}
-	lat := s.fault.Latency
+	var lat time.Duration
+	if s.fault.applies(path) {
+		lat = s.fault.Latency
+	}
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -645,7 +864,7 @@ func (s *Sim) tokenCall(w http.ResponseWriter, r *http.Request, path, appid stri
 	}
 
 	s.mu.Lock()
-	ans, faulted := s.takeFault()
+	ans, faulted := s.takeFault(path, kind)
 	if !faulted {
 		ans = logic(s.opts.Now())
 	}
@@ -704,7 +923,7 @@ func (s *Sim) serveToken(w http.ResponseWriter, r *http.Request) {
 	}
 	q := r.URL.Query()
 	appid := q.Get("appid")
-	s.tokenCall(w, r, PathToken, appid, func(now time.Time) answer {
+	s.tokenCall(w, r, PathToken, kindWeChat, appid, func(now time.Time) answer {
 		if q.Get("grant_type") != "client_credential" {
 			return errAnswer(CodeInvalidGrantType, "invalid grant_type")
 		}
@@ -740,7 +959,7 @@ func (s *Sim) serveStableToken(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		req = stableRequest{}
 	}
-	s.tokenCall(w, r, PathStableToken, req.AppID, func(now time.Time) answer {
+	s.tokenCall(w, r, PathStableToken, kindWeChat, req.AppID, func(now time.Time) answer {
 		if err != nil {
 			return errAnswer(CodeDataFormat, "data format error")
 		}
