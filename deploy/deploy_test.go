@@ -321,7 +321,7 @@ func TestRulesAndDashboardMetricsExported(t *testing.T) {
 	}
 	// A passive refresh whose write meets a newer revision: the upstream
 	// is slowed down, and the record is rewritten while the fetch runs.
-	e.Sim.SetFault(wechatsim.Fault{Latency: 500 * time.Millisecond})
+	e.Sim.SetFault(wechatsim.Fault{Latency: time.Second}) // under the client timeout (2 s)
 	done := make(chan error, 1)
 	go func() { done <- refresh(rev) }()
 	testutil.WaitFor(t, 10*time.Second, func() bool { return e.Sim.InFlight(app.AppID) > 0 }, "the passive refresh did not reach the upstream")
