@@ -54,6 +54,19 @@ type EmbeddedOptions struct {
 	// anyone who reaches the address reads every token and may write the
 	// bucket. For a trusted network only; it cannot be combined with Users.
 	AllowAnonymous bool `yaml:"allow_anonymous"`
+	// StoreKeyEnv names the environment variable holding the key that
+	// encrypts the JetStream store at rest (nats-server's own store
+	// encryption); StoreKeyFile names a file holding it instead (surrounding
+	// white space ignored). At most one; without either the store is not
+	// encrypted. The key must be at least MinStoreKeyLen bytes and is never
+	// logged. A plain store is encrypted at the first start with a key; an
+	// encrypted store does not start without its key, nor with another one
+	// (ErrStoreKey).
+	StoreKeyEnv  string `yaml:"store_key_env"`
+	StoreKeyFile string `yaml:"store_key_file"`
+	// StoreCipher is StoreCipherChaCha (default) or StoreCipherAES. The
+	// server converts a store written with the other cipher.
+	StoreCipher string `yaml:"store_cipher"`
 	// Bucket is the token bucket the roles' permissions name (with its
 	// _lease and _state buckets); default contract.DefaultBucket. The refresher sets
 	// it from its bucket: key.
@@ -88,6 +101,7 @@ func (o EmbeddedOptions) validate(keys, files bool) []error {
 		}
 	}
 	o.validateUsers(add, addFile, files)
+	o.validateStoreKey(add, addFile, files)
 	if err == nil && len(o.Users) == 0 && !o.AllowAnonymous && !loopback(host) {
 		add("nats.embedded.listen", "%s is reachable beyond this host and nats.embedded.users is empty: "+
 			"anyone who reaches it could read every token and write the bucket. "+
@@ -198,6 +212,9 @@ func startEmbedded(o EmbeddedOptions, self bool) (*server.Server, nats.Option, e
 		Users:      users,
 		Nkeys:      nkeyUsers,
 	}
+	if err := o.applyStoreKey(sopts); err != nil {
+		return nil, nil, err
+	}
 	s, err := server.NewServer(sopts)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", ErrEmbeddedStart, err)
@@ -215,10 +232,20 @@ func startEmbedded(o EmbeddedOptions, self bool) (*server.Server, nats.Option, e
 			return nil, nil, startError(o.Listen, lg)
 		}
 	}
+	if w := lg.decryptFailure(); w != "" {
+		// The server skips a stream it cannot decrypt; running on would
+		// look like a lost bucket and have it created anew over the store.
+		s.Shutdown()
+		s.WaitForShutdown()
+		return nil, nil, o.storeKeyError(w)
+	}
 	if !s.JetStreamEnabled() {
 		s.Shutdown()
 		s.WaitForShutdown()
 		return nil, nil, fmt.Errorf("%w: jetstream is not enabled%s", ErrEmbeddedStart, lg.suffix())
+	}
+	if o.encrypted() {
+		log.Info("embedded nats-server encrypts its store", "store_dir", o.StoreDir, "cipher", sopts.JetStreamCipher.String(), "key_from", o.storeKeySource())
 	}
 	switch {
 	case len(o.Users) > 0:
@@ -257,8 +284,17 @@ func startError(listen string, lg *serverLogger) error {
 type serverLogger struct {
 	log *slog.Logger
 
-	mu    sync.Mutex
-	fatal string
+	mu      sync.Mutex
+	fatal   string
+	decrypt string // the first warning that a stored stream could not be decrypted
+}
+
+// decryptFailure is the first warning that a stored stream or consumer
+// could not be decrypted, or "".
+func (l *serverLogger) decryptFailure() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.decrypt
 }
 
 func (l *serverLogger) failed() bool {
@@ -281,7 +317,17 @@ func (l *serverLogger) suffix() string {
 func (l *serverLogger) Noticef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
 
 // Warnf implements server.Logger.
-func (l *serverLogger) Warnf(format string, v ...any) { l.log.Warn(fmt.Sprintf(format, v...)) }
+func (l *serverLogger) Warnf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	if isDecryptWarning(msg) {
+		l.mu.Lock()
+		if l.decrypt == "" {
+			l.decrypt = strings.TrimSpace(msg)
+		}
+		l.mu.Unlock()
+	}
+	l.log.Warn(msg)
+}
 
 // Errorf implements server.Logger.
 func (l *serverLogger) Errorf(format string, v ...any) { l.log.Error(fmt.Sprintf(format, v...)) }

@@ -41,6 +41,13 @@ var (
 	// message carries the server's own error when it logged one.
 	ErrEmbeddedStart = errors.New("embedded nats-server did not start")
 
+	// ErrStoreKey means the embedded server's JetStream store cannot be
+	// decrypted: it is encrypted and no key is configured
+	// (nats.embedded.store_key_env / store_key_file), or the key is not the
+	// one it was written with. It comes with ErrEmbeddedStart; nothing is
+	// changed on disk.
+	ErrStoreKey = errors.New("the embedded server's store cannot be decrypted")
+
 	// ErrConnect marks a failure to connect to NATS. It wraps the error of
 	// the NATS client (nats.ErrAuthorization, nats.ErrNoServers, TLS errors
 	// …), so errors.Is works with those too.

@@ -194,8 +194,13 @@ func (r *Refresher) failed(a *app, source string, err error, start time.Time) fl
 	}
 	r.log.Error("token refresh failed; the stored token is kept", attrs...)
 	if we != nil {
-		if msg := alertMessage(we.Code); msg != "" {
-			r.log.Error(msg, "app", a.name, "alert", alertFor(we.Code), "errcode", we.Code, "retry_in", retry.Sub(now).Round(time.Second))
+		ip := whitelistIP(we.Code, we.Msg)
+		if msg := alertMessage(we.Code, ip); msg != "" {
+			alertAttrs := []any{"app", a.name, "alert", alertFor(we.Code), "errcode", we.Code, "retry_in", retry.Sub(now).Round(time.Second)}
+			if ip != "" {
+				alertAttrs = append(alertAttrs, "ip", ip)
+			}
+			r.log.Error(msg, alertAttrs...)
 		}
 	}
 	cur, rev := a.current()
