@@ -97,6 +97,12 @@ type AppConfig struct {
 	// jsapi and wx_card for kinds wechat and wechat-stable, each fetched
 	// with the app's current token and refreshed before it expires.
 	Tickets []string `yaml:"tickets"`
+	// CorpID is a WeCom app's corpid (kind wecom): the appId of its
+	// JS-SDK signatures (token.sign).
+	CorpID string `yaml:"corpid"`
+	// AgentID is a WeCom app's agentid (kind wecom): the agentId of its
+	// wx.agentConfig signatures (token.sign with agent_config).
+	AgentID int `yaml:"agentid"`
 
 	// secret is read by Config.ResolveSecrets (or set by WithSecret) and
 	// never printed: AppConfig's String and GoString leave it out.
