@@ -37,7 +37,7 @@ func refresherPermissions() *server.Permissions {
 			"$KV.tokens.>", "$KV.tokens_lease.>", "$KV.tokens_state.>",
 			"token.updated.>",
 		}},
-		Subscribe: &server.SubjectPermission{Allow: []string{"token.refresh.>", "$SRV.>", "_INBOX.>"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"token.refresh.>", "token.sign.>", "$SRV.>", "_INBOX.>"}},
 		Response:  &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
 	}
 }
@@ -51,6 +51,7 @@ var readerPublish = []string{
 	"$JS.API.CONSUMER.DELETE.KV_tokens.>",
 	"$JS.FC.KV_tokens.>",
 	"token.refresh.>",
+	"token.sign.>",
 	"$SRV.>",
 }
 
