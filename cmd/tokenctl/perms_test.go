@@ -157,6 +157,12 @@ func TestPermissionsOfProtocolDoc(t *testing.T) {
 		t.Fatalf("watch as reader exited %d:\n%s", code, stderr)
 	}
 
+	// token.sign as the reader: answered (mp keeps no ticket here: 404),
+	// not refused by the server.
+	if r := tokenctl(t, append(reader, "sign", "mp", "https://shop.example/")...); r.code != 1 || !strings.Contains(r.stderr, "404 app mp keeps no jsapi ticket") {
+		t.Fatalf("sign as reader: %s", r)
+	}
+
 	// Service discovery, as the reader.
 	rnc, _ := testutil.Connect(t, withUser("reader", readerPW))
 	msg, err := rnc.Request("$SRV.INFO."+contract.ServiceName, nil, 2*time.Second)
