@@ -3,8 +3,12 @@ package contract
 import (
 	"crypto/sha1"
 	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // JSSDKSignature is the signature of a JS-SDK config (wx.config, and
@@ -52,4 +56,35 @@ type SignReply struct {
 	NonceStr  string `json:"nonceStr"`
 	Signature string `json:"signature"`
 	AgentID   int64  `json:"agentId,omitempty"`
+}
+
+// Limits of a token.sign request (v2).
+const (
+	// MaxSignURL is the longest page URL a token.sign request may ask to
+	// sign, in bytes.
+	MaxSignURL = 4 << 10
+	// MaxSignRequestBody is the largest token.sign request body accepted.
+	MaxSignRequestBody = MaxSignURL + 1024
+)
+
+// CheckSignURL reports what is wrong with a page URL to sign: empty,
+// over MaxSignURL bytes, not valid UTF-8, not an absolute http(s) URL
+// with a host, or not parseable. The error quotes at most 64 bytes of it.
+func CheckSignURL(u string) error {
+	switch {
+	case u == "":
+		return errors.New("url is missing (want the absolute http(s) URL of the page, without its #fragment)")
+	case len(u) > MaxSignURL:
+		return fmt.Errorf("url of %d bytes is over the limit of %d", len(u), MaxSignURL)
+	case !utf8.ValidString(u):
+		return errors.New("url is not valid UTF-8")
+	}
+	p, err := url.Parse(u)
+	if err != nil {
+		return fmt.Errorf("url %s does not parse", quoteShort(u))
+	}
+	if (p.Scheme != "https" && p.Scheme != "http") || p.Host == "" {
+		return fmt.Errorf("url %s is not an absolute http(s) URL with a host", quoteShort(u))
+	}
+	return nil
 }

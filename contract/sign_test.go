@@ -98,3 +98,20 @@ func TestSignWireNames(t *testing.T) {
 		t.Fatalf("request without ticket = %s", b)
 	}
 }
+
+func TestCheckSignURL(t *testing.T) {
+	for _, ok := range []string{"https://shop.example/", "http://shop.example/a?b=c#d", "https://[::1]:8443/x",
+		"https://shop.example/" + strings.Repeat("a", contract.MaxSignURL-len("https://shop.example/"))} {
+		if err := contract.CheckSignURL(ok); err != nil {
+			t.Errorf("CheckSignURL(%.40q) = %v, want nil", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "/relative", "shop.example/x", "ftp://shop.example/", "https:///x", "https://shop.example/\x00",
+		"https://shop.example/\xff", "https://shop.example/" + strings.Repeat("a", contract.MaxSignURL)} {
+		if err := contract.CheckSignURL(bad); err == nil {
+			t.Errorf("CheckSignURL(%.40q) = nil, want an error", bad)
+		} else if len(err.Error()) > 200 {
+			t.Errorf("CheckSignURL error of %d bytes: quote less", len(err.Error()))
+		}
+	}
+}

@@ -19,12 +19,13 @@ type Role string
 // The roles.
 const (
 	// RoleRefresher owns the buckets (tokens, tokens_lease, tokens_state),
-	// publishes token.updated.<app> and serves token.refresh.<app>; its
-	// HTTP gateway requests token.refresh.<key> and token.sign.<key>.
+	// publishes token.updated.<key> and serves token.refresh.<key> and
+	// token.sign.<app>; its HTTP gateway requests token.refresh.<key> and
+	// token.sign.<key>.
 	RoleRefresher Role = "refresher"
 	// RoleService reads and watches the tokens bucket, requests
-	// token.refresh.<app>, receives token.updated.<app>, and writes
-	// nothing. Its replies arrive under its private inbox prefix
+	// token.refresh.<key> and token.sign.<app>, receives
+	// token.updated.<key>, and writes nothing. Its replies arrive under its private inbox prefix
 	// contract.ServiceInboxPrefix(user).
 	RoleService Role = "service"
 	// RoleOperator is tokenctl's: what a service may, plus reading the
@@ -74,14 +75,14 @@ func RolePermissions(role Role, bucket, user string) *server.Permissions {
 		pub = append(pub, contract.UpdatedPrefix+">", contract.RefreshPrefix+">", contract.SignPrefix+">")
 		return &server.Permissions{
 			Publish:   &server.SubjectPermission{Allow: pub},
-			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", contract.RefreshPrefix + ">", "$SRV.>"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", contract.RefreshPrefix + ">", contract.SignPrefix + ">", "$SRV.>"}},
 			Response: &server.ResponsePermission{
 				MaxMsgs: server.DEFAULT_ALLOW_RESPONSE_MAX_MSGS,
 				Expires: server.DEFAULT_ALLOW_RESPONSE_EXPIRATION,
 			},
 		}
 	case RoleService:
-		readOnly.Allow = append(read(bucket), contract.RefreshPrefix+">", "$SRV.>")
+		readOnly.Allow = append(read(bucket), contract.RefreshPrefix+">", contract.SignPrefix+">", "$SRV.>")
 		return &server.Permissions{
 			Publish:   readOnly,
 			Subscribe: &server.SubjectPermission{Allow: []string{contract.ServiceInboxPrefix(user) + ".>", contract.UpdatedPrefix + ">"}},
@@ -90,7 +91,7 @@ func RolePermissions(role Role, bucket, user string) *server.Permissions {
 		// tokenctl status reads the lease and lists the state bucket.
 		// tokenctl has no inbox prefix option: it uses "_INBOX.", like
 		// the refresher, whose replies it may read anyway.
-		readOnly.Allow = append(append(append(read(bucket), read(lease)...), read(state)...), contract.RefreshPrefix+">", "$SRV.>")
+		readOnly.Allow = append(append(append(read(bucket), read(lease)...), read(state)...), contract.RefreshPrefix+">", contract.SignPrefix+">", "$SRV.>")
 		return &server.Permissions{
 			Publish:   readOnly,
 			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", contract.UpdatedPrefix + ">"}},

@@ -104,10 +104,14 @@ type Metrics struct {
 	leader           prometheus.Gauge
 	conflicts        *prometheus.CounterVec
 	passive          *prometheus.CounterVec
+	sign             *prometheus.CounterVec
 	alerts           *prometheus.CounterVec
 }
 
-var _ Observer = (*Metrics)(nil)
+var (
+	_ Observer     = (*Metrics)(nil)
+	_ SignObserver = (*Metrics)(nil)
+)
 
 // UpstreamDurationBuckets are the buckets of
 // tokenkeeper_upstream_duration_seconds: 1 ms to 30 s.
@@ -129,6 +133,7 @@ var UpstreamDurationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .
 //	tokenkeeper_kv_write_conflicts_total{app}         counter, revision-checked writes that met a newer revision
 //	tokenkeeper_passive_requests_total{app,outcome}   counter, token.refresh requests by outcome (ok or error code)
 //	tokenkeeper_alerts_total{app,alert}               counter, upstream errcodes an operator must act on
+//	tokenkeeper_sign_requests_total{app,outcome}      counter, token.sign requests by outcome (ok or error code)
 //
 // The app label is a configured app's name. token.refresh requests that
 // name no configured app (typos, made-up or hostile names) are all counted
@@ -172,6 +177,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tokenkeeper_passive_requests_total",
 			Help: "token.refresh requests by app and outcome (ok, or the error code of the reply).",
 		}, []string{"app", "outcome"}),
+		sign: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenkeeper_sign_requests_total",
+			Help: "token.sign (JS-SDK signing) requests answered by this replica, by app and outcome (ok, or the error code of the reply).",
+		}, []string{"app", "outcome"}),
 		alerts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenkeeper_alerts_total",
 			Help: "Events an operator must act on, by app and alert: upstream errcodes (ip_not_whitelisted, secret_wrong_or_rotated, risk_control, daily_quota_exhausted, invalid_appid) and token_not_stored, invalid_record, bucket_lost (app \"\": bucket-wide).",
@@ -193,6 +202,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.leader.Describe(ch)
 	m.conflicts.Describe(ch)
 	m.passive.Describe(ch)
+	m.sign.Describe(ch)
 	m.alerts.Describe(ch)
 }
 
@@ -222,6 +232,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.leader.Collect(ch)
 	m.conflicts.Collect(ch)
 	m.passive.Collect(ch)
+	m.sign.Collect(ch)
 	m.alerts.Collect(ch)
 }
 
@@ -279,6 +290,11 @@ func (m *Metrics) PassiveRequest(app, outcome string) {
 	m.passive.WithLabelValues(lv(app), lv(outcome)).Inc()
 }
 
+// SignRequest implements SignObserver.
+func (m *Metrics) SignRequest(app, outcome string) {
+	m.sign.WithLabelValues(lv(app), lv(outcome)).Inc()
+}
+
 // Forget deletes every series of app, for an app removed from the
 // configuration (Reload): otherwise its expiry gauge would keep counting
 // down and fire expiry alerts for an app nobody serves any more.
@@ -294,6 +310,7 @@ func (m *Metrics) Forget(app string) {
 	m.quotaUsed.DeletePartialMatch(l)
 	m.conflicts.DeletePartialMatch(l)
 	m.passive.DeletePartialMatch(l)
+	m.sign.DeletePartialMatch(l)
 	m.alerts.DeletePartialMatch(l)
 }
 

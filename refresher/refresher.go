@@ -41,6 +41,7 @@ type Refresher struct {
 	order   []string // app names, sorted, for status
 	lease   *lease
 	svc     micro.Service
+	signSvc micro.Service // token.sign, on every replica (sign.go)
 	running bool
 	closed  bool
 
@@ -180,6 +181,9 @@ func (r *Refresher) Run(ctx context.Context) error {
 		return fmt.Errorf("refresher: schedule: %w", err)
 	}
 	c.Start()
+	if err := r.startSign(); err != nil {
+		r.log.Error("cannot serve token.sign", "err", err)
+	}
 	r.readyOnce.Do(func() { close(r.ready) })
 	r.log.Info("refresher running", "replica", r.id, "apps", len(r.apps), "bucket", r.cfg.Bucket, "schedule", r.cfg.Schedule)
 
@@ -187,6 +191,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 
 	<-c.Stop().Done()
 	r.stopService()
+	r.stopSign()
 	// Let refreshes in flight store what they fetched.
 	done := make(chan struct{})
 	go func() { r.wg.Wait(); close(done) }()
@@ -313,7 +318,11 @@ func (r *Refresher) follow(ctx context.Context) {
 		r.mu.Lock()
 		a := r.apps[e.Key()]
 		r.mu.Unlock()
-		if a == nil || e.Operation() != jetstream.KeyValuePut {
+		if a == nil {
+			r.followTicket(e) // <app>.<ticket>, for token.sign
+			return
+		}
+		if e.Operation() != jetstream.KeyValuePut {
 			return
 		}
 		rec := r.parseRecord(e.Key(), e.Revision(), e.Value())

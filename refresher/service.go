@@ -446,11 +446,18 @@ func unknownApp(name string) error {
 // headers and a JSON body, then tells the observer. label is the
 // configured app or UnknownAppLabel.
 func (r *Refresher) replyError(q *refreshReq, label string, err error) {
+	r.obs.PassiveRequest(label, sendError(q, err))
+}
+
+// sendError sends err as a micro error reply (token.refresh and
+// token.sign alike) and returns its code.
+func sendError(q *refreshReq, err error) string {
 	re := requestError(err)
 	msg := sanitize(re.Message, contract.MaxRequestBody)
 	body, _ := json.Marshal(contract.ErrorReply{Error: contract.ErrorDetail{Code: re.Code, Message: msg, RetryAt: re.RetryAt}})
-	_ = q.Error(strconv.Itoa(re.Code), msg, body)
-	r.obs.PassiveRequest(label, strconv.Itoa(re.Code))
+	code := strconv.Itoa(re.Code)
+	_ = q.Error(code, msg, body)
+	return code
 }
 
 // pausedError is the reply to a request that would need an upstream call

@@ -26,7 +26,7 @@ func ticketApp(e *harness.Env, name string, tickets ...string) refresher.AppConf
 }
 
 // ticketRecord reads the ticket record under key (ok false if none).
-func ticketRecord(t *testing.T, e *harness.Env, key string) (contract.TicketRecord, uint64, bool) {
+func ticketRecord(t testing.TB, e *harness.Env, key string) (contract.TicketRecord, uint64, bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -51,7 +51,7 @@ func ticketRecord(t *testing.T, e *harness.Env, key string) (contract.TicketReco
 
 // waitTicket waits up to d for the ticket record under key to satisfy
 // cond.
-func waitTicket(t *testing.T, e *harness.Env, d time.Duration, key string, cond func(contract.TicketRecord, uint64) bool) (contract.TicketRecord, uint64) {
+func waitTicket(t testing.TB, e *harness.Env, d time.Duration, key string, cond func(contract.TicketRecord, uint64) bool) (contract.TicketRecord, uint64) {
 	t.Helper()
 	var rec contract.TicketRecord
 	var rev uint64

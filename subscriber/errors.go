@@ -50,8 +50,8 @@ var (
 
 // RequestError is the refresher's error reply to a token.refresh request
 // (the micro headers Nats-Service-Error-Code and Nats-Service-Error, or
-// the JSON body {"error":{"code","message"}}). Refresh returns it as is;
-// match it with errors.As:
+// the JSON body {"error":{"code","message"}}), or to a token.sign
+// request. Refresh and Sign return it as is; match it with errors.As:
 //
 //	var re *subscriber.RequestError
 //	if errors.As(err, &re) && re.Code == contract.CodeTooMany { ... }
@@ -69,11 +69,18 @@ type RequestError struct {
 	// (it paused them after a failure); asking before then gets the same
 	// answer, so Refresh waits until then before asking again.
 	RetryAt time.Time
+
+	op string // "token.sign", or "" for token.refresh
 }
 
-// Error returns "subscriber: token.refresh failed: <code> <message>".
+// Error returns "subscriber: token.refresh failed: <code> <message>"
+// (token.sign for an error reply to Sign).
 func (e *RequestError) Error() string {
-	return "subscriber: token.refresh failed: " + strconv.Itoa(e.Code) + " " + e.Message
+	op := e.op
+	if op == "" {
+		op = "token.refresh"
+	}
+	return "subscriber: " + op + " failed: " + strconv.Itoa(e.Code) + " " + e.Message
 }
 
 // Retryable reports whether asking again later may succeed: 503 (no

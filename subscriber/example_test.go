@@ -198,3 +198,58 @@ func ExampleClient() {
 	// mp-main TOKEN-OF-mp-main
 	// mini-shop TOKEN-OF-mini-shop
 }
+
+// A web handler gets the wx.config of a page from the refresher
+// (token.sign.<app>): the service needs no ticket and no read of the
+// bucket. Here a stand-in answers token.sign.mp-main with WeChat's own
+// documented example (a real refresher draws the nonce and uses the time
+// of the request and its current jsapi ticket).
+func ExampleClient_Sign() {
+	dir, err := os.MkdirTemp("", "tokenkeeper-example")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+	srv, err := natsconf.StartEmbedded(natsconf.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: dir})
+	if err != nil {
+		panic(err)
+	}
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		panic(err)
+	}
+	defer nc.Close()
+
+	// What a refresher replica does.
+	const ticket = "sM4AOVdWfPE4DxkXGEs8VMCPGGVi4C3VM0P37wVUCFvkVAy_90u5h9nbSlYy3-Sl-HhTdfl2fzFy1AOcHKP7qg"
+	sub, err := nc.Subscribe(contract.SignSubject("mp-main"), func(m *nats.Msg) {
+		var req contract.SignRequest
+		_ = json.Unmarshal(m.Data, &req)
+		const nonce, ts = "Wm3WZYTPz0wzccnW", 1414587457
+		rep, _ := json.Marshal(contract.SignReply{AppID: "wx0123456789abcdef", Timestamp: ts, NonceStr: nonce,
+			Signature: contract.JSSDKSignature(ticket, nonce, ts, req.URL)})
+		_ = m.Respond(rep)
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer sub.Unsubscribe()
+
+	// What a service does, for each page it renders.
+	c, err := subscriber.NewClient(nc)
+	if err != nil {
+		panic(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cfg, err := c.Sign(ctx, "mp-main", "http://mp.weixin.qq.com?params=value")
+	if err != nil {
+		panic(err)
+	}
+	out, _ := json.Marshal(cfg) // what the page passes to wx.config
+	fmt.Println(string(out))
+	// Output:
+	// {"appId":"wx0123456789abcdef","timestamp":1414587457,"nonceStr":"Wm3WZYTPz0wzccnW","signature":"0f9de62fce790f9a083d5c99e95740ceb90c27ed"}
+}

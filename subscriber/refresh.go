@@ -192,16 +192,7 @@ func (s *Source) request(ctx context.Context, stale *uint64) (*Token, error) {
 
 // parseReply turns a token.refresh reply into a Token or an error.
 func (s *Source) parseReply(rep *nats.Msg) (*Token, error) {
-	if code := rep.Header.Get(contract.ErrorCodeHeader); code != "" {
-		re := &RequestError{Message: rep.Header.Get(contract.ErrorHeader)}
-		re.Code, _ = strconv.Atoi(strings.TrimSpace(code))
-		var body contract.ErrorReply
-		if json.Unmarshal(rep.Data, &body) == nil {
-			if body.Error.Message != "" && re.Message == "" {
-				re.Message = body.Error.Message
-			}
-			re.RetryAt = body.Error.RetryAt
-		}
+	if re := errorOf(rep, ""); re != nil {
 		return nil, re
 	}
 	var body struct {
@@ -224,6 +215,25 @@ func (s *Source) parseReply(rep *nats.Msg) (*Token, error) {
 		return nil, fmt.Errorf("%w: no revision", ErrBadReply)
 	}
 	return tokenOf(s.app, &r.Record, r.Revision), nil
+}
+
+// errorOf returns the micro error reply rep as a *RequestError of op
+// ("": token.refresh), or nil if rep is no error reply.
+func errorOf(rep *nats.Msg, op string) *RequestError {
+	code := rep.Header.Get(contract.ErrorCodeHeader)
+	if code == "" {
+		return nil
+	}
+	re := &RequestError{Message: rep.Header.Get(contract.ErrorHeader), op: op}
+	re.Code, _ = strconv.Atoi(strings.TrimSpace(code))
+	var body contract.ErrorReply
+	if json.Unmarshal(rep.Data, &body) == nil {
+		if body.Error.Message != "" && re.Message == "" {
+			re.Message = body.Error.Message
+		}
+		re.RetryAt = body.Error.RetryAt
+	}
+	return re
 }
 
 // ask starts the ask loop unless it runs: it asks the refresher for a

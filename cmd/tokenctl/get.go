@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -11,10 +12,13 @@ import (
 // getCommand is tokenctl get.
 var getCommand = &command{
 	name:    "get",
-	args:    "APP",
-	summary: "print APP's stored token record, the access token included",
+	args:    "KEY",
+	summary: "print the record stored under KEY (APP or APP.TICKET), the token or ticket included",
 	help: `
-Reads APP's key from the token bucket and prints the record: app, appid
+Reads KEY from the token bucket and prints the record. KEY is an app
+(its access token record) or APP.TICKET such as mp.jsapi (the ticket
+record v2 keeps, with key, ticket_type and ticket instead of
+access_token). The record: app, appid
 (the upstream app, in records written since v1.1), revision (the KV revision), source (startup, scheduled, passive or
 manual), fetched_at, expires_at, the time to expiry (negative and EXPIRED
 once expired), the token's fingerprint (first 8 hex digits of its
@@ -25,14 +29,16 @@ With --json it prints the stored JSON object, every field kept, plus
 "revision", on one line.
 
 Fails (exit 1) when the bucket does not exist ("bucket tokens not found:
-is a refresher running against this NATS?") or no token is stored for APP.
+is a refresher running against this NATS?") or nothing is stored under KEY.
 
 Examples:
   tokenctl get mp-main
+  tokenctl get mp-main.jsapi
   tokenctl --nats nats://nats-1:4222 --creds ops.creds get mp-main --json`,
-	nargs: 1,
-	flags: func(*flag.FlagSet) any { return nil },
-	run:   runGet,
+	nargs:  1,
+	anyKey: true,
+	flags:  func(*flag.FlagSet) any { return nil },
+	run:    runGet,
 }
 
 // runGet is tokenctl get APP.
@@ -63,7 +69,10 @@ func runGet(ctx context.Context, c *cli, args []string, _ any) error {
 	return printRecord(c.stdout, e.Value(), rec, e.Revision(), c.g.json)
 }
 
-// missingApp is the error of an app without a record.
+// missingApp is the error of a key without a record.
 func missingApp(app, bucket string) error {
+	if strings.Contains(app, ".") {
+		return errors.New("nothing stored under " + app + " in bucket " + bucket)
+	}
 	return errors.New("no token stored for app " + app + " in bucket " + bucket)
 }

@@ -1,11 +1,13 @@
 // Command tokenctl is the operator's tool for tokenkeeper: it reads the
 // token records the refresher keeps in the JetStream KV bucket, follows
-// their updates, asks the refresher for a new token, and shows the state
-// of every app and the current leader.
+// their updates, asks the refresher for a new token (or ticket) and for
+// JS-SDK signatures, and shows the state of every app and the current
+// leader.
 //
-//	tokenctl [global flags] get APP
-//	tokenctl [global flags] watch APP
-//	tokenctl [global flags] refresh APP [--stale REV]
+//	tokenctl [global flags] get KEY
+//	tokenctl [global flags] watch KEY
+//	tokenctl [global flags] refresh KEY [--stale REV]
+//	tokenctl [global flags] sign APP URL [--ticket agent_config]
 //	tokenctl [global flags] status
 //	tokenctl hash-token [--new] < token
 //
@@ -114,12 +116,13 @@ type command struct {
 	summary string
 	help    string // the long description, printed by CMD --help
 	nargs   int    // exact number of positional arguments
+	anyKey  bool   // the first argument is any key (APP, APP.TICKET), not only an app
 	flags   func(fs *flag.FlagSet) any
 	run     func(ctx context.Context, c *cli, args []string, flags any) error
 }
 
 // commands are tokenctl's subcommands, in the order of the help.
-var commands = []*command{getCommand, watchCommand, refreshCommand, statusCommand, hashTokenCommand}
+var commands = []*command{getCommand, watchCommand, refreshCommand, signCommand, statusCommand, hashTokenCommand}
 
 // lookup returns the command called name, or nil.
 func lookup(name string) *command {
@@ -214,8 +217,14 @@ func (c *cli) main(ctx context.Context, args []string) (int, error) {
 		}
 		return 0, usagef("usage: tokenctl %s %s (got %d arguments: %q)", cmd.name, cmd.args, len(pos), pos)
 	}
-	if len(pos) > 0 && !contract.ValidAppName(pos[0]) {
-		return 0, usagef("%q is not an app name (1-64 characters of A-Z a-z 0-9 _ -)", pos[0])
+	if len(pos) > 0 {
+		if cmd.anyKey {
+			if _, _, err := contract.ParseKey(pos[0]); err != nil {
+				return 0, usagef("%q is not a key: an app name (1-64 characters of A-Z a-z 0-9 _ -), or APP.TICKET such as mp.jsapi", pos[0])
+			}
+		} else if !contract.ValidAppName(pos[0]) {
+			return 0, usagef("%q is not an app name (1-64 characters of A-Z a-z 0-9 _ -)", pos[0])
+		}
 	}
 	if err := c.checkGlobals(); err != nil {
 		return 0, err
@@ -336,10 +345,12 @@ func commandNames() string {
 func (c *cli) mainUsage(w io.Writer) {
 	fmt.Fprint(w, `tokenctl - operator tool for tokenkeeper
 
-tokenkeeper's refresher keeps one record per app (its access token and
-when it expires) in a JetStream KV bucket and serves token.refresh.<app>
-requests. tokenctl reads and follows those records, asks for new tokens
-and shows who leads. The wire contract is docs/protocol.md.
+tokenkeeper's refresher keeps one record per key (an app's access token,
+or an app's ticket under APP.TICKET such as mp.jsapi, and when it expires)
+in a JetStream KV bucket and serves token.refresh.<key> and
+token.sign.<app> requests. tokenctl reads and follows those records, asks
+for new tokens and tickets and for JS-SDK signatures, and shows who leads.
+The wire contract is docs/protocol.md.
 
 Usage:
   tokenctl [global flags] COMMAND [flags] [arguments]

@@ -596,10 +596,13 @@ func TestUsageErrors(t *testing.T) {
 	}{
 		{nil, "Usage:"},
 		{[]string{"bogus"}, `unknown command "bogus"`},
-		{[]string{"get"}, "usage: tokenctl get APP"},
-		{[]string{"get", "a", "b"}, "usage: tokenctl get APP"},
+		{[]string{"get"}, "usage: tokenctl get KEY"},
+		{[]string{"get", "a", "b"}, "usage: tokenctl get KEY"},
 		{[]string{"status", "x"}, "status takes no arguments"},
-		{[]string{"get", "a.b"}, `"a.b" is not an app name`},
+		{[]string{"get", "a.b.c.d"}, `"a.b.c.d" is not a key`},
+		{[]string{"get", "a..b"}, `"a..b" is not a key`},
+		{[]string{"sign", "a.b", "https://x/"}, `"a.b" is not an app name`},
+		{[]string{"sign", "a"}, "usage: tokenctl sign APP URL"},
 		{[]string{"refresh", "mp", "--stale", "-1"}, "want a non-negative integer"},
 		{[]string{"--nope", "status"}, "flag provided but not defined: -nope"},
 		{[]string{"status", "--timeout", "0s"}, "--timeout must be positive"},
@@ -622,14 +625,14 @@ func TestHelp(t *testing.T) {
 	if r.code != 0 || r.stderr != "" {
 		t.Fatalf("--help: %s", r)
 	}
-	for _, want := range []string{"get APP", "watch APP", "refresh APP [--stale REV]", "status", "-nats URL", "-creds FILE",
+	for _, want := range []string{"get KEY", "watch KEY", "refresh KEY [--stale REV]", "sign APP URL [--ticket agent_config]", "status", "-nats URL", "-creds FILE",
 		"-nkey FILE", "-user NAME", "-password PASSWORD", "-token TOKEN", "-tls-ca FILE", "-tls-cert FILE", "-tls-key FILE",
 		`-bucket BUCKET`, `(default "tokens")`, "-timeout DURATION", "(default 5s)", "-json", "NATS_URL", "TOKENCTL_PASSWORD", "Exit status"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("--help lacks %q", want)
 		}
 	}
-	for _, cmd := range []string{"get", "watch", "refresh", "status"} {
+	for _, cmd := range []string{"get", "watch", "refresh", "sign", "status"} {
 		for _, args := range [][]string{{cmd, "--help"}, {"help", cmd}, {cmd, "-h"}} {
 			r := tokenctl(t, args...)
 			if r.code != 0 || !strings.Contains(r.stdout, "Usage: tokenctl [global flags] "+cmd) || !strings.Contains(r.stdout, "-nats URL") {

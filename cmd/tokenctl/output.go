@@ -54,11 +54,30 @@ func fingerprint(token string) string {
 	return contract.Fingerprint(token)
 }
 
-// parseRecord decodes a stored record.
-func parseRecord(app string, rev uint64, raw []byte) (contract.Record, error) {
-	var rec contract.Record
+// storedRecord is a record of the bucket as tokenctl reads it: an app's
+// token record (v1) or a ticket record <app>.<ticket> (v2: key,
+// ticket_type and ticket set, no access_token).
+type storedRecord struct {
+	contract.Record
+	Key        string `json:"key,omitempty"`
+	TicketType string `json:"ticket_type,omitempty"`
+	Ticket     string `json:"ticket,omitempty"`
+}
+
+// secret returns the credential the record holds: the access token or
+// the ticket.
+func (r storedRecord) secret() string {
+	if r.Ticket != "" {
+		return r.Ticket
+	}
+	return r.AccessToken
+}
+
+// parseRecord decodes a stored record of key.
+func parseRecord(key string, rev uint64, raw []byte) (storedRecord, error) {
+	var rec storedRecord
 	if err := json.Unmarshal(raw, &rec); err != nil {
-		return rec, fmt.Errorf("the record of app %s at revision %d is not valid JSON: %v", app, rev, err)
+		return rec, fmt.Errorf("the record of %s at revision %d is not valid JSON: %v", key, rev, err)
 	}
 	return rec, nil
 }
@@ -75,9 +94,10 @@ func recordJSON(raw []byte, rev uint64) ([]byte, error) {
 }
 
 // printRecord writes a record for the operator: every field, the time to
-// expiry, the token's fingerprint, and the token itself. With asJSON it
+// expiry, the token's (or ticket's) fingerprint, and the token (ticket)
+// itself. With asJSON it
 // writes the record's JSON plus "revision" on one line.
-func printRecord(w io.Writer, raw []byte, rec contract.Record, rev uint64, asJSON bool) error {
+func printRecord(w io.Writer, raw []byte, rec storedRecord, rev uint64, asJSON bool) error {
 	if asJSON {
 		b, err := recordJSON(raw, rev)
 		if err != nil {
@@ -88,6 +108,12 @@ func printRecord(w io.Writer, raw []byte, rec contract.Record, rev uint64, asJSO
 	}
 	tw := newTable(w)
 	fmt.Fprintf(tw, "app:\t%s\n", rec.App)
+	if rec.Key != "" {
+		fmt.Fprintf(tw, "key:\t%s\n", rec.Key)
+	}
+	if rec.TicketType != "" {
+		fmt.Fprintf(tw, "ticket_type:\t%s\n", rec.TicketType)
+	}
 	if rec.AppID != "" {
 		fmt.Fprintf(tw, "appid:\t%s\n", rec.AppID)
 	}
@@ -96,7 +122,11 @@ func printRecord(w io.Writer, raw []byte, rec contract.Record, rev uint64, asJSO
 	fmt.Fprintf(tw, "fetched_at:\t%s\n", fmtTime(rec.FetchedAt))
 	fmt.Fprintf(tw, "expires_at:\t%s\n", fmtTime(rec.ExpiresAt))
 	fmt.Fprintf(tw, "expires_in:\t%s\n", fmtTTL(rec.ExpiresAt))
-	fmt.Fprintf(tw, "fingerprint:\t%s\n", fingerprint(rec.AccessToken))
-	fmt.Fprintf(tw, "access_token:\t%s\n", rec.AccessToken)
+	fmt.Fprintf(tw, "fingerprint:\t%s\n", fingerprint(rec.secret()))
+	if rec.Ticket != "" {
+		fmt.Fprintf(tw, "ticket:\t%s\n", rec.Ticket)
+	} else {
+		fmt.Fprintf(tw, "access_token:\t%s\n", rec.AccessToken)
+	}
 	return tw.Flush()
 }

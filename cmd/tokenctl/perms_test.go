@@ -37,7 +37,7 @@ func refresherPermissions() *server.Permissions {
 			"$KV.tokens.>", "$KV.tokens_lease.>", "$KV.tokens_state.>",
 			"token.updated.>",
 		}},
-		Subscribe: &server.SubjectPermission{Allow: []string{"token.refresh.>", "$SRV.>", "_INBOX.>"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"token.refresh.>", "token.sign.>", "$SRV.>", "_INBOX.>"}},
 		Response:  &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
 	}
 }
@@ -51,6 +51,7 @@ var readerPublish = []string{
 	"$JS.API.CONSUMER.DELETE.KV_tokens.>",
 	"$JS.FC.KV_tokens.>",
 	"token.refresh.>",
+	"token.sign.>",
 	"$SRV.>",
 }
 
@@ -154,6 +155,12 @@ func TestPermissionsOfProtocolDoc(t *testing.T) {
 	}, "watch as reader did not see revision %d:\n%s\n%s", reply.Revision, stdout, stderr)
 	if code := stop(); code != 0 {
 		t.Fatalf("watch as reader exited %d:\n%s", code, stderr)
+	}
+
+	// token.sign as the reader: answered (mp keeps no ticket here: 404),
+	// not refused by the server.
+	if r := tokenctl(t, append(reader, "sign", "mp", "https://shop.example/")...); r.code != 1 || !strings.Contains(r.stderr, "404 app mp keeps no jsapi ticket") {
+		t.Fatalf("sign as reader: %s", r)
 	}
 
 	// Service discovery, as the reader.

@@ -16,12 +16,13 @@ import (
 // refreshCommand is tokenctl refresh.
 var refreshCommand = &command{
 	name:    "refresh",
-	args:    "APP [--stale REV]",
-	summary: "ask the refresher for a valid token, or for a new one with --stale REV",
+	args:    "KEY [--stale REV]",
+	summary: "ask the refresher for a valid token (or ticket), or for a new one with --stale REV",
 	help: `
-Sends a token.refresh.APP request to the refresher (the micro service
+Sends a token.refresh.KEY request to the refresher (the micro service
 "tokenkeeper", served by the leading replica) and prints the record of the
-reply, as get does.
+reply, as get does. KEY is an app or APP.TICKET such as mp.jsapi (a
+ticket; the same rules apply, with the ticket's revision).
 
 Without --stale the body is empty: "give me a valid token". The refresher
 answers with the stored record if it has not expired, without calling the
@@ -48,7 +49,8 @@ Fails (exit 1) on an error reply, printing its code and message:
 and when no refresher serves the subject ("no refresher is serving
 token.refresh.APP"). With --json an error reply's JSON body
 ({"error":{"code","message"}}) is printed on stdout as well.`,
-	nargs: 1,
+	nargs:  1,
+	anyKey: true,
 	flags: func(fs *flag.FlagSet) any {
 		f := &refreshFlags{}
 		fs.Var(&f.stale, "stale", "the `REV`ision of the token that was rejected: get a newer one")
@@ -117,18 +119,23 @@ func runRefresh(ctx context.Context, c *cli, args []string, flags any) error {
 		return c.requestError(s, "request "+subject, err)
 	}
 	if code := msg.Header.Get(contract.ErrorCodeHeader); code != "" {
-		return c.refreshFailed(app, code, msg)
+		return c.replyFailed("refresh of "+app, code, msg)
 	}
-	var rep contract.RefreshReply
+	// A token's reply (contract.RefreshReply) or a ticket's: the record
+	// plus "revision".
+	var rep struct {
+		storedRecord
+		Revision uint64 `json:"revision"`
+	}
 	if err := json.Unmarshal(msg.Data, &rep); err != nil {
 		return fmt.Errorf("the reply on %s is not a record: %v", subject, err)
 	}
-	return printRecord(c.stdout, msg.Data, rep.Record, rep.Revision, c.g.json)
+	return printRecord(c.stdout, msg.Data, rep.storedRecord, rep.Revision, c.g.json)
 }
 
-// refreshFailed reports a micro error reply: the JSON body's code and
-// message, or the headers' when the body does not parse.
-func (c *cli) refreshFailed(app, code string, msg *nats.Msg) error {
+// replyFailed reports a micro error reply to what: the JSON body's code
+// and message, or the headers' when the body does not parse.
+func (c *cli) replyFailed(what, code string, msg *nats.Msg) error {
 	detail := contract.ErrorDetail{Message: msg.Header.Get(contract.ErrorHeader)}
 	detail.Code, _ = strconv.Atoi(code)
 	var er contract.ErrorReply
@@ -139,5 +146,5 @@ func (c *cli) refreshFailed(app, code string, msg *nats.Msg) error {
 		b, _ := json.Marshal(contract.ErrorReply{Error: detail})
 		fmt.Fprintf(c.stdout, "%s\n", b)
 	}
-	return fmt.Errorf("refresh of %s failed: %d %s", app, detail.Code, detail.Message)
+	return fmt.Errorf("%s failed: %d %s", what, detail.Code, detail.Message)
 }

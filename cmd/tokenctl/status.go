@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"sort"
 	"strconv"
 	"strings"
@@ -37,6 +38,10 @@ skipped, as a table:
   LAST_ERROR   the last failed refresh (errcode, message, how long ago),
                "-" when the last refresh succeeded
 
+Each app's tickets (keys APP.TICKET such as mp.jsapi) are listed on the
+rows under it, indented, with the same columns (CALLS_TODAY and
+LAST_ERROR are the app's only: "-").
+
 CALLS_TODAY and LAST_ERROR come from the refresher's state bucket
 BUCKET_state (one JSON object per app, written after every upstream call);
 "-" when it holds nothing for the app. A key whose value does not parse is
@@ -52,7 +57,9 @@ With --json it prints one object:
    "apps":[{"app","revision","source","fetched_at","expires_at",
             "expires_in_seconds","expired","no_token","invalid",
             "calls_today","daily_quota","failures","last_error",
-            "last_errcode","last_error_at"}, ...]}
+            "last_errcode","last_error_at",
+            "tickets":[{"app","key","revision","source","fetched_at",
+                        "expires_at","expires_in_seconds","expired"}, ...]}, ...]}
 (fields without a value are left out, except revision, expires_in_seconds
 and expired).
 
@@ -83,6 +90,11 @@ type appStatus struct {
 	LastError   string    `json:"last_error,omitempty"`
 	LastErrcode int       `json:"last_errcode,omitempty"`
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+
+	// Tickets are the app's ticket records (v2 keys <app>.<ticket>),
+	// sorted by key; each has Key set, and App is its app.
+	Tickets []appStatus `json:"tickets,omitempty"`
+	Key     string      `json:"key,omitempty"`
 }
 
 // statusReport is the --json output of status.
@@ -181,6 +193,18 @@ func runStatus(ctx context.Context, c *cli, _ []string, _ any) error {
 		st.CallsToday, st.DailyQuota = &calls, state.Quota
 		st.Failures, st.LastError, st.LastErrcode, st.LastErrorAt = state.Failures, state.LastError, state.LastErrcode, state.LastErrorAt
 	}
+	// Tickets (<app>.<ticket>) go under their app's row (in key order:
+	// entries are sorted); one whose app has no row stays a row itself.
+	for _, e := range entries {
+		app, rest, err := contract.ParseKey(e.Key())
+		if err != nil || rest == "" || rows[app] == nil {
+			continue
+		}
+		t := rows[e.Key()]
+		delete(rows, e.Key())
+		t.Key, t.App = e.Key(), app
+		rows[app].Tickets = append(rows[app].Tickets, *t)
+	}
 	rep := statusReport{Bucket: c.g.bucket, Leader: leader, Apps: []appStatus{}}
 	for _, st := range rows {
 		rep.Apps = append(rep.Apps, *st)
@@ -216,18 +240,26 @@ func runStatus(ctx context.Context, c *cli, _ []string, _ any) error {
 	tw := newTable(w)
 	fmt.Fprintln(tw, "APP\tREVISION\tSOURCE\tFETCHED_AT\tEXPIRES_AT\tEXPIRES_IN\tCALLS_TODAY\tLAST_ERROR")
 	for _, st := range rep.Apps {
-		switch {
-		case st.Invalid != "":
-			fmt.Fprintf(tw, "%s\t%d\tINVALID\t-\t-\t%s", st.App, st.Revision, st.Invalid)
-		case st.NoToken:
-			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\tNO TOKEN", st.App)
-		default:
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s", st.App, st.Revision, st.Source,
-				fmtTime(st.FetchedAt), fmtTime(st.ExpiresAt), fmtTTL(st.ExpiresAt))
+		statusRow(tw, st.App, st)
+		for _, t := range st.Tickets {
+			statusRow(tw, "  "+t.Key, t)
 		}
-		fmt.Fprintf(tw, "\t%s\t%s\n", fmtCalls(st), fmtLastError(st))
 	}
 	return tw.Flush()
+}
+
+// statusRow writes one row of the status table, named name.
+func statusRow(tw io.Writer, name string, st appStatus) {
+	switch {
+	case st.Invalid != "":
+		fmt.Fprintf(tw, "%s\t%d\tINVALID\t-\t-\t%s", name, st.Revision, st.Invalid)
+	case st.NoToken:
+		fmt.Fprintf(tw, "%s\t-\t-\t-\t-\tNO TOKEN", name)
+	default:
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s", name, st.Revision, st.Source,
+			fmtTime(st.FetchedAt), fmtTime(st.ExpiresAt), fmtTTL(st.ExpiresAt))
+	}
+	fmt.Fprintf(tw, "\t%s\t%s\n", fmtCalls(st), fmtLastError(st))
 }
 
 // fmtCalls writes "calls/quota", "-" when the state is unknown.

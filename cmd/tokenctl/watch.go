@@ -18,11 +18,12 @@ import (
 // watchCommand is tokenctl watch.
 var watchCommand = &command{
 	name:    "watch",
-	args:    "APP",
-	summary: "print every update of APP's record until Ctrl-C (token fingerprints only)",
+	args:    "KEY",
+	summary: "print every update of KEY's record until Ctrl-C (fingerprints only)",
 	help: `
-Follows APP's key in the token bucket and prints one line per update,
-starting with the record stored now:
+Follows KEY (an app, or APP.TICKET such as mp.jsapi) in the token bucket
+and prints one line per update, starting with the record stored now
+(APP below is KEY, and "token" the ticket's fingerprint for a ticket):
 
   WRITTEN_AT  APP  revision=N  source=S  expires_at=T  expires_in=D  token=FP
 
@@ -43,9 +44,10 @@ reported on stderr.
 Stops with exit status 0 on Ctrl-C (SIGINT) or SIGTERM. Fails (exit 1)
 when it cannot connect or the bucket does not exist; an app with no token
 yet is waited for.`,
-	nargs: 1,
-	flags: func(*flag.FlagSet) any { return nil },
-	run:   runWatch,
+	nargs:  1,
+	anyKey: true,
+	flags:  func(*flag.FlagSet) any { return nil },
+	run:    runWatch,
 }
 
 // watchPoll is how often watch reads the key and compares its revision
@@ -203,7 +205,7 @@ func (wl *watchLoop) print(e jetstream.KeyValueEntry) {
 			line.Source, line.FetchedAt, line.ExpiresAt = rec.Source, rec.FetchedAt, rec.ExpiresAt
 			secs := int64(ttl(rec.ExpiresAt) / time.Second)
 			line.ExpiresInSeconds = &secs
-			line.Fingerprint = fingerprint(rec.AccessToken)
+			line.Fingerprint = fingerprint(rec.secret())
 		}
 	}
 	writeWatchLine(wl.c.stdout, line, wl.c.g.json)

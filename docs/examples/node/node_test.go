@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
+	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
 )
 
@@ -26,9 +27,9 @@ const npmCITimeout = 5 * time.Minute
 
 // Users of the test server. Connections without credentials (the harness,
 // the refresher) are "admin", with every permission; the example connects
-// as "reader", which may publish only on the two subjects docs/protocol.md
-// says the example uses (direct gets of the bucket, refresh requests) and
-// subscribe only on its private inbox prefix.
+// as "reader", which may publish only on the subjects docs/protocol.md
+// says the example uses (direct gets of the bucket, refresh and sign
+// requests) and subscribe only on its private inbox prefix.
 const (
 	readerUser     = "reader"
 	readerPassword = "reader-pw-7c1e"
@@ -42,6 +43,7 @@ func readerPermissions() *server.Permissions {
 		Publish: &server.SubjectPermission{Allow: []string{
 			"$JS.API.DIRECT.GET.KV_tokens.>",
 			"token.refresh.>",
+			"token.sign.>",
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{readerInbox + ".>"}},
 	}
@@ -202,5 +204,74 @@ func TestNodeExampleErrors(t *testing.T) {
 	code, _, stderr = runExample(t, node)
 	if code != 2 || !strings.Contains(stderr, "usage: node token.mjs NATS_URL APP") {
 		t.Errorf("no arguments: exit %d, stderr:\n%s", code, stderr)
+	}
+}
+
+// TestNodeExampleSigns: for an app with a jsapi ticket the example also
+// reads <app>.jsapi and gets a wx.config signature from token.sign.<app>,
+// which it checks against the ticket it read, and which the emulator's
+// JS-SDK check accepts; it prints neither the ticket nor the token.
+func TestNodeExampleSigns(t *testing.T) {
+	node, npm := tool(t, "node"), tool(t, "npm")
+	checkNodeVersion(t, node)
+	ensureModules(t, npm)
+
+	e := harness.New(t, harness.Options{NATS: []func(*server.Options){withUsers}})
+	app := e.App("mp")
+	app.Tickets = []string{contract.TicketJSAPI}
+	e.Start(e.Config(app))
+	e.WaitRecord(10*time.Second, "mp", func(r contract.Record, _ uint64) bool { return r.AccessToken != "" })
+	var ticket string
+	var ticketRev uint64
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		kv, err := e.JS.KeyValue(ctx, contract.DefaultBucket)
+		if err != nil {
+			return false
+		}
+		ent, err := kv.Get(ctx, "mp.jsapi")
+		if err != nil {
+			return false
+		}
+		var rec contract.TicketRecord
+		if json.Unmarshal(ent.Value(), &rec) != nil {
+			return false
+		}
+		ticket, ticketRev = rec.Ticket, ent.Revision()
+		return ticket != ""
+	}, "no mp.jsapi ticket stored")
+
+	const pageURL = "https://shop.example/p?id=42#top"
+	t.Setenv("SIGN_URL", pageURL)
+	code, stdout, stderr := runExample(t, node, e.URL, "mp")
+	if code != 0 {
+		t.Fatalf("node token.mjs exited %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	var read struct {
+		Key       string `json:"key"`
+		Revision  uint64 `json:"revision"`
+		TicketLen int    `json:"ticket_len"`
+	}
+	var signed struct {
+		contract.SignReply
+		URL         string `json:"url"`
+		SignatureOK bool   `json:"signature_ok"`
+	}
+	if len(lines) != 4 || json.Unmarshal([]byte(lines[2]), &read) != nil || json.Unmarshal([]byte(lines[3]), &signed) != nil {
+		t.Fatalf("want four JSON lines, got:\n%s\nstderr:\n%s", stdout, stderr)
+	}
+	if read.Key != "mp.jsapi" || read.Revision != ticketRev || read.TicketLen != len(ticket) {
+		t.Errorf("node read the ticket as %+v; the bucket holds revision %d, %d characters", read, ticketRev, len(ticket))
+	}
+	if !signed.SignatureOK || signed.URL != pageURL || signed.AppID != app.AppID {
+		t.Errorf("node signed %+v: want signature_ok, url %s, appId %s", signed, pageURL, app.AppID)
+	}
+	if err := e.Sim.CheckSignature(app.AppID, "https://shop.example/p?id=42", signed.NonceStr, signed.Timestamp, signed.Signature); err != nil {
+		t.Errorf("the signature node got is refused by the JS-SDK check: %v", err)
+	}
+	if strings.Contains(stdout+stderr, ticket) {
+		t.Error("the example printed the ticket")
 	}
 }

@@ -11,6 +11,17 @@
 //    refreshed is false when the refresher answered with the token we
 //    already hold (a forced refresh of this app ran less than
 //    passive_min_interval ago).
+// 3. If the bucket holds APP's JS-SDK ticket (key APP.jsapi, kept when
+//    the refresher's config lists tickets: [jsapi] for APP), reads it and
+//    prints {"key","revision","ticket_len"}, then asks the refresher to
+//    sign a page URL (token.sign.APP with {"url": SIGN_URL}, default
+//    https://shop.example/item?id=7#reviews) and prints the reply
+//    {"appId","timestamp","nonceStr","signature"} plus "url" and
+//    "signature_ok": whether SHA-1 over jsapi_ticket=…&noncestr=…&
+//    timestamp=…&url=… (url without its #fragment) with the ticket read
+//    in step 3 gives the same signature. A page only needs the reply (it
+//    goes into wx.config); a service that only signs needs no read of the
+//    bucket at all, only publish on token.sign.>.
 //
 // A real service does step 1 at startup (and follows updates with
 // kv.watch), and step 2 only when the upstream rejects its token
@@ -23,6 +34,7 @@
 // travel on PREFIX.>, so its permissions can be "subscribe PREFIX.>").
 //
 // Exit status: 0 ok, 1 failure (reason on stderr), 2 usage error.
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { connect, credsAuthenticator, errors } from "@nats-io/transport-node";
 import { Kvm } from "@nats-io/kv";
@@ -72,6 +84,56 @@ async function readToken(nc) {
   return { record: entry.json(), revision: entry.revision };
 }
 
+/** Reads APP's jsapi ticket record, or null if the bucket holds none. */
+async function readTicket(nc) {
+  const kv = await new Kvm(nc).open(bucket, { allow_direct: true });
+  const entry = await kv.get(`${app}.jsapi`);
+  if (entry === null || entry.operation !== "PUT") {
+    return null;
+  }
+  return { record: entry.json(), revision: entry.revision };
+}
+
+/** Throws the micro error reply of reply, if it is one. */
+function checkReply(reply, what) {
+  const code = reply.headers?.get("Nats-Service-Error-Code");
+  if (code) {
+    let message = reply.headers.get("Nats-Service-Error");
+    try {
+      message = reply.json().error.message;
+    } catch {
+      // keep the header's message
+    }
+    throw new Error(`${what} failed: ${code} ${message}`);
+  }
+}
+
+/**
+ * Asks any refresher replica for the wx.config signature of pageURL: the
+ * reply is {"appId","timestamp","nonceStr","signature"}.
+ */
+async function sign(nc, pageURL) {
+  const subject = `token.sign.${app}`;
+  let reply;
+  try {
+    reply = await nc.request(subject, JSON.stringify({ url: pageURL }), { timeout: 10_000 });
+  } catch (err) {
+    if (err instanceof errors.RequestError && err.isNoResponders()) {
+      throw new Error(`no refresher is serving ${subject}`);
+    }
+    throw err;
+  }
+  checkReply(reply, `signing for ${app}`);
+  return reply.json();
+}
+
+/** The JS-SDK signature: hex SHA-1 of the string WeChat documents. */
+function jssdkSignature(ticket, nonceStr, timestamp, pageURL) {
+  const url = pageURL.split("#")[0];
+  const s = `jsapi_ticket=${ticket}&noncestr=${nonceStr}&timestamp=${timestamp}&url=${url}`;
+  return createHash("sha1").update(s).digest("hex");
+}
+
 /**
  * Asks the refresher for a token newer than staleRevision. The reply is
  * the record plus "revision"; a failure is a micro error reply: headers
@@ -93,16 +155,7 @@ async function refreshToken(nc, staleRevision) {
     }
     throw err;
   }
-  const code = reply.headers?.get("Nats-Service-Error-Code");
-  if (code) {
-    let message = reply.headers.get("Nats-Service-Error");
-    try {
-      message = reply.json().error.message;
-    } catch {
-      // keep the header's message
-    }
-    throw new Error(`refresh of ${app} failed: ${code} ${message}`);
-  }
+  checkReply(reply, `refresh of ${app}`);
   return reply.json();
 }
 
@@ -123,6 +176,15 @@ try {
       access_token_len: reply.access_token.length,
     }),
   );
+
+  const ticket = await readTicket(nc);
+  if (ticket !== null) {
+    console.log(JSON.stringify({ key: ticket.record.key, revision: ticket.revision, ticket_len: ticket.record.ticket.length }));
+    const pageURL = process.env.SIGN_URL || "https://shop.example/item?id=7#reviews";
+    const cfg = await sign(nc, pageURL);
+    const ok = jssdkSignature(ticket.record.ticket, cfg.nonceStr, cfg.timestamp, pageURL) === cfg.signature;
+    console.log(JSON.stringify({ ...cfg, url: pageURL, signature_ok: ok }));
+  }
 } catch (err) {
   console.error(err.message);
   process.exitCode = 1;
