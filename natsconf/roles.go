@@ -58,7 +58,16 @@ func RolePermissions(role Role, bucket, user string) *server.Permissions {
 	}
 	// Writing nothing: implied by the allow lists, spelled out so that
 	// nobody widens them into writing tokens or forging events.
-	readOnly := &server.SubjectPermission{Deny: []string{"$KV.>", contract.UpdatedPrefix + ">"}}
+	readOnly := &server.SubjectPermission{Deny: []string{"$KV.>", contract.UpdatedPrefix + ">", contract.AuditPrefix + ">"}}
+	// The audit trail: the refresher appends, operators read.
+	audit := contract.AuditStream
+	readAudit := []string{
+		"$JS.API.STREAM.INFO." + audit,
+		"$JS.API.CONSUMER.CREATE." + audit + ".>",
+		"$JS.API.CONSUMER.DELETE." + audit + ".>",
+		"$JS.API.CONSUMER.MSG.NEXT." + audit + ".>",
+		"$JS.FC." + audit + ".>",
+	}
 
 	switch role {
 	case RoleRefresher:
@@ -70,9 +79,11 @@ func RolePermissions(role Role, bucket, user string) *server.Permissions {
 			pub = append(pub, read(b)...)
 			pub = append(pub, "$KV."+b+".>")
 		}
-		// The events; and the requests the HTTP gateway (gateway:
-		// section, run by any replica) forwards.
-		pub = append(pub, contract.UpdatedPrefix+">", contract.RefreshPrefix+">", contract.SignPrefix+">")
+		// The events; the requests the HTTP gateway (gateway: section,
+		// run by any replica) forwards; the audit trail.
+		pub = append(pub, contract.UpdatedPrefix+">", contract.RefreshPrefix+">", contract.SignPrefix+">",
+			"$JS.API.STREAM.CREATE."+audit, "$JS.API.STREAM.UPDATE."+audit, "$JS.API.STREAM.INFO."+audit,
+			contract.AuditPrefix+">")
 		return &server.Permissions{
 			Publish:   &server.SubjectPermission{Allow: pub},
 			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", contract.RefreshPrefix + ">", contract.SignPrefix + ">", "$SRV.>"}},
@@ -91,7 +102,7 @@ func RolePermissions(role Role, bucket, user string) *server.Permissions {
 		// tokenctl status reads the lease and lists the state bucket.
 		// tokenctl has no inbox prefix option: it uses "_INBOX.", like
 		// the refresher, whose replies it may read anyway.
-		readOnly.Allow = append(append(append(read(bucket), read(lease)...), read(state)...), contract.RefreshPrefix+">", contract.SignPrefix+">", "$SRV.>")
+		readOnly.Allow = append(append(append(append(read(bucket), read(lease)...), read(state)...), readAudit...), contract.RefreshPrefix+">", contract.SignPrefix+">", "$SRV.>")
 		return &server.Permissions{
 			Publish:   readOnly,
 			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", contract.UpdatedPrefix + ">"}},

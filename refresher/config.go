@@ -44,6 +44,7 @@ type Config struct {
 	PassiveMinInterval *time.Duration `yaml:"passive_min_interval"`
 	HTTP               HTTPConfig     `yaml:"http"`
 	Upstream           UpstreamConfig `yaml:"upstream"`
+	Audit              AuditConfig    `yaml:"audit"`
 	Log                LogConfig      `yaml:"log"`
 	Policy             PolicyConfig   `yaml:"refresh"`
 	Apps               []AppConfig    `yaml:"apps"`
@@ -379,6 +380,12 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Apps) == 0 {
 		add("apps: no apps configured")
+	}
+	if c.Audit.MaxAge < 0 {
+		add("audit.max_age: %s is negative", c.Audit.MaxAge)
+	}
+	if c.Audit.MaxBytes < 0 {
+		add("audit.max_bytes: %d is negative", c.Audit.MaxBytes)
 	}
 	if c.Upstream.Proxy != "" {
 		if err := checkProxyURL(c.Upstream.Proxy); err != nil {

@@ -72,8 +72,10 @@ func (r *Refresher) refresh(ctx context.Context, a *app, source string, need ref
 	gate := r.leaseGate(&fetched)
 	fetchStart := time.Now()
 	cfg := a.config()
-	tok, err := r.fetchToken(ctx, cfg, need.force, gate)
+	var at attempts
+	tok, err := r.fetchToken(at.observe(ctx), cfg, need.force, gate)
 	r.obs.UpstreamCall(name, time.Since(fetchStart), err)
+	r.auditCall(ctx, name, name, cfg.Kind, source, at, contract.Fingerprint(tok.AccessToken))
 	if !fetched.IsZero() {
 		a.countCall(r.now())
 	}

@@ -60,6 +60,7 @@ type Refresher struct {
 	reqs          requestGate // token.refresh requests in progress (service.go)
 
 	proxyClients // upstream clients per proxy (upstream.go)
+	audit        *auditor // appends the audit trail (audit.go); nil: disabled
 	corpStates   // WeCom corps: corp ticket fetches, hourly counts (corp.go)
 
 	guard recordGuard // invalid records already reported (validate.go)
@@ -115,7 +116,10 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Refresher, error) {
 	}
 	if r.id == "" {
 		host, _ := os.Hostname()
-		r.id = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), nats.NewInbox()[len(nats.InboxPrefix):][:6])
+		// The end of a NUID: its start is the same for every NUID of a
+		// process, so replicas of one process would share it.
+		inbox := nats.NewInbox()
+		r.id = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), inbox[len(inbox)-8:])
 	}
 	for _, ac := range cfg.Apps {
 		a := &app{name: ac.Name, cfg: ac, policy: &r.policy}
@@ -157,6 +161,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	r.startAudit(ctx)
 	if err := r.loadAll(ctx); err != nil {
 		return err
 	}
@@ -203,6 +208,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 		<-done
 	}
 	r.flushPending()
+	r.audit.stop(3 * time.Second)
 	stopLease()
 	bg.Wait()
 	relCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -354,7 +354,7 @@ func (r *Refresher) goSlow(q *refreshReq, name, label string, stale *uint64, sou
 		r.reqs.at(stageSlow, q)
 		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 		defer cancel()
-		rep, err := r.refreshAs(ctx, name, stale, source)
+		rep, err := r.refreshAs(withRequester(ctx, requesterOf(nats.Header(q.Headers()))), name, stale, source)
 		if err != nil {
 			r.replyError(q, label, err)
 			return
@@ -544,7 +544,7 @@ func (r *Refresher) refreshAs(ctx context.Context, name string, stale *uint64, s
 			r.wg.Add(1)
 			go func() {
 				defer r.wg.Done()
-				res := r.refresh(r.refreshCtx, a, source, need)
+				res := r.refresh(withRequester(r.refreshCtx, requesterFrom(ctx)), a, source, need)
 				a.finish(f, res)
 				r.Tick()
 			}()

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
@@ -301,7 +302,7 @@ func (r *Refresher) refreshTicket(ctx context.Context, t *ticket, source string,
 	if !ok {
 		return r.ticketFailed(t, source, errNoToken, start)
 	}
-	tk, fetched, err := r.fetchTicket(ctx, t, tok.AccessToken)
+	tk, fetched, err := r.fetchTicket(ctx, t, tok.AccessToken, source)
 	if errors.Is(err, wechat.ErrTokenRejected) {
 		// Upstream itself says the token is bad: refresh it first, then
 		// the ticket, once.
@@ -311,7 +312,7 @@ func (r *Refresher) refreshTicket(ctx context.Context, t *ticket, source string,
 		if terr != nil {
 			return r.ticketFailed(t, source, fmt.Errorf("%w; refreshing the token: %w", err, terr), start)
 		}
-		tk, fetched, err = r.fetchTicket(ctx, t, ntok.AccessToken)
+		tk, fetched, err = r.fetchTicket(ctx, t, ntok.AccessToken, source)
 	}
 	if err != nil {
 		return r.ticketFailed(t, source, err, start)
@@ -372,13 +373,15 @@ func derefTicket(rec *contract.TicketRecord) contract.TicketRecord {
 // fetchTicket makes one upstream ticket call (with the client's retries),
 // each attempt inside the lease's trust window, and returns the ticket
 // and when the attempt that got it was sent.
-func (r *Refresher) fetchTicket(ctx context.Context, t *ticket, accessToken string) (wechat.Ticket, time.Time, error) {
+func (r *Refresher) fetchTicket(ctx context.Context, t *ticket, accessToken, source string) (wechat.Ticket, time.Time, error) {
 	var fetched time.Time
 	gate := r.leaseGate(&fetched)
 	begin := time.Now()
 	cfg := t.parent.config()
-	tk, err := r.clientFor(cfg).FetchTicketOf(ctx, cfg.Kind, cfg.APIBase, accessToken, t.typ, gate)
+	var at attempts
+	tk, err := r.clientFor(cfg).FetchTicketOf(at.observe(ctx), cfg.Kind, cfg.APIBase, accessToken, t.typ, gate)
 	r.obs.UpstreamCall(t.key, time.Since(begin), err)
+	r.auditCall(ctx, t.parent.name, t.key, cfg.Kind, source, at, contract.Fingerprint(tk.Value))
 	if !fetched.IsZero() {
 		t.countCall(r.now())
 		r.countTicketCall(t, r.now())
@@ -530,7 +533,7 @@ func (r *Refresher) handleTicket(q *refreshReq, t *ticket, stale *uint64, source
 		r.reqs.at(stageSlow, q)
 		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 		defer cancel()
-		rep, err := r.refreshTicketAs(ctx, t, stale, source)
+		rep, err := r.refreshTicketAs(withRequester(ctx, requesterOf(nats.Header(q.Headers()))), t, stale, source)
 		if err != nil {
 			r.replyError(q, t.key, err)
 			return
@@ -584,7 +587,7 @@ func (r *Refresher) refreshTicketAs(ctx context.Context, t *ticket, stale *uint6
 			}
 			defer t.forcedDone()
 		}
-		nrec, nrev, err := r.refreshTicket(r.refreshCtx, t, source, stale)
+		nrec, nrev, err := r.refreshTicket(withRequester(r.refreshCtx, requesterFrom(ctx)), t, source, stale)
 		done <- result{nrec, nrev, err}
 		r.Tick()
 	}()

@@ -114,7 +114,7 @@ func fetchOAuth2(ctx context.Context, c *wechat.Client, cfg AppConfig, gate wech
 	}
 	var tok wechat.Token
 	what := "oauth2 token for client " + cfg.ClientID
-	err := c.Run(ctx, what, cfg.Secret(), gate, func(actx context.Context) error {
+	err := c.Run(ctx, what, urlPathOf(cfg.TokenURL), cfg.Secret(), gate, func(actx context.Context) error {
 		actx = context.WithValue(actx, oauth2.HTTPClient, c.HTTPClient())
 		t, err := cc.Token(actx)
 		if err != nil {
@@ -157,4 +157,14 @@ func oauth2Err(err error) error {
 			Description: sanitize(re.ErrorDescription, 200)}
 	}
 	return err
+}
+
+// urlPathOf returns the path of a URL, for audit records ("" if it does
+// not parse).
+func urlPathOf(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	return u.Path
 }

@@ -175,6 +175,10 @@ func retryable(err error) bool {
 // bounded by the request timeout and ctx.
 func (s *Source) request(ctx context.Context, stale *uint64) (*Token, error) {
 	msg := nats.NewMsg(contract.RefreshSubject(s.app))
+	// Who asks, for the refresher's audit trail: the connection's name.
+	if name := s.nc.Opts.Name; name != "" {
+		msg.Header.Set(contract.RequesterHeader, name)
+	}
 	if stale != nil {
 		msg.Data, _ = json.Marshal(contract.RefreshRequest{StaleRevision: stale})
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"strconv"
 
 	"github.com/nats-io/nats.go"
@@ -111,6 +112,7 @@ func runRefresh(ctx context.Context, c *cli, args []string, flags any) error {
 	req.Data = body
 	// An operator's refresh: a new token is recorded as source "manual".
 	req.Header.Set(contract.SourceHeader, contract.SourceManual)
+	req.Header.Set(contract.RequesterHeader, requester())
 	msg, err := s.nc.RequestMsgWithContext(rctx, req)
 	if errors.Is(err, nats.ErrNoResponders) {
 		return fmt.Errorf("no refresher is serving %s (is a refresher running and connected to this NATS? a leader handover takes up to its lease_ttl)", subject)
@@ -147,4 +149,17 @@ func (c *cli) replyFailed(what, code string, msg *nats.Msg) error {
 		fmt.Fprintf(c.stdout, "%s\n", b)
 	}
 	return fmt.Errorf("%s failed: %d %s", what, detail.Code, detail.Message)
+}
+
+// requester names this tokenctl run for the refresher's audit trail:
+// tokenctl, the OS user and the host.
+func requester() string {
+	who := "tokenctl"
+	if u := os.Getenv("USER"); u != "" {
+		who += " " + u
+	}
+	if h, err := os.Hostname(); err == nil {
+		who += "@" + h
+	}
+	return who
 }

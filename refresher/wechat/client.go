@@ -194,7 +194,7 @@ func (c *Client) FetchGated(ctx context.Context, kind, base string, cred Credent
 			kind, cred.AppID, strings.TrimPrefix(err.Error(), "wechat: ")), err)
 	}
 	var tok Token
-	err = c.run(ctx, fmt.Sprintf("%s token for appid %s", kind, cred.AppID), cred.AppID, sc, gate, func(actx context.Context) error {
+	err = c.run(ctx, fmt.Sprintf("%s token for appid %s", kind, cred.AppID), cred.AppID, urlPath(req.url), sc, gate, func(actx context.Context) error {
 		data, ct, err := c.roundTrip(actx, req, sc)
 		switch {
 		case err == nil && req.feishu:
@@ -221,11 +221,12 @@ func (c *Client) baseFor(kind string) string {
 // before each attempt, retryable failures (see [IsRetryable]) retried
 // under the client's [RetryPolicy], ctx honoured during attempts and
 // backoffs, each attempt bounded by the client's timeout. what names the
-// call in errors ("oauth2 token for client x"); every error's text has
-// secret scrubbed out.
-func (c *Client) Run(ctx context.Context, what, secret string, gate Gate, try func(context.Context) error) error {
+// call in errors ("oauth2 token for client x"), path is the endpoint's
+// path for attempt observers (WithAttemptObserver); every error's text
+// has secret scrubbed out.
+func (c *Client) Run(ctx context.Context, what, path, secret string, gate Gate, try func(context.Context) error) error {
 	sc := newScrubber(secret)
-	return c.run(ctx, what, what, sc, gate, func(actx context.Context) error {
+	return c.run(ctx, what, what, path, sc, gate, func(actx context.Context) error {
 		actx, cancel := context.WithTimeout(actx, cmp.Or(c.timeout, DefaultTimeout))
 		defer cancel()
 		if err := try(actx); err != nil {
@@ -248,7 +249,8 @@ func (c *Client) HTTPClient() *http.Client {
 // failures retried under the client's policy, ctx honoured during requests
 // and backoffs. what ("jsapi ticket for appid wx…") names the fetch in
 // errors; hookID is what the attempt hook is given.
-func (c *Client) run(ctx context.Context, what, hookID string, sc scrubber, gate Gate, try func(context.Context) error) error {
+func (c *Client) run(ctx context.Context, what, hookID, path string, sc scrubber, gate Gate, try func(context.Context) error) error {
+	observe, _ := ctx.Value(observerKey{}).(func(Attempt))
 	policy := c.retry.normalized()
 	var last error
 	for attempt := 1; ; attempt++ {
@@ -271,6 +273,9 @@ func (c *Client) run(ctx context.Context, what, hookID string, sc scrubber, gate
 		cancel()
 		if c.hook != nil {
 			c.hook(hookID, attempt, err, time.Since(start))
+		}
+		if observe != nil {
+			observe(Attempt{Number: attempt, Path: path, Start: start, Duration: time.Since(start), Err: err})
 		}
 		if err == nil {
 			return nil

@@ -105,7 +105,7 @@ func (c *Client) FetchTicketOf(ctx context.Context, kind, base, accessToken, typ
 	req := request{method: http.MethodGet, url: u.String(), redactedURL: red}
 
 	var t Ticket
-	err = c.run(ctx, what, typ, sc, gate, func(actx context.Context) error {
+	err = c.run(ctx, what, typ, u.Path, sc, gate, func(actx context.Context) error {
 		data, ct, err := c.roundTrip(actx, req, sc)
 		if err == nil {
 			t, err = parseTicket(data, ct, typ, sc)
