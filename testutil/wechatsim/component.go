@@ -635,15 +635,14 @@ func (s *Sim) serveAuthorizerToken(w http.ResponseWriter, r *http.Request) {
 		if bad != nil {
 			return *bad
 		}
-		if req.Authorizer == "" || req.Refresh == "" {
-			return errAnswer(CodeDataFormat, "data format error")
-		}
 		a := c.authorizers[req.Authorizer]
-		if a == nil {
-			return errAnswer(CodeRefreshTokenInvalid, "refresh_token is invalid")
+		if a != nil {
+			a.tokenCalls++
 		}
-		a.tokenCalls++
-		if !a.refreshOK(req.Refresh, now) {
+		switch {
+		case req.Authorizer == "" || req.Refresh == "":
+			return errAnswer(CodeDataFormat, "data format error")
+		case a == nil || !a.refreshOK(req.Refresh, now):
 			return errAnswer(CodeRefreshTokenInvalid, "refresh_token is invalid")
 		}
 		t := s.issueAuthorizerToken(a, now)
