@@ -71,12 +71,53 @@
 //     call (401 with a Bearer challenge, error="invalid_token" for a bad
 //     token; 403 insufficient_scope for ?scope= not granted).
 //
+// WeChat Open Platform third-party platforms, "components" (added with
+// AddComponent; see component.go and component_push.go), all POST with
+// JSON bodies, the last three with ?component_access_token=… (or
+// ?access_token=…):
+//
+//   - /cgi-bin/component/api_component_token
+//     {"component_appid","component_appsecret","component_verify_ticket"}:
+//     a new component_access_token each call (the previous one valid for
+//     Options.Grace); the ticket must be one the emulator pushed to this
+//     component within Options.VerifyTicketTTL (12 h): 61006 unknown,
+//     missing or another component's, 61005 expired; secrets and quota as
+//     /cgi-bin/token.
+//   - /cgi-bin/component/api_query_auth
+//     {"component_appid","authorization_code"}: the authorization_info
+//     (a new authorizer_access_token, the refresh token, func_info); a
+//     code works once and for Options.AuthCodeTTL (10 min): 61009
+//     invalid or used, 61010 expired.
+//   - /cgi-bin/component/api_authorizer_token
+//     {"component_appid","authorizer_appid","authorizer_refresh_token"}:
+//     a new authorizer_access_token (the previous one valid for Grace)
+//     and the refresh token: the same one, or with
+//     Options.RotateRefreshTokens a new one, the superseded one working
+//     for Options.RefreshTokenGrace; 61023 for a wrong, superseded,
+//     unknown or unauthorized one.
+//   - /cgi-bin/component/api_get_authorizer_list
+//     {"component_appid","offset","count"} (count 1 to 500, else 40097):
+//     {"total_count","list":[{"authorizer_appid","refresh_token","auth_time"}]}
+//     in authorization order.
+//
+// Those with a component_access_token answer 41001 (none), 40001
+// (unknown or superseded past its grace), 42001 (expired), 61014 (an app's
+// or authorizer's access token) and 40013 (another component's token).
+// Authorizer access tokens are WeChat access tokens of the authorizer's
+// appid: getcallbackip and getticket accept them, with the same grace. The
+// push driver (PushVerifyTicket, StartPushing, Authorize, UpdateAuthorize,
+// Unauthorize) POSTs what WeChat sends to a component's callback, sealed
+// with internal/wxcrypt, and wants "success". AuthorizeDirect and
+// BulkAuthorize set up authorizers without pushes; no call costs time in
+// proportion to the number of authorizers (Unauthorize does).
+//
 // Every token lives Options.ExpiresIn and is accepted only by the
 // endpoints of its own upstream. The clock is injectable (Options.Now),
 // faults can be injected at run time for the token endpoints of every
 // upstream (SetFault; Fault.Paths picks endpoints), and every interesting
 // count can be observed (Calls, Fetches, Issued, MaxConcurrentFetches,
-// BusinessCalls, Check, and their WeCom, Feishu and OAuth2 counterparts).
+// BusinessCalls, Check, and their WeCom, Feishu, OAuth2 and component
+// counterparts).
 package wechatsim
 
 import (
@@ -246,9 +287,9 @@ type Call struct {
 // Fault is injected by SetFault. Counters are consumed in the order
 // HTTP5xx, Garbage, Busy, then Errcode applies; -1 means "every call until
 // cleared". Faults apply to the token endpoints only (WeChat's two, WeCom's
-// gettoken, Feishu's tenant_access_token and OAuth2's token endpoint, or
-// those listed in Paths), after Latency, and answered faults do not count
-// as calls.
+// gettoken, Feishu's tenant_access_token, OAuth2's token endpoint and the
+// four component endpoints, or those listed in Paths), after Latency, and
+// answered faults do not count as calls.
 //
 // Busy and Errcode answer in the shape of the upstream called: WeChat and
 // WeCom {"errcode","errmsg"} with HTTP 200; Feishu {"code","msg"} (Busy:
