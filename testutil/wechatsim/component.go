@@ -123,7 +123,11 @@ type Authorization struct {
 
 // AuthorizerKey names an authorizer of a component in Call.AppID,
 // MaxConcurrentFetches and InFlight for api_authorizer_token calls:
-// "component/authorizer".
+// "component/authorizer". api_component_token calls are named by the
+// component appid alone, api_query_auth and api_get_authorizer_list calls
+// by AuthorizerKey(component, "api_query_auth") and
+// AuthorizerKey(component, "api_get_authorizer_list"), so that
+// MaxConcurrentFetches(component) counts component token fetches only.
 func AuthorizerKey(component, authorizer string) string { return component + "/" + authorizer }
 
 // AddComponent registers an Open Platform component with its AppSecret
@@ -573,7 +577,7 @@ func (s *Sim) serveQueryAuth(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		req = queryAuthRequest{}
 	}
-	s.tokenCall(w, r, PathQueryAuth, kindWeChat, req.AppID, func(now time.Time) answer {
+	s.tokenCall(w, r, PathQueryAuth, kindWeChat, AuthorizerKey(req.AppID, "api_query_auth"), func(now time.Time) answer {
 		if !ok {
 			return errAnswer(CodeDataFormat, "data format error")
 		}
@@ -675,7 +679,7 @@ func (s *Sim) serveAuthorizerList(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		req = authorizerListRequest{}
 	}
-	s.tokenCall(w, r, PathAuthorizerList, kindWeChat, req.AppID, func(now time.Time) answer {
+	s.tokenCall(w, r, PathAuthorizerList, kindWeChat, AuthorizerKey(req.AppID, "api_get_authorizer_list"), func(now time.Time) answer {
 		if !ok {
 			return errAnswer(CodeDataFormat, "data format error")
 		}

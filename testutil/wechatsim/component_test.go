@@ -822,6 +822,40 @@ func TestComponentFaults(t *testing.T) {
 	}
 	e.sim.SetFault(wechatsim.Fault{})
 	wantCode(t, e.list(ctok, 0, 1), 0)
+	for key, want := range map[string]int{compID: 1, wechatsim.AuthorizerKey(compID, authzA): 1,
+		wechatsim.AuthorizerKey(compID, "api_get_authorizer_list"): 1, wechatsim.AuthorizerKey(compID, "api_query_auth"): 1} {
+		if got := e.sim.MaxConcurrentFetches(key); got != want {
+			t.Fatalf("MaxConcurrentFetches(%s) = %d, want %d", key, got, want)
+		}
+	}
+}
+
+// Concurrent component token fetches are seen as such, and only they
+// count for the component.
+func TestComponentConcurrentFetches(t *testing.T) {
+	e := newCompEnv(t, wechatsim.Options{})
+	ticket := e.pushTicket(compID)
+	e.sim.SetFault(wechatsim.Fault{Latency: time.Hour, Paths: []string{wechatsim.PathComponentToken}})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b, _ := json.Marshal(map[string]string{"component_appid": compID, "component_appsecret": compSecret, "component_verify_ticket": ticket})
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.srv.URL+wechatsim.PathComponentToken, bytes.NewReader(b))
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	waitFor(t, "two fetches in flight", func() bool { return e.sim.InFlight(compID) == 2 })
+	cancel()
+	wg.Wait()
+	if got := e.sim.MaxConcurrentFetches(compID); got != 2 {
+		t.Fatalf("MaxConcurrentFetches = %d, want 2", got)
+	}
+	waitFor(t, "no fetch in flight", func() bool { return e.sim.InFlight(compID) == 0 })
 }
 
 // StartPushing pushes to every component at once and then every interval,
