@@ -31,8 +31,12 @@ type LeafNodeOptions struct {
 // authenticate as. Exactly one of PasswordEnv and PasswordFile is set.
 type LeafRemote struct {
 	// URL is the remote's leafnode address, nats-leaf://host:7422 (or
-	// tls://… for a TLS listener). Credentials do not belong in it: use
-	// User and PasswordEnv or PasswordFile.
+	// tls://… for a TLS listener), or a comma-separated list of the
+	// addresses of a cluster's nodes. Only these are dialled: the
+	// addresses the remote advertises (often internal ones, or ones that
+	// bypass a proxy or load balancer in between) are ignored.
+	// Credentials do not belong in it: use User and PasswordEnv or
+	// PasswordFile.
 	URL string `yaml:"url"`
 	// User is the user name on the remote, of role leaf there.
 	User string `yaml:"user"`
@@ -88,8 +92,13 @@ func (o EmbeddedOptions) validateLeafNodes(add, addFile func(key, format string,
 	}
 	for i, r := range ln.Remotes {
 		key := fmt.Sprintf("nats.embedded.leafnodes.remotes[%d]", i)
-		if msg := checkLeafURL(strings.TrimSpace(r.URL)); msg != "" {
-			add(key+".url", "%s", msg)
+		for j, raw := range strings.Split(r.URL, ",") {
+			if msg := checkLeafURL(strings.TrimSpace(raw)); msg != "" {
+				if strings.Contains(r.URL, ",") {
+					msg = fmt.Sprintf("entry %d: %s", j+1, msg)
+				}
+				add(key+".url", "%s", msg)
+			}
 		}
 		if r.User == "" {
 			add(key+".user", "required: the user of role leaf on the remote server")
@@ -158,12 +167,16 @@ func (ln LeafNodeOptions) serverOptions() (server.LeafNodeOpts, error) {
 			pw = strings.TrimSpace(string(data))
 			wipe(data)
 		}
-		u, err := url.Parse(strings.TrimSpace(r.URL))
-		if err != nil {
-			return lo, optErr(fmt.Sprintf("nats.embedded.leafnodes.remotes[%d].url", i), "not a URL")
+		remote := &server.RemoteLeafOpts{IgnoreDiscoveredServers: true}
+		for _, raw := range strings.Split(r.URL, ",") {
+			u, err := url.Parse(strings.TrimSpace(raw))
+			if err != nil {
+				return lo, optErr(fmt.Sprintf("nats.embedded.leafnodes.remotes[%d].url", i), "not a URL")
+			}
+			u.User = url.UserPassword(r.User, pw)
+			remote.URLs = append(remote.URLs, u)
 		}
-		u.User = url.UserPassword(r.User, pw)
-		lo.Remotes = append(lo.Remotes, &server.RemoteLeafOpts{URLs: []*url.URL{u}})
+		lo.Remotes = append(lo.Remotes, remote)
 	}
 	return lo, nil
 }

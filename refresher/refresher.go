@@ -76,6 +76,9 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Refresher, error) {
 	if cfg == nil || nc == nil {
 		return nil, errors.New("refresher: New needs a config and a NATS connection")
 	}
+	if cfg.Mode == ModeFollow {
+		return nil, errors.New("refresher: mode follow makes no upstream call: use NewFollower")
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
