@@ -19,9 +19,9 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/subscriber"
 	tu "github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
-	"github.com/tokenkeeper/tokenkeeper/subscriber"
 )
 
 // followFreePort returns a TCP port that was free a moment ago.
@@ -121,6 +121,10 @@ func TestFollowerEnvironment(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(conn.Close)
+	// As deployed, staging is linked before the follower first starts; a
+	// mirror made while the link is down retries on the server's backoff
+	// (10 s, growing to 2 min), which the cut below exercises.
+	tu.WaitFor(t, 20*time.Second, func() bool { return conn.Server.NumLeafNodes() == 1 }, "staging did not connect to production as a leafnode")
 	if _, err := refresher.New(cfg, conn.NC); err == nil {
 		t.Fatal("refresher.New accepted a config in mode follow")
 	}
@@ -156,7 +160,7 @@ func TestFollowerEnvironment(t *testing.T) {
 		t.Fatalf("no readiness check %s", check)
 		return false
 	}
-	tu.WaitFor(t, 10*time.Second, func() bool { return f.Readiness().Ready }, "the follower is not ready: %+v", f.Readiness())
+	tu.WaitFor(t, 30*time.Second, func() bool { return f.Readiness().Ready }, "the follower is not ready: %+v", f.Readiness())
 
 	// A staging service, with the stock subscriber.
 	snc, sjs := tu.Connect(t, conn.Server.ClientURL(), nats.UserInfo("staging", "staging-service-pw"),
@@ -252,7 +256,7 @@ func TestFollowerEnvironment(t *testing.T) {
 		t.Error("the mirrored token is valid, but the app check failed during the cut")
 	}
 	proxy.Restore()
-	tu.WaitFor(t, 30*time.Second, func() bool { return stagingRev() == reply4.Revision }, "staging's mirror did not catch up after the link came back")
+	tu.WaitFor(t, 60*time.Second, func() bool { return stagingRev() == reply4.Revision }, "staging's mirror did not catch up after the link came back")
 	tu.WaitFor(t, 10*time.Second, func() bool { got, _ := src.Token(); return got.Revision == reply4.Revision }, "the staging service did not catch up")
 	tu.WaitFor(t, 10*time.Second, func() bool { return f.Readiness().Ready }, "the follower is not ready after Restore: %+v", f.Readiness())
 
