@@ -143,7 +143,8 @@ func hubAndLeaf(t *testing.T) (hub, leaf *server.Server, leafPort int) {
 // same revision; the mirror takes no write; writes from staging never
 // reach production's bucket; the staging user, used as a client of
 // production, is refused writes and JetStream API calls with permission
-// errors; the leaf password is in no log line.
+// errors; a consumer staging creates cannot write production's
+// buckets; the leaf password is in no log line.
 func TestEmbeddedHubAndLeafMirror(t *testing.T) {
 	logs := &syncLog{}
 	prev := slog.Default()
@@ -206,16 +207,60 @@ func TestEmbeddedHubAndLeafMirror(t *testing.T) {
 			t.Errorf("%s from staging was answered: %s", subj, m.Data)
 		}
 	}
+	// The one JetStream call staging may make, consumer create on
+	// KV_tokens, with a deliver subject in production: into the bucket
+	// itself (the server refuses the cycle), into the lease bucket (a KV
+	// stream's wildcard subscription is no delivery interest for a push
+	// consumer: nothing is delivered), onto an event subject.
+	lkv, err := natsconf.EnsureBucket(ctx, pjs, natsconf.BucketConfig{Name: contract.LeaseBucket(contract.DefaultBucket)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaseRev, err := lkv.Create(ctx, contract.LeaseKey, []byte(`{"id":"prod-1"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, _ := testutil.Connect(t, hub.ClientURL(), nats.UserInfo("service", "service-pw"), nats.CustomInboxPrefix(contract.ServiceInboxPrefix("service")))
+	events, err := svc.SubscribeSync(contract.UpdatedSubject("mp-main"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, deliver := range []string{"$KV.tokens.mp-main", "$KV.tokens_lease.leader", contract.UpdatedSubject("mp-main")} {
+		req := fmt.Sprintf(`{"stream_name":"KV_tokens","config":{"deliver_subject":%q,"deliver_policy":"all","ack_policy":"none"}}`, deliver)
+		m, err := snc.Request("$JS.prod.API.CONSUMER.CREATE.KV_tokens", []byte(req), 2*time.Second)
+		t.Logf("consumer delivering to %s, created from staging: %v %.120s", deliver, err, func() []byte {
+			if m == nil {
+				return nil
+			}
+			return m.Data
+		}())
+	}
 	if err := snc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	// A write that would have crossed lands within milliseconds; give it
-	// ample time, then check production's bucket, history included.
+	// A write that would have crossed lands within milliseconds, and the
+	// consumers above deliver with the mirror: once the mirror has a
+	// write made after all of them, check production.
 	probe, err := pkv.Put(ctx, "probe", []byte("after"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	testutil.WaitFor(t, 5*time.Second, func() bool { return mirrored(rev2, `{"v":2}`) && probe > rev2 }, "mirror state")
+	testutil.WaitFor(t, 5*time.Second, func() bool {
+		e, err := skv.Get(ctx, "probe")
+		return err == nil && e.Revision() == probe
+	}, "the probe write did not reach the mirror")
+	if e, err := lkv.Get(ctx, contract.LeaseKey); err != nil || e.Revision() != leaseRev {
+		t.Errorf("production's lease bucket changed after staging's consumers: %v", err)
+	}
+	// Known limitation (docs/operations.md, "What the leaf user may"):
+	// such a consumer does deliver to a subject production clients
+	// subscribe to literally, as here; nothing may trust those subjects.
+	if n, _, _ := events.Pending(); n != 0 {
+		t.Logf("known limitation: a literal subscriber to %s in production received %d messages from a consumer staging created", contract.UpdatedSubject("mp-main"), n)
+	}
 	hist, err := pkv.History(ctx, "mp-main")
 	if err != nil {
 		t.Fatal(err)
