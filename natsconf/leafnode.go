@@ -30,8 +30,8 @@ type LeafNodeOptions struct {
 // leafnode address of production and the user (of role leaf there) to
 // authenticate as. Exactly one of PasswordEnv and PasswordFile is set.
 type LeafRemote struct {
-	// URL is the remote's leafnode address, nats-leaf://host:7422 (or
-	// tls://… for a TLS listener), or a comma-separated list of the
+	// URL is the remote's leafnode address, nats-leaf://host:7422, or a
+	// comma-separated list of the
 	// addresses of a cluster's nodes. Only these are dialled: the
 	// addresses the remote advertises (often internal ones, or ones that
 	// bypass a proxy or load balancer in between) are ignored.
@@ -136,9 +136,9 @@ func checkLeafURL(s string) string {
 		return "not a URL like nats-leaf://host:7422"
 	}
 	switch u.Scheme {
-	case "nats-leaf", "nats", "tls":
+	case "nats-leaf", "nats":
 	default:
-		return fmt.Sprintf("scheme %q is not supported (nats-leaf, nats, tls)", u.Scheme)
+		return fmt.Sprintf("scheme %q is not supported (nats-leaf, nats; the embedded server has no leafnode TLS: for TLS run nats-server, see examples/follow)", u.Scheme)
 	}
 	if u.User != nil {
 		return "must not carry credentials: set user and password_env (or password_file)"
