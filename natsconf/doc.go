@@ -2,7 +2,11 @@
 // there: connection options (URLs, creds, nkey, user/password, TLS) and
 // Connect, the embedded nats-server the refresher may run (StartEmbedded,
 // started only on explicit request), the users and permissions of its
-// roles, and bucket provisioning (EnsureBucket).
+// roles, and bucket provisioning (EnsureBucket). For follower
+// environments (staging, a second region) the embedded server takes a
+// JetStream domain and leafnode settings, role leaf (LeafPermissions) is
+// what a follower server connects to production as, and EnsureMirror
+// makes a follower's bucket a read-only mirror of production's.
 //
 // Options is the nats: section of the refresher's YAML and tokenctl's
 // flags. Options.Validate reports every problem at once, each naming its

@@ -67,6 +67,16 @@ type EmbeddedOptions struct {
 	// StoreCipher is StoreCipherChaCha (default) or StoreCipherAES. The
 	// server converts a store written with the other cipher.
 	StoreCipher string `yaml:"store_cipher"`
+	// JetStreamDomain is the server's JetStream domain ([A-Za-z0-9_-],
+	// at most 64); empty: none. Servers joined by leafnodes each need
+	// their own (production "prod", staging "staging"), so that each
+	// keeps its own JetStream and reaches the other's as
+	// $JS.<domain>.API. Required with LeafNodes.
+	JetStreamDomain string `yaml:"jetstream_domain"`
+	// LeafNodes joins this server to others as leafnodes: a production
+	// server listens for the leafnode connections of its follower
+	// environments; a staging server connects to production as a remote.
+	LeafNodes LeafNodeOptions `yaml:"leafnodes"`
 	// Bucket is the token bucket the roles' permissions name (with its
 	// _lease and _state buckets); default contract.DefaultBucket. The refresher sets
 	// it from its bucket: key.
@@ -102,6 +112,7 @@ func (o EmbeddedOptions) validate(keys, files bool) []error {
 	}
 	o.validateUsers(add, addFile, files)
 	o.validateStoreKey(add, addFile, files)
+	o.validateLeafNodes(add, addFile, files)
 	if err == nil && len(o.Users) == 0 && !o.AllowAnonymous && !loopback(host) {
 		add("nats.embedded.listen", "%s is reachable beyond this host and nats.embedded.users is empty: "+
 			"anyone who reaches it could read every token and write the bucket. "+
@@ -202,15 +213,21 @@ func startEmbedded(o EmbeddedOptions, self bool) (*server.Server, nats.Option, e
 	if err := os.MkdirAll(o.StoreDir, 0o750); err != nil {
 		return nil, nil, fmt.Errorf("%w: nats.embedded.store_dir: %w", ErrEmbeddedStart, err)
 	}
+	leaf, err := o.LeafNodes.serverOptions()
+	if err != nil {
+		return nil, nil, err
+	}
 	sopts := &server.Options{
-		ServerName: o.ServerName,
-		Host:       host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   o.StoreDir,
-		NoSigs:     true,
-		Users:      users,
-		Nkeys:      nkeyUsers,
+		ServerName:      o.ServerName,
+		Host:            host,
+		Port:            port,
+		JetStream:       true,
+		JetStreamDomain: o.JetStreamDomain,
+		StoreDir:        o.StoreDir,
+		NoSigs:          true,
+		Users:           users,
+		Nkeys:           nkeyUsers,
+		LeafNode:        leaf,
 	}
 	if err := o.applyStoreKey(sopts); err != nil {
 		return nil, nil, err

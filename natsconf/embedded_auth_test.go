@@ -130,7 +130,7 @@ func TestEmbeddedUsersValidate(t *testing.T) {
 		"nats.embedded.allow_anonymous: cannot be combined with nats.embedded.users",
 		`nats.embedded.users[1].user: "ok" is already users[0]`,
 		`nats.embedded.users[2].user: "no role" is not a valid user name`,
-		"nats.embedded.users[2].role: required: refresher, service or operator",
+		"nats.embedded.users[2].role: required: refresher, service, operator or leaf",
 		`nats.embedded.users[3].role: "admin" is not a role`,
 		"nats.embedded.users[3].password_file: file " + missing + " does not exist",
 		"nats.embedded.users[4].password_file: " + empty + " is empty",

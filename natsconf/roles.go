@@ -31,10 +31,19 @@ const (
 	// RoleOperator is tokenctl's: what a service may, plus reading the
 	// lease and the state buckets (tokenctl status). It writes nothing.
 	RoleOperator Role = "operator"
+	// RoleLeaf is the user a follower environment's server (staging, a
+	// second region) connects to production's leafnode listener with:
+	// its bucket mirrors production's, its services' token.refresh
+	// requests reach production's refresher, and it writes nothing in
+	// production. See LeafPermissions.
+	RoleLeaf Role = "leaf"
 )
 
 // Roles lists the roles, in the order of the documentation.
-var Roles = []Role{RoleRefresher, RoleService, RoleOperator}
+var Roles = []Role{RoleRefresher, RoleService, RoleOperator, RoleLeaf}
+
+// roleNames is what an error says a role may be.
+const roleNames = "refresher, service, operator or leaf"
 
 // userNameRE is what a user name of nats.embedded.users may be: one
 // subject token, as it becomes part of the service inbox prefix.
@@ -43,7 +52,8 @@ var userNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 // RolePermissions returns the permissions of role for the buckets of
 // bucket (bucket, bucket_lease, bucket_state) and the user named user
 // (the service role's inbox is private to the user). It returns nil for
-// an unknown role.
+// an unknown role, and for RoleLeaf, whose permissions also name the
+// JetStream domain (LeafPermissions).
 func RolePermissions(role Role, bucket, user string) *server.Permissions {
 	lease, state := contract.LeaseBucket(bucket), contract.StateBucket(bucket)
 	// What reading and watching one bucket takes.
@@ -118,7 +128,7 @@ type EmbeddedUser struct {
 	// User is the user name ([A-Za-z0-9_-]{1,64}). With NKey it only names
 	// the user in logs and in the service inbox prefix.
 	User string `yaml:"user"`
-	// Role is refresher, service or operator.
+	// Role is refresher, service, operator or leaf.
 	Role Role `yaml:"role"`
 	// PasswordEnv names the environment variable holding the password
 	// (or its bcrypt hash, "$2a$…", so the clear text stays off this host).
@@ -155,11 +165,11 @@ func (o EmbeddedOptions) validateUsers(add, addFile func(key, format string, arg
 			}
 		}
 		switch u.Role {
-		case RoleRefresher, RoleService, RoleOperator:
+		case RoleRefresher, RoleService, RoleOperator, RoleLeaf:
 		case "":
-			add(key+".role", "required: refresher, service or operator")
+			add(key+".role", "required: "+roleNames)
 		default:
-			add(key+".role", "%q is not a role: refresher, service or operator", string(u.Role))
+			add(key+".role", "%q is not a role: "+roleNames, string(u.Role))
 		}
 		var set []string
 		for _, kv := range []struct{ k, v string }{{"password_env", u.PasswordEnv}, {"password_file", u.PasswordFile}, {"nkey", u.NKey}} {
@@ -213,6 +223,9 @@ func (o EmbeddedOptions) serverUsers() ([]*server.User, []*server.NkeyUser, erro
 	var nkeyUsers []*server.NkeyUser
 	for i, u := range o.Users {
 		perms := RolePermissions(u.Role, o.bucket(), u.User)
+		if u.Role == RoleLeaf {
+			perms = LeafPermissions(o.bucket(), u.User, o.JetStreamDomain)
+		}
 		switch {
 		case u.NKey != "":
 			nkeyUsers = append(nkeyUsers, &server.NkeyUser{Nkey: u.NKey, Permissions: perms})

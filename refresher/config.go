@@ -51,6 +51,12 @@ type Config struct {
 	// Gateway is the HTTP gateway for services without NATS (off unless
 	// gateway.listen is set); cmd/refresher runs it.
 	Gateway gateway.Config `yaml:"gateway"`
+	// Mode is ModeLead (default, also when empty): fetch upstream, hold
+	// the lease, serve token.refresh. ModeFollow: read a mirror of a lead
+	// environment's bucket and report on it, nothing else; see Follower
+	// and FollowConfig (follow.go).
+	Mode   string       `yaml:"mode"`
+	Follow FollowConfig `yaml:"follow"`
 }
 
 // HTTPConfig is the http: section (metrics and health endpoints).
@@ -341,6 +347,9 @@ var CronParser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | 
 // does not check that secret_env is set or secret_file readable: that is
 // ResolveSecrets), and changes nothing in c.
 func (c *Config) Validate() error {
+	if c.Mode != "" && c.Mode != ModeLead || c.Follow != (FollowConfig{}) {
+		return c.validateFollow() // follow.go
+	}
 	var p []string
 	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
 
@@ -452,6 +461,9 @@ func (c *Config) Validate() error {
 // (WithSecret). It is the only method of Config that reads the
 // environment or files.
 func (c *Config) ResolveSecrets() error {
+	if c.Mode == ModeFollow {
+		return nil // a follower holds no secrets (follow.go)
+	}
 	var p []string
 	for i := range c.Apps {
 		a := &c.Apps[i]

@@ -59,9 +59,9 @@ type Refresher struct {
 	readyOnce     sync.Once
 	reqs          requestGate // token.refresh requests in progress (service.go)
 
-	proxyClients // upstream clients per proxy (upstream.go)
+	proxyClients          // upstream clients per proxy (upstream.go)
 	audit        *auditor // appends the audit trail (audit.go); nil: disabled
-	corpStates   // WeCom corps: corp ticket fetches, hourly counts (corp.go)
+	corpStates            // WeCom corps: corp ticket fetches, hourly counts (corp.go)
 
 	guard recordGuard // invalid records already reported (validate.go)
 	bk    *buckets    // the buckets behind kv, stateKV and the lease (buckets.go)
@@ -80,6 +80,9 @@ const shutdownGrace = 15 * time.Second
 func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Refresher, error) {
 	if cfg == nil || nc == nil {
 		return nil, errors.New("refresher: New needs a config and a NATS connection")
+	}
+	if cfg.Mode == ModeFollow {
+		return nil, errors.New("refresher: mode follow makes no upstream call: use NewFollower")
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err

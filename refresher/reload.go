@@ -21,6 +21,9 @@ func (r *Refresher) Reload(cfg *Config) (needRestart []string, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if cfg.Mode == ModeFollow {
+		return nil, &ConfigError{Problems: []string{"mode: follow needs a restart (a lead refresher does not become a follower on SIGHUP)"}}
+	}
 	if err := cfg.checkResolved(); err != nil {
 		return nil, err
 	}

@@ -94,6 +94,9 @@ func run(ctx context.Context, args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if cfg.Mode == refresher.ModeFollow {
+		return runFollower(ctx, cfg, conn, reg, log)
+	}
 	opts := []refresher.Option{refresher.WithLogger(log), refresher.WithObserver(refresher.NewMetrics(reg))}
 	if *replicaID != "" {
 		opts = append(opts, refresher.WithReplicaID(*replicaID))
@@ -171,6 +174,36 @@ func startGateway(ctx context.Context, cfg *refresher.Config, conn *natsconf.Con
 		}
 	}()
 	return g, func() { cancel(); <-done }, nil
+}
+
+// runFollower runs a refresher in mode follow (a follower environment):
+// the mirror, its reports, no upstream. SIGHUP is not handled: a change
+// of the config needs a restart.
+func runFollower(ctx context.Context, cfg *refresher.Config, conn *natsconf.Conn, reg *prometheus.Registry, log *slog.Logger) error {
+	f, err := refresher.NewFollower(cfg, conn.NC, log)
+	if err != nil {
+		return err
+	}
+	reg.MustRegister(f)
+	if cfg.HTTP.Listen != "" {
+		ln, err := net.Listen("tcp", cfg.HTTP.Listen)
+		if err != nil {
+			return fmt.Errorf("http.listen: %w", err)
+		}
+		srv := &http.Server{Handler: f.HTTPHandler(reg), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("http server stopped", "err", err)
+			}
+		}()
+		log.Info("serving /metrics /healthz /readyz /status", "addr", ln.Addr().String(), "mode", refresher.ModeFollow)
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = srv.Shutdown(sctx)
+			cancel()
+		}()
+	}
+	return f.Run(ctx)
 }
 
 // reloadOnHUP re-reads the config file on every SIGHUP and applies it:
