@@ -90,11 +90,17 @@ func (r *Refresher) startAudit(ctx context.Context) {
 	}
 	au := &auditor{js: r.js, cfg: auditStreamConfig(r.cfg), log: r.log.Error, obs: r.obs,
 		ch: make(chan contract.AuditRecord, auditQueue), done: make(chan struct{})}
-	if _, err := r.js.CreateOrUpdateStream(ctx, au.cfg); err != nil {
-		r.log.Warn("audit stream not provisioned yet; retrying with each record", "stream", au.cfg.Name, "err", err)
-	}
 	r.audit = au
-	go au.run()
+	go func() {
+		// Off the start's path: a server that refuses the stream (old
+		// permissions) must not delay the refresher.
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if _, err := r.js.CreateOrUpdateStream(cctx, au.cfg); err != nil {
+			r.log.Warn("audit stream not provisioned yet; retrying with each record", "stream", au.cfg.Name, "err", err)
+		}
+		cancel()
+		au.run()
+	}()
 }
 
 // stopAudit appends what is queued (bounded by d) and stops the appender.

@@ -9,6 +9,7 @@
 //	tokenctl [global flags] refresh KEY [--stale REV]
 //	tokenctl [global flags] sign APP URL [--ticket agent_config]
 //	tokenctl [global flags] status
+//	tokenctl [global flags] audit [KEY] [--since D] [--follow]
 //	tokenctl hash-token [--new] < token
 //
 // It speaks only the wire contract of docs/protocol.md, with the same
@@ -117,12 +118,13 @@ type command struct {
 	help    string // the long description, printed by CMD --help
 	nargs   int    // exact number of positional arguments
 	anyKey  bool   // the first argument is any key (APP, APP.TICKET), not only an app
+	optArgs bool   // the positional arguments are optional (0 to nargs)
 	flags   func(fs *flag.FlagSet) any
 	run     func(ctx context.Context, c *cli, args []string, flags any) error
 }
 
 // commands are tokenctl's subcommands, in the order of the help.
-var commands = []*command{getCommand, watchCommand, refreshCommand, signCommand, statusCommand, hashTokenCommand}
+var commands = []*command{getCommand, watchCommand, refreshCommand, signCommand, statusCommand, auditCommand, hashTokenCommand}
 
 // lookup returns the command called name, or nil.
 func lookup(name string) *command {
@@ -211,7 +213,7 @@ func (c *cli) main(ctx context.Context, args []string) (int, error) {
 		}
 		return 0, usagef("%s: %v", cmd.name, err)
 	}
-	if len(pos) != cmd.nargs {
+	if len(pos) != cmd.nargs && !(cmd.optArgs && len(pos) < cmd.nargs) {
 		if cmd.nargs == 0 {
 			return 0, usagef("%s takes no arguments, got %q", cmd.name, pos)
 		}

@@ -36,6 +36,8 @@ func refresherPermissions() *server.Permissions {
 			"$JS.FC.KV_tokens.>", "$JS.FC.KV_tokens_lease.>", "$JS.FC.KV_tokens_state.>",
 			"$KV.tokens.>", "$KV.tokens_lease.>", "$KV.tokens_state.>",
 			"token.updated.>",
+			"$JS.API.STREAM.CREATE.tokenkeeper_audit", "$JS.API.STREAM.UPDATE.tokenkeeper_audit",
+			"$JS.API.STREAM.INFO.tokenkeeper_audit", "token.audit.>",
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{"token.refresh.>", "token.sign.>", "$SRV.>", "_INBOX.>"}},
 		Response:  &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
@@ -60,7 +62,11 @@ var readerPublish = []string{
 var opsPublish = append(append([]string(nil), readerPublish...),
 	"$JS.API.STREAM.INFO.KV_tokens_lease", "$JS.API.DIRECT.GET.KV_tokens_lease.>",
 	"$JS.API.STREAM.INFO.KV_tokens_state", "$JS.API.CONSUMER.CREATE.KV_tokens_state.>",
-	"$JS.API.CONSUMER.DELETE.KV_tokens_state.>", "$JS.FC.KV_tokens_state.>")
+	"$JS.API.CONSUMER.DELETE.KV_tokens_state.>", "$JS.FC.KV_tokens_state.>",
+	// tokenctl audit
+	"$JS.API.STREAM.INFO.tokenkeeper_audit", "$JS.API.CONSUMER.CREATE.tokenkeeper_audit.>",
+	"$JS.API.CONSUMER.DELETE.tokenkeeper_audit.>", "$JS.API.CONSUMER.MSG.NEXT.tokenkeeper_audit.>",
+	"$JS.FC.tokenkeeper_audit.>")
 
 const (
 	refresherPW = "refresher-pw-31d"
@@ -187,6 +193,12 @@ func TestPermissionsOfProtocolDoc(t *testing.T) {
 		r = tokenctl(t, append(ops, "status")...)
 		return r.code == 0 && strings.Contains(r.stdout, "leader: "+rep.R.ID())
 	}, "status as ops: %s", &r)
+
+	// ops reads the audit trail: the startup call at least.
+	testutil.WaitFor(t, 5*time.Second, func() bool {
+		r = tokenctl(t, append(ops, "audit")...)
+		return r.code == 0 && strings.Contains(r.stdout, " startup ")
+	}, "audit as ops: %s", &r)
 
 	// The reader cannot read the lease: status fails, with the reason.
 	r = tokenctl(t, append(reader, "--timeout", "1s", "status")...)
