@@ -226,6 +226,8 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, o *outcome, fa
 	defer cancel()
 	m := nats.NewMsg(subject)
 	m.Data = req
+	// The refresher's audit trail names the gateway client who asked.
+	m.Header.Set(contract.RequesterHeader, "gateway client "+o.client)
 	reply, err := g.nc.RequestMsgWithContext(ctx, m)
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):

@@ -45,7 +45,7 @@ nats:
       - {user: service, role: service, password_env: GW_SERVICE_PASSWORD}
 schedule: "@every 1s"
 apps:
-  - {name: mp, appid: wxgw, secret_env: GW_APP_SECRET, api_base: %s}
+  - {name: mp, appid: wxgw, secret_env: GW_APP_SECRET, api_base: %s, tickets: [jsapi]}
 gateway:
   listen: %s
   clients:
@@ -89,9 +89,18 @@ gateway:
 	if code != 200 || json.Unmarshal(b, &rec) != nil || rec.Revision == 0 {
 		t.Fatalf("refresh through the gateway: %d %s", code, b)
 	}
-	code, b = call("POST", "/v1/sign/mp", `{"url":"https://shop.example/"}`)
-	if code != 503 || !strings.Contains(string(b), "nobody serves token.sign.mp") {
-		t.Errorf("sign without a sign service: %d %s, want 503 no responders", code, b)
+	// Signing end to end: gateway → token.sign.mp → the refresher's sign
+	// service, over the jsapi ticket it keeps; WeChat accepts it.
+	var sig contract.SignReply
+	testutil.WaitFor(t, 20*time.Second, func() bool {
+		code, b = call("POST", "/v1/sign/mp", `{"url":"https://shop.example/pay?id=7#top"}`)
+		return code == 200 && json.Unmarshal(b, &sig) == nil && sig.Signature != ""
+	}, "POST /v1/sign/mp never answered 200: %d %s", code, b)
+	if sig.AppID != "wxgw" {
+		t.Errorf("sign reply appId %q, want wxgw", sig.AppID)
+	}
+	if err := sim.CheckSignature("wxgw", "https://shop.example/pay?id=7", sig.NonceStr, sig.Timestamp, sig.Signature); err != nil {
+		t.Errorf("the signature made through the gateway: %v", err)
 	}
 	if code, _ := call("GET", "/v1/tokens/other", ""); code != 403 {
 		t.Errorf("a key outside the patterns: %d, want 403", code)
