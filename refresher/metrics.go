@@ -34,7 +34,7 @@ const (
 	ErrClassOtherErrcode = "errcode_other"
 )
 
-// knownErrcodes are the WeChat errcodes that get a label value of their
+// knownErrcodes are the upstream errcodes (WeChat, WeCom, Feishu) that get a label value of their
 // own in tokenkeeper_upstream_errors_total; any other errcode is counted
 // as ErrClassOtherErrcode, so that an upstream cannot grow the number of
 // series without bound.
@@ -43,6 +43,12 @@ var knownErrcodes = map[int]bool{
 	40164: true, 40243: true, 41001: true, 41002: true, 41004: true, 42001: true,
 	45009: true, 45011: true, 48001: true, 61024: true,
 	89501: true, 89503: true, 89506: true, 89507: true,
+	// WeCom
+	60020: true, 40091: true,
+	// Feishu
+	10003: true, 10014: true, 99991400: true, 99991663: true, 99991668: true, 99991671: true, 99991677: true,
+	// Open Platform
+	61005: true, 61006: true, 61023: true,
 }
 
 // UpstreamErrorClass returns the errcode label value of
