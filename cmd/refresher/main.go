@@ -10,9 +10,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/nats-io/nats.go"
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"log/slog"
 	"net"
 	"net/http"
@@ -146,6 +149,7 @@ func run(ctx context.Context, args []string) error {
 			select {
 			case <-r.Ready():
 				printDemoHelp(cfg, conn.Server.ClientURL(), httpAddr)
+				showDemoSignature(ctx, conn.NC)
 			case <-ctx.Done():
 			}
 		}()
@@ -246,6 +250,8 @@ func demoConfig(listen string) (*refresher.Config, func(), error) {
 	sim := wechatsim.New(wechatsim.Options{ExpiresIn: 30 * time.Second, Grace: 10 * time.Second})
 	sim.AddApp("wxdemo0000000001", "demo-secret-1")
 	sim.AddApp("wxdemo0000000002", "demo-secret-2")
+	sim.AddWeComApp("wwdemo0000000003", 1000002, "demo-secret-3")
+	sim.AddFeishuApp("cli_demo00000004", "demo-secret-4")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, nil, err
@@ -271,8 +277,12 @@ func demoConfig(listen string) (*refresher.Config, func(), error) {
 		PassiveMinInterval: &passive,
 		Policy:             refresher.PolicyConfig{MinLeft: &minLeft},
 		Apps: []refresher.AppConfig{
-			(refresher.AppConfig{Name: "demo-mp", Kind: "wechat", AppID: "wxdemo0000000001", APIBase: base}).WithSecret("demo-secret-1"),
+			(refresher.AppConfig{Name: "demo-mp", Kind: "wechat", AppID: "wxdemo0000000001", APIBase: base,
+				Tickets: []string{"jsapi"}}).WithSecret("demo-secret-1"),
 			(refresher.AppConfig{Name: "demo-mini", Kind: "wechat-stable", AppID: "wxdemo0000000002", APIBase: base}).WithSecret("demo-secret-2"),
+			(refresher.AppConfig{Name: "demo-wecom", Kind: "wecom", CorpID: "wwdemo0000000003", AgentID: 1000002, APIBase: base,
+				Tickets: []string{"jsapi", "agent_config"}}).WithSecret("demo-secret-3"),
+			(refresher.AppConfig{Name: "demo-feishu", Kind: "feishu", AppID: "cli_demo00000004", APIBase: base}).WithSecret("demo-secret-4"),
 		},
 	}
 	cfg.SetDefaults()
@@ -288,18 +298,41 @@ func demoConfig(listen string) (*refresher.Config, func(), error) {
 
 func printDemoHelp(cfg *refresher.Config, url, httpAddr string) {
 	fmt.Fprintf(os.Stderr, `
-tokenkeeper demo: embedded NATS at %s, the WeChat emulator as upstream.
-Apps demo-mp (classic /cgi-bin/token) and demo-mini (stable_token) get
-30-second tokens, refreshed after about two thirds of their life.
+tokenkeeper demo: embedded NATS at %s, the upstream emulator.
+Apps demo-mp (WeChat /cgi-bin/token, with its jsapi ticket), demo-mini
+(stable_token), demo-wecom (WeCom, with its jsapi and agent_config
+tickets) and demo-feishu (Feishu) get 30-second credentials, refreshed
+after about two thirds of their life (WeCom's at expiry).
 
-Look at the tokens from another terminal:
+Look at them from another terminal:
   go run ./cmd/tokenctl --nats %s status
   go run ./cmd/tokenctl --nats %s watch demo-mp
+  go run ./cmd/tokenctl --nats %s get demo-mp.jsapi
   go run ./cmd/tokenctl --nats %s refresh demo-mp
+  go run ./cmd/tokenctl --nats %s sign demo-mp https://demo.example/page
+  go run ./cmd/tokenctl --nats %s audit
 or with the nats CLI:  nats --server %s kv get %s demo-mp
 Metrics and health:    curl http://%s/status   (/metrics /readyz /healthz)
 
 Ctrl-C stops it.
 
-`, url, url, url, url, url, cfg.Bucket, httpAddr)
+`, url, url, url, url, url, url, url, url, cfg.Bucket, httpAddr)
+}
+
+// showDemoSignature asks the demo's sign service for a JS-SDK signature
+// once demo-mp's jsapi ticket is stored, and prints it.
+func showDemoSignature(ctx context.Context, nc *nats.Conn) {
+	const page = "https://demo.example/page"
+	body, _ := json.Marshal(contract.SignRequest{URL: page})
+	for i := 0; i < 40 && ctx.Err() == nil; i++ {
+		msg, err := nc.Request(contract.SignSubject("demo-mp"), body, 2*time.Second)
+		if err == nil && msg.Header.Get(contract.ErrorCodeHeader) == "" {
+			fmt.Fprintf(os.Stderr, "A JS-SDK signature of %s for wx.config (token.sign.demo-mp):\n  %s\n\n", page, msg.Data)
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(250 * time.Millisecond): // the ticket follows the token by a moment
+		}
+	}
 }

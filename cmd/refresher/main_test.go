@@ -60,6 +60,27 @@ func TestDemo(t *testing.T) {
 			t.Errorf("%s: lifetime %v, want the demo's 30s", app, life)
 		}
 	}
+	// The other kinds, and demo-mp's jsapi ticket.
+	for _, key := range []string{"demo-wecom", "demo-feishu", "demo-mp.jsapi", "demo-wecom.jsapi", "demo-wecom.agent_config"} {
+		testutil.WaitFor(t, 10*time.Second, func() bool {
+			kv, err := js.KeyValue(context.Background(), "tokens")
+			if err != nil {
+				return false
+			}
+			_, err = kv.Get(context.Background(), key)
+			return err == nil
+		}, "no record under %s", key)
+	}
+	// The demo's sign service signs with that ticket.
+	body, _ := json.Marshal(contract.SignRequest{URL: "https://demo.example/page"})
+	msg, err := nc.Request(contract.SignSubject("demo-mp"), body, 5*time.Second)
+	if err != nil {
+		t.Fatalf("token.sign.demo-mp: %v", err)
+	}
+	var sig contract.SignReply
+	if json.Unmarshal(msg.Data, &sig) != nil || sig.Signature == "" || sig.AppID != "wxdemo0000000001" {
+		t.Errorf("token.sign.demo-mp: %s", msg.Data)
+	}
 	// demo-mp is refreshed after about 20 s (2/3 of 30 s).
 	sub, err := nc.SubscribeSync(contract.UpdatedSubject("demo-mp"))
 	if err != nil {
