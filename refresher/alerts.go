@@ -22,7 +22,7 @@ func alertFor(code int) string {
 	switch code {
 	case 40164, 60020:
 		return "ip_not_whitelisted"
-	case 40001, 40125:
+	case 40001, 40125, 40091, 10014:
 		return "secret_wrong_or_rotated"
 	case 89503:
 		return "risk_control"
@@ -48,7 +48,7 @@ func alertMessage(code int, ip string) string {
 			who = "this server's egress IP " + ip
 		}
 		return "ALERT ip_not_whitelisted: " + who + " is not on the app's IP allow list; add it in " + where + " (retrying politely until then)"
-	case 40001, 40125:
+	case 40001, 40125, 40091, 10014:
 		return "ALERT secret_wrong_or_rotated: WeChat refuses the AppSecret; put the current secret in the config and send SIGHUP"
 	case 89503:
 		return "ALERT risk_control: WeChat's risk control holds calls from this IP until an administrator confirms it in the WeChat console"
