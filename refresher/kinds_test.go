@@ -81,6 +81,25 @@ func TestWeComTwoAgentsTwoKeysNoBusyLoop(t *testing.T) {
 	t.Logf("wa: %d tokens, %d calls, %d events, revision %d", issued, calls, eventsA.Load(), rev)
 }
 
+// TestWeComBusinessCallsAcrossExpiry: WeCom issues a new token only once
+// the old one has expired, so a call at that moment gets 42001; the
+// Transport answers it with a stale-revision refresh and one retry, so
+// the caller sees no rejection across several token lifetimes.
+func TestWeComBusinessCallsAcrossExpiry(t *testing.T) {
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: 3 * time.Second}})
+	e.Start(e.Config(wecomApp(e, "wa", 1000002)))
+	e.WaitRecord(10*time.Second, "wa", func(contract.Record, uint64) bool { return true })
+	first := e.Sim.WeComTokensIssued(testCorp, 1000002)
+	ok, rejected := businessLoop(t, e, "wa", wechatsim.PathWeComAgentGet+"?agentid=1000002", func() bool {
+		return e.Sim.WeComTokensIssued(testCorp, 1000002) >= first+3
+	})
+	bizOK, bizRejected := e.Sim.WeComBusinessCalls()
+	t.Logf("business calls: caller ok %d rejected %d; WeCom saw ok %d rejected %d (absorbed by the retry)", ok, rejected, bizOK, bizRejected)
+	if rejected != 0 || ok == 0 {
+		t.Errorf("the caller saw %d rejected business calls (%d ok), want 0", rejected, ok)
+	}
+}
+
 // TestWeComCorpTicketOncePerCorp: the corp's jsapi ticket is fetched once
 // for the corp and written under each of its apps; agent_config is per
 // app.
@@ -142,7 +161,9 @@ func businessLoop(t *testing.T, e *harness.Env, app, path string, stop func() bo
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode == http.StatusOK && !strings.Contains(string(body), `"code":9999`) {
+		var v struct{ Errcode, Code int }
+		_ = json.Unmarshal(body, &v)
+		if resp.StatusCode == http.StatusOK && v.Errcode == 0 && v.Code == 0 {
 			ok++
 		} else {
 			rejected++
