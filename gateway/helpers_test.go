@@ -68,6 +68,15 @@ func setup(t *testing.T, tune func(*gateway.Config), opts ...gateway.Option) *wo
 	e.Start(e.Config(mp, e.App("other")))
 	e.WaitRecord(10*time.Second, "mp", func(contract.Record, uint64) bool { return true })
 	e.WaitRecord(10*time.Second, "other", func(contract.Record, uint64) bool { return true })
+	// mp's jsapi ticket follows its token.
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		kv, err := e.JS.KeyValue(context.Background(), contract.DefaultBucket)
+		if err != nil {
+			return false
+		}
+		_, err = kv.Get(context.Background(), "mp.jsapi")
+		return err == nil
+	}, "no mp.jsapi ticket stored")
 
 	w := &world{e: e, logs: &harness.SyncBuffer{}, hc: &http.Client{Timeout: 30 * time.Second}}
 	cfg := gateway.Config{Listen: "127.0.0.1:0", Clients: testClients()}
