@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
-	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 )
 
 // app is the refresher's state of one configured app.
@@ -195,7 +194,7 @@ func (a *app) failure(err error, now time.Time) time.Time {
 		switch {
 		case errors.Is(err, ErrQuotaReserved):
 			return a.policy.PermanentRetryMin, a.policy.PermanentRetryMin
-		case errors.Is(err, ErrNotStored), wechat.IsRetryable(err):
+		case errors.Is(err, ErrNotStored), transient(err):
 			return a.policy.RetryMin, 60 * a.policy.RetryMin
 		}
 		return a.policy.PermanentRetryMin, 10 * a.policy.PermanentRetryMin

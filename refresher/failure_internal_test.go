@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 )
 
@@ -27,10 +29,16 @@ func TestFailurePacing(t *testing.T) {
 		{"not stored", fmt.Errorf("%w: write timed out", ErrNotStored), func(n int) time.Duration {
 			return min(time.Second<<(n-1), 60*time.Second)
 		}},
+		{"NATS read", fmt.Errorf("read mp: %w", nats.ErrNoResponders), func(n int) time.Duration {
+			return min(time.Second<<(n-1), 60*time.Second)
+		}},
 		{"permanent", &wechat.Error{Code: 40164, Msg: "invalid ip"}, func(n int) time.Duration {
 			return min(time.Minute<<(n-1), 10*time.Minute)
 		}},
 		{"quota reserved", ErrQuotaReserved, func(int) time.Duration { return time.Minute }},
+		{"oauth2 invalid_client", &OAuth2Error{Status: 401, Code: "invalid_client"}, func(n int) time.Duration {
+			return min(time.Minute<<(n-1), 10*time.Minute)
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for range 50 { // the jitter is random: many draws

@@ -225,10 +225,18 @@ func TestFollowerEnvironment(t *testing.T) {
 		t.Errorf("emulator counted %d calls, production made %d, want 3 and equal: the follower called upstream", got, want)
 	}
 
-	// Status and metrics: revisions and times, no token.
-	st := f.Status()
-	body, _ := json.Marshal(st)
-	if len(st.Keys) != 1 || st.Keys[0].Key != "mp-main" || st.Keys[0].Revision != rev3 || !st.Keys[0].Valid {
+	// Status and metrics: revisions and times, no token. The follower
+	// sees the mirror through its own watch, a moment after the mirror.
+	var st refresher.FollowReport
+	var body []byte
+	if !tu.Eventually(5*time.Second, func() bool {
+		st = f.Status()
+		body, _ = json.Marshal(st)
+		return len(st.Keys) == 1 && st.Keys[0].Revision == rev3
+	}) {
+		t.Fatalf("the follower's status did not reach revision %d: %s", rev3, body)
+	}
+	if st.Keys[0].Key != "mp-main" || !st.Keys[0].Valid {
 		t.Errorf("follower status: %s", body)
 	}
 	if strings.Contains(string(body), reply.AccessToken) || strings.Contains(string(body), prodRec2.AccessToken) {

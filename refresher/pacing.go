@@ -98,3 +98,21 @@ func (p *pacing) status(now time.Time, held bool) pacingStatus {
 // failureJitter spreads the pause after a failure by ±20 %, so that
 // failing apps do not retry in step.
 var failureJitter = backoff.Spread(0.2)
+
+// transient reports whether err is worth a quick retry (the RetryMin
+// pace): a retryable upstream failure, or a failure that is no answer of
+// the upstream at all — a NATS read or write, a stream not answering
+// yet, a deadline. Only the upstream's own refusals (an errcode, an HTTP
+// status, a request that cannot be built) take the permanent pace.
+func transient(err error) bool {
+	if wechat.IsRetryable(err) {
+		return true
+	}
+	var we *wechat.Error
+	var he *wechat.HTTPError
+	if errors.As(err, &we) || errors.As(err, &he) ||
+		errors.Is(err, wechat.ErrInvalidArgument) || errors.Is(err, wechat.ErrUnknownKind) {
+		return false
+	}
+	return true
+}

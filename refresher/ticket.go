@@ -164,7 +164,7 @@ func (t *ticket) failure(err error, now time.Time) time.Time {
 	defer t.mu.Unlock()
 	return t.failed(err, now, len(t.parent.config().spec().hourlyTicketLimit) > 0, func(err error) (time.Duration, time.Duration) {
 		switch {
-		case errors.Is(err, errNoToken), errors.Is(err, ErrNotStored), errors.Is(err, wechat.ErrTokenRejected), wechat.IsRetryable(err):
+		case errors.Is(err, errNoToken), errors.Is(err, ErrNotStored), errors.Is(err, wechat.ErrTokenRejected), transient(err):
 			return t.policy.RetryMin, 60 * t.policy.RetryMin
 		}
 		return t.policy.PermanentRetryMin, 10 * t.policy.PermanentRetryMin
