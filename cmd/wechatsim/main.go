@@ -7,7 +7,10 @@
 // WeCom (/cgi-bin/gettoken, its tickets and /cgi-bin/agent/get), Feishu
 // (/open-apis/auth/v3/tenant_access_token/internal, /open-apis/bot/v3/info)
 // and an OAuth2 client_credentials server (/oauth2/token,
-// /oauth2/resource), each with its own semantics. It is meant for demos,
+// /oauth2/resource), each with its own semantics, and WeChat Open Platform
+// third-party platforms ("components": /cgi-bin/component/api_component_token,
+// api_query_auth, api_authorizer_token, api_get_authorizer_list) with a
+// push driver for their encrypted callbacks. It is meant for demos,
 // docker-compose and load tests; see package testutil/wechatsim.
 //
 // Usage:
@@ -16,15 +19,36 @@
 //	    [--app id2:secret2] [--wecom corpid:agentid:secret] \
 //	    [--feishu appid:secret] [--oauth2 client_id:secret] \
 //	    [--oauth2-scopes 'client_id=scope1 scope2'] [--expires-in 7200s] \
-//	    [--grace 300s] [--quota 2000] [--latency 0]
+//	    [--grace 300s] [--quota 2000] [--latency 0] \
+//	    [--component appid:secret:token:aeskey] \
+//	    [--component-callback 'https://host/wechat/component/{appid}'] \
+//	    [--push-every 10m] [--component-authorizers 3] [--rotate-refresh-tokens]
+//
+// A component is registered with its AppSecret and the message token and
+// EncodingAESKey of its callback (授权事件接收 URL). With
+// --component-callback, the emulator pushes each component an encrypted
+// component_verify_ticket at start and every --push-every (WeChat: 10
+// minutes), to the URL with {appid} replaced by the component's appid.
+// --component-authorizers N authorizes N accounts per component at start,
+// without pushes (wxauthorizer0 …; a refresher finds them through
+// api_get_authorizer_list). Authorization events are pushed on demand:
+//
+//	POST /sim/component/authorize?component=…&authorizer=…
+//	POST /sim/component/updateauthorize?component=…&authorizer=…
+//	POST /sim/component/unauthorize?component=…&authorizer=…
+//	POST /sim/component/push-ticket?component=…
+//
+// each answering {"ok":true} or {"ok":false,"error":"…"} (never a code or
+// ticket); they need --component-callback.
 //
 // At least one app of any kind is needed. Each kind can also come from the
 // environment, comma-separated, in the flag's syntax (preferred:
 // command-line arguments are visible to every local user):
 // WECHATSIM_APPS="id:secret,id2:secret2", WECHATSIM_WECOM_APPS,
-// WECHATSIM_FEISHU_APPS, WECHATSIM_OAUTH2_CLIENTS. In every syntax the
-// secret is everything after the separator before it, so it may contain
-// ':'. OAuth2 scopes are not secret and come only from --oauth2-scopes.
+// WECHATSIM_FEISHU_APPS, WECHATSIM_OAUTH2_CLIENTS, WECHATSIM_COMPONENTS.
+// In every syntax the secret is everything after the separator before it,
+// so it may contain ':' (a component's token and EncodingAESKey, which
+// cannot, are its last two fields). OAuth2 scopes are not secret and come only from --oauth2-scopes.
 //
 // Every call is logged to stderr, one line each, with its path, appid,
 // HTTP status and errcode; secrets are never logged and tokens only as a
@@ -35,6 +59,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -42,6 +67,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"slices"
@@ -50,6 +76,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/internal/wxcrypt"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
 )
 
@@ -105,6 +132,31 @@ func parseWeComApp(s string) (wecomApp, error) {
 	return wecomApp{corpid, id, secret}, nil
 }
 
+type componentConf struct{ id, secret, token, aesKey string }
+
+// parseComponent parses "appid:secret:token:aeskey": the token and the
+// EncodingAESKey are the last two fields, the secret what lies between.
+// The error names no secret, token or key.
+func parseComponent(s string) (componentConf, error) {
+	id, rest, ok1 := strings.Cut(strings.TrimSpace(s), ":")
+	i := strings.LastIndex(rest, ":")
+	j := -1
+	if i > 0 {
+		j = strings.LastIndex(rest[:i], ":")
+	}
+	if !ok1 || j < 0 {
+		return componentConf{}, errors.New("component must be appid:secret:token:aeskey")
+	}
+	c := componentConf{id: id, secret: rest[:j], token: rest[j+1 : i], aesKey: rest[i+1:]}
+	if c.id == "" || c.secret == "" {
+		return componentConf{}, fmt.Errorf("component must be appid:secret:token:aeskey, all non-empty (appid %q)", c.id)
+	}
+	if _, err := wxcrypt.New(c.token, c.aesKey, c.id); err != nil {
+		return componentConf{}, fmt.Errorf("component %q: %w", c.id, err)
+	}
+	return c, nil
+}
+
 type oauthClient struct {
 	id, secret string
 	scopes     []string
@@ -118,6 +170,11 @@ type config struct {
 	oauth2 []oauthClient
 	opts   wechatsim.Options
 	lat    time.Duration
+
+	components  []componentConf
+	callback    string        // push target, {appid} replaced
+	pushEvery   time.Duration // ticket pushes
+	authorizers int           // per component, authorized at start
 }
 
 // listFlag registers a repeatable flag and its environment variable, both
@@ -176,6 +233,14 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	wecomApps.register(fs, &appErr)
 	feishuApps.register(fs, &appErr)
 	oauthClients.register(fs, &appErr)
+	components := listFlag[componentConf]{"component", "WECHATSIM_COMPONENTS",
+		"appid:secret:token:aeskey of an Open Platform component (token and EncodingAESKey of its callback)", parseComponent, &c.components}
+	components.register(fs, &appErr)
+	fs.StringVar(&c.callback, "component-callback", "", "URL the components' pushes go to, {appid} replaced by the component's appid (none: no pushes)")
+	fs.DurationVar(&c.pushEvery, "push-every", 10*time.Minute, "interval of component_verify_ticket pushes")
+	fs.IntVar(&c.authorizers, "component-authorizers", 0, "accounts authorized per component at start, without pushes (wxauthorizer0 …)")
+	fs.BoolVar(&c.opts.RotateRefreshTokens, "rotate-refresh-tokens", false, "api_authorizer_token returns a new refresh token every call (the old one valid for --grace)")
+	fs.DurationVar(&c.opts.VerifyTicketTTL, "verify-ticket-ttl", 12*time.Hour, "how long a pushed component_verify_ticket is accepted")
 	scopes := map[string][]string{}
 	fs.Func("oauth2-scopes", "'client_id=scope1 scope2': the scopes an OAuth2 client may request (repeatable)", func(s string) error {
 		id, list, ok := strings.Cut(s, "=")
@@ -204,13 +269,28 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	for _, l := range []func(func(string) string) error{wechatApps.fromEnv, wecomApps.fromEnv, feishuApps.fromEnv, oauthClients.fromEnv} {
+	for _, l := range []func(func(string) string) error{wechatApps.fromEnv, wecomApps.fromEnv, feishuApps.fromEnv, oauthClients.fromEnv, components.fromEnv} {
 		if err := l(getenv); err != nil {
 			return c, err
 		}
 	}
-	if len(c.apps)+len(c.wecom)+len(c.feishu)+len(c.oauth2) == 0 {
-		return c, errors.New("no apps: give --app appid:secret (or --wecom, --feishu, --oauth2) or their environment variables")
+	if len(c.apps)+len(c.wecom)+len(c.feishu)+len(c.oauth2)+len(c.components) == 0 {
+		return c, errors.New("no apps: give --app appid:secret (or --wecom, --feishu, --oauth2, --component) or their environment variables")
+	}
+	if c.callback != "" {
+		u, err := url.Parse(strings.ReplaceAll(c.callback, wechatsim.PlaceholderAppID, "x"))
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return c, errors.New("--component-callback must be an absolute http(s) URL")
+		}
+	}
+	if c.pushEvery <= 0 {
+		return c, errors.New("--push-every must be positive")
+	}
+	if c.authorizers < 0 || c.authorizers > 1_000_000 {
+		return c, errors.New("--component-authorizers must be 0 to 1000000")
+	}
+	if c.opts.VerifyTicketTTL <= 0 {
+		return c, errors.New("--verify-ticket-ttl must be positive")
 	}
 	for id, sc := range scopes {
 		i := slices.IndexFunc(c.oauth2, func(o oauthClient) bool { return o.id == id })
@@ -271,6 +351,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		if call.Canceled {
 			attrs = append(attrs, "canceled", true)
 		}
+		if call.Push != "" {
+			attrs = append(attrs, "push", call.Push)
+		}
+		if call.Err != "" {
+			attrs = append(attrs, "error", call.Err)
+		}
 		log.Info("call", attrs...)
 	}
 	sim := wechatsim.New(c.opts)
@@ -291,12 +377,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		sim.AddOAuth2Client(o.id, o.secret, o.scopes...)
 		ids = append(ids, "oauth2:"+o.id)
 	}
+	for _, cc := range c.components {
+		sim.AddComponent(cc.id, cc.secret, cc.token, cc.aesKey)
+		ids = append(ids, "component:"+cc.id)
+		if c.authorizers > 0 {
+			sim.BulkAuthorize(cc.id, c.authorizers, "wxauthorizer")
+		}
+	}
 	if c.lat > 0 {
 		sim.SetFault(wechatsim.Fault{Latency: c.lat})
 	}
 
 	mux := http.NewServeMux()
 	mux.Handle("/", sim.Handler()) // every upstream's paths; unknown ones 404
+	handleComponentEvents(mux, sim, c.callback)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 
 	ln, err := net.Listen("tcp", c.listen)
@@ -320,6 +414,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	if c.callback != "" && len(c.components) > 0 {
+		stopPushing := sim.StartPushing(c.callback, c.pushEvery)
+		defer stopPushing()
+	}
 	select {
 	case err := <-errc:
 		return err
@@ -334,4 +432,52 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
+}
+
+// handleComponentEvents serves the on-demand authorization events and
+// ticket pushes: POST /sim/component/<event>?component=…&authorizer=….
+// The answer never carries the authorization code or ticket.
+func handleComponentEvents(mux *http.ServeMux, sim *wechatsim.Sim, callback string) {
+	events := map[string]func(ctx context.Context, component, authorizer, url string) error{
+		"authorize": func(ctx context.Context, c, a, u string) error {
+			_, err := sim.Authorize(ctx, c, a, u)
+			return err
+		},
+		"updateauthorize": func(ctx context.Context, c, a, u string) error {
+			_, err := sim.UpdateAuthorize(ctx, c, a, u)
+			return err
+		},
+		"unauthorize": sim.Unauthorize,
+		"push-ticket": func(ctx context.Context, c, _, u string) error {
+			return sim.PushVerifyTicket(ctx, c, u)
+		},
+	}
+	mux.HandleFunc("POST /sim/component/{event}", func(w http.ResponseWriter, r *http.Request) {
+		ev := events[r.PathValue("event")]
+		if ev == nil {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		answer := func(status int, err error) {
+			w.WriteHeader(status)
+			if err != nil {
+				_ = json.NewEncoder(w).Encode(map[string]any{"ok": false, "error": err.Error()})
+				return
+			}
+			_, _ = io.WriteString(w, `{"ok":true}`+"\n")
+		}
+		if callback == "" {
+			answer(http.StatusConflict, errors.New("no --component-callback: nowhere to push"))
+			return
+		}
+		q := r.URL.Query()
+		component := q.Get("component")
+		err := ev(r.Context(), component, q.Get("authorizer"), strings.ReplaceAll(callback, wechatsim.PlaceholderAppID, component))
+		if err != nil {
+			answer(http.StatusBadGateway, err)
+			return
+		}
+		answer(http.StatusOK, nil)
+	})
 }

@@ -4,12 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/internal/wxcrypt"
 )
 
 type lockedBuf struct {
@@ -249,6 +254,191 @@ func TestRunServesEveryKind(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"appid=wwdemo/1000002", "appid=cli_demo", "appid=svc", "wecom:wwdemo/1000002,feishu:cli_demo,oauth2:svc"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("log lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestParseComponent(t *testing.T) {
+	const key = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+	env := map[string]string{"WECHATSIM_COMPONENTS": "wxcompenv:env:secret:envtoken:" + key}
+	c, err := parseConfig([]string{"--component", "wxcomp:comp-secret:pushtoken:" + key,
+		"--component-callback", "http://127.0.0.1:1/wechat/component/{appid}", "--push-every", "1m", "--component-authorizers", "3"},
+		func(k string) string { return env[k] }, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []componentConf{{"wxcomp", "comp-secret", "pushtoken", key}, {"wxcompenv", "env:secret", "envtoken", key}}
+	if !slices.Equal(c.components, want) || c.pushEvery != time.Minute || c.authorizers != 3 {
+		t.Fatalf("config %+v", c)
+	}
+	none := func(string) string { return "" }
+	for _, bad := range [][]string{
+		{"--component", "wxcomp:topsecret"},
+		{"--component", "wxcomp:topsecret:tok"},
+		{"--component", ":topsecret:tok:" + key},
+		{"--component", "wxcomp:topsecret:tok:shortkey"},
+		{"--component", "wxcomp::tok:" + key},
+		{"--component", "wxcomp:s:tok:" + key, "--component-callback", "not-a-url"},
+		{"--component", "wxcomp:s:tok:" + key, "--push-every", "0s"},
+		{"--component", "wxcomp:s:tok:" + key, "--component-authorizers", "-1"},
+	} {
+		var out bytes.Buffer
+		_, err := parseConfig(bad, none, &out)
+		if err == nil {
+			t.Errorf("%q accepted", bad)
+			continue
+		}
+		for _, s := range []string{"topsecret", key, "shortkey"} {
+			if strings.Contains(err.Error(), s) || strings.Contains(out.String(), s) {
+				t.Errorf("%q: error leaks %q: %v", bad, s, err)
+			}
+		}
+	}
+}
+
+// The binary registers a component, pushes it tickets at start and every
+// --push-every, authorizes --component-authorizers accounts, pushes
+// authorization events on demand, and logs no secret, ticket or token.
+func TestRunComponent(t *testing.T) {
+	const (
+		compSecret = "component-very-secret"
+		token      = "pushtoken"
+		key        = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+	)
+	cr, err := wxcrypt.New(token, key, "wxcomp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var pushes []*wxcrypt.ComponentPush
+	cb := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		q := r.URL.Query()
+		p, err := cr.OpenComponentPush(q.Get("msg_signature"), q.Get("timestamp"), q.Get("nonce"), body)
+		if err != nil || r.URL.Path != "/wechat/component/wxcomp" {
+			http.Error(w, "bad push", http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		pushes = append(pushes, p)
+		mu.Unlock()
+		_, _ = io.WriteString(w, "success")
+	}))
+	defer cb.Close()
+	received := func() []*wxcrypt.ComponentPush {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(pushes)
+	}
+	waitPushes := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for len(received()) < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d pushes, want %d", len(received()), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+
+	var logs lockedBuf
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--component-authorizers", "3", "--push-every", "50ms",
+			"--component-callback", cb.URL + "/wechat/component/{appid}"},
+			func(k string) string {
+				if k == "WECHATSIM_COMPONENTS" {
+					return "wxcomp:" + compSecret + ":" + token + ":" + key
+				}
+				return ""
+			}, &logs, ready)
+	}()
+	var base string
+	select {
+	case addr := <-ready:
+		base = "http://" + addr
+	case err := <-done:
+		t.Fatal(err)
+	}
+	waitPushes(2) // at start and after --push-every
+	post := func(path string, body any) map[string]any {
+		t.Helper()
+		b, _ := json.Marshal(body)
+		resp, err := http.Post(base+path, "application/json", bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	ps := received()
+	ticket := ps[len(ps)-1].ComponentVerifyTicket
+	m := post("/cgi-bin/component/api_component_token", map[string]string{
+		"component_appid": "wxcomp", "component_appsecret": compSecret, "component_verify_ticket": ticket})
+	ctok, _ := m["component_access_token"].(string)
+	if ctok == "" {
+		t.Fatalf("component token: %v", m)
+	}
+	m = post("/cgi-bin/component/api_get_authorizer_list?component_access_token="+ctok,
+		map[string]any{"component_appid": "wxcomp", "offset": 0, "count": 100})
+	if m["total_count"] != float64(3) {
+		t.Fatalf("list %v", m)
+	}
+
+	n := len(received())
+	resp, err := http.Post(base+"/sim/component/authorize?component=wxcomp&authorizer=wxmerchant1", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ans, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(ans), `"ok":true`) {
+		t.Fatalf("authorize: %d %s", resp.StatusCode, ans)
+	}
+	var authorized *wxcrypt.ComponentPush
+	for _, p := range received()[n:] {
+		if p.InfoType == wxcrypt.InfoAuthorized {
+			authorized = p
+		}
+	}
+	if authorized == nil || authorized.AuthorizerAppID != "wxmerchant1" || strings.Contains(string(ans), authorized.AuthorizationCode) {
+		t.Fatalf("authorized push %v, answer %s", authorized, ans)
+	}
+	resp, err = http.Post(base+"/sim/component/unauthorize?component=wxcomp&authorizer=nosuch", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		t.Fatal("unauthorize of an unknown authorizer succeeded")
+	}
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	out := logs.String()
+	secrets := []string{compSecret, key, ctok, authorized.AuthorizationCode}
+	for _, p := range received() {
+		if p.ComponentVerifyTicket != "" {
+			secrets = append(secrets, p.ComponentVerifyTicket)
+		}
+	}
+	for _, s := range secrets {
+		if strings.Contains(out, s) {
+			t.Fatalf("log leaks a secret, ticket or token:\n%s", out)
+		}
+	}
+	for _, want := range []string{"component:wxcomp", "push=component_verify_ticket", "push=authorized", "path=/cgi-bin/component/api_component_token"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("log lacks %q:\n%s", want, out)
 		}

@@ -183,6 +183,10 @@ func (s *Sim) serveGetTicket(w http.ResponseWriter, r *http.Request) {
 	default:
 		appid = t.app
 		a := s.apps[appid]
+		if a == nil { // an authorizer's token (Open Platform): its tickets are its own
+			a = s.newApp("")
+			s.apps[appid] = a
+		}
 		a.ticketCalls++
 		s.rollDay(a, now)
 		switch {

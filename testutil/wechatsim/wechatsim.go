@@ -71,12 +71,53 @@
 //     call (401 with a Bearer challenge, error="invalid_token" for a bad
 //     token; 403 insufficient_scope for ?scope= not granted).
 //
+// WeChat Open Platform third-party platforms, "components" (added with
+// AddComponent; see component.go and component_push.go), all POST with
+// JSON bodies, the last three with ?component_access_token=… (or
+// ?access_token=…):
+//
+//   - /cgi-bin/component/api_component_token
+//     {"component_appid","component_appsecret","component_verify_ticket"}:
+//     a new component_access_token each call (the previous one valid for
+//     Options.Grace); the ticket must be one the emulator pushed to this
+//     component within Options.VerifyTicketTTL (12 h): 61006 unknown,
+//     missing or another component's, 61005 expired; secrets and quota as
+//     /cgi-bin/token.
+//   - /cgi-bin/component/api_query_auth
+//     {"component_appid","authorization_code"}: the authorization_info
+//     (a new authorizer_access_token, the refresh token, func_info); a
+//     code works once and for Options.AuthCodeTTL (10 min): 61009
+//     invalid or used, 61010 expired.
+//   - /cgi-bin/component/api_authorizer_token
+//     {"component_appid","authorizer_appid","authorizer_refresh_token"}:
+//     a new authorizer_access_token (the previous one valid for Grace)
+//     and the refresh token: the same one, or with
+//     Options.RotateRefreshTokens a new one, the superseded one working
+//     for Options.RefreshTokenGrace; 61023 for a wrong, superseded,
+//     unknown or unauthorized one.
+//   - /cgi-bin/component/api_get_authorizer_list
+//     {"component_appid","offset","count"} (count 1 to 500, else 40097):
+//     {"total_count","list":[{"authorizer_appid","refresh_token","auth_time"}]}
+//     in authorization order.
+//
+// Those with a component_access_token answer 41001 (none), 40001
+// (unknown or superseded past its grace), 42001 (expired), 61014 (an app's
+// or authorizer's access token) and 40013 (another component's token).
+// Authorizer access tokens are WeChat access tokens of the authorizer's
+// appid: getcallbackip and getticket accept them, with the same grace. The
+// push driver (PushVerifyTicket, StartPushing, Authorize, UpdateAuthorize,
+// Unauthorize) POSTs what WeChat sends to a component's callback, sealed
+// with internal/wxcrypt, and wants "success". AuthorizeDirect and
+// BulkAuthorize set up authorizers without pushes; no call costs time in
+// proportion to the number of authorizers (Unauthorize does).
+//
 // Every token lives Options.ExpiresIn and is accepted only by the
 // endpoints of its own upstream. The clock is injectable (Options.Now),
 // faults can be injected at run time for the token endpoints of every
 // upstream (SetFault; Fault.Paths picks endpoints), and every interesting
 // count can be observed (Calls, Fetches, Issued, MaxConcurrentFetches,
-// BusinessCalls, Check, and their WeCom, Feishu and OAuth2 counterparts).
+// BusinessCalls, Check, and their WeCom, Feishu, OAuth2 and component
+// counterparts).
 package wechatsim
 
 import (
@@ -198,6 +239,23 @@ type Options struct {
 	// token, under it a new one (the old one stays valid until its own
 	// end). Default 30 min; negative: a new token only after expiry.
 	FeishuRenewWindow time.Duration
+	// VerifyTicketTTL is how long a pushed component_verify_ticket is
+	// accepted by api_component_token, default 12 h (61005 after it).
+	VerifyTicketTTL time.Duration
+	// AuthCodeTTL is how long an authorization_code can be redeemed with
+	// api_query_auth, default 10 min (61010 after it).
+	AuthCodeTTL time.Duration
+	// RotateRefreshTokens makes every successful api_authorizer_token call
+	// return a new authorizer_refresh_token; the one it supersedes keeps
+	// working for RefreshTokenGrace, older ones answer 61023. Without it
+	// the refresh token stays the same until re-authorization.
+	RotateRefreshTokens bool
+	// RefreshTokenGrace is how long a rotated refresh token keeps working,
+	// default Grace; negative: not at all.
+	RefreshTokenGrace time.Duration
+	// PushTimeout bounds each push to a component's callback (WeChat
+	// waits 5 s), default 5 s.
+	PushTimeout time.Duration
 	// Now is the clock, default time.Now. It decides token validity and
 	// quota days; Fault.Latency always uses real time.
 	Now func() time.Time
@@ -217,14 +275,21 @@ type Call struct {
 	Canceled bool          // the caller went away during Fault.Latency
 	Token    string        // contract.Fingerprint of the issued, returned or presented token
 	Duration time.Duration // real time spent
+	// Push is set for a push to a component's callback (see
+	// PushVerifyTicket): its InfoType; Path is then the callback's path,
+	// AppID the component and Status the callback's HTTP status.
+	Push string
+	// Err is why a push failed ("" if it was answered "success"); it
+	// names no ticket, code or signature.
+	Err string
 }
 
 // Fault is injected by SetFault. Counters are consumed in the order
 // HTTP5xx, Garbage, Busy, then Errcode applies; -1 means "every call until
 // cleared". Faults apply to the token endpoints only (WeChat's two, WeCom's
-// gettoken, Feishu's tenant_access_token and OAuth2's token endpoint, or
-// those listed in Paths), after Latency, and answered faults do not count
-// as calls.
+// gettoken, Feishu's tenant_access_token, OAuth2's token endpoint and the
+// four component endpoints, or those listed in Paths), after Latency, and
+// answered faults do not count as calls.
 //
 // Busy and Errcode answer in the shape of the upstream called: WeChat and
 // WeCom {"errcode","errmsg"} with HTTP 200; Feishu {"code","msg"} (Busy:
@@ -318,10 +383,11 @@ type Sim struct {
 	sigOK       int
 	sigRejected int
 
-	wecom  map[string]*wecomCorp    // by corpid
-	feishu map[string]*feishuApp    // by app_id
-	oauth2 map[string]*oauth2Client // by client_id
-	biz    map[string]*bizCount     // business calls of the new kinds, by kind
+	wecom      map[string]*wecomCorp    // by corpid
+	feishu     map[string]*feishuApp    // by app_id
+	oauth2     map[string]*oauth2Client // by client_id
+	components map[string]*componentApp // Open Platform components, by appid
+	biz        map[string]*bizCount     // business calls of the new kinds, by kind
 }
 
 // bizCount counts business calls of one kind: accepted and rejected tokens.
@@ -401,10 +467,26 @@ func New(opts Options) *Sim {
 	case opts.FeishuRenewWindow < 0:
 		opts.FeishuRenewWindow = 0
 	}
+	if opts.VerifyTicketTTL <= 0 {
+		opts.VerifyTicketTTL = defaultVerifyTicketTTL
+	}
+	if opts.AuthCodeTTL <= 0 {
+		opts.AuthCodeTTL = defaultAuthCodeTTL
+	}
+	switch {
+	case opts.RefreshTokenGrace == 0:
+		opts.RefreshTokenGrace = opts.Grace
+	case opts.RefreshTokenGrace < 0:
+		opts.RefreshTokenGrace = 0
+	}
+	if opts.PushTimeout <= 0 {
+		opts.PushTimeout = defaultPushTimeout
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
 	return &Sim{
+		components:  map[string]*componentApp{},
 		wecom:       map[string]*wecomCorp{},
 		feishu:      map[string]*feishuApp{},
 		oauth2:      map[string]*oauth2Client{},
@@ -437,7 +519,13 @@ func (s *Sim) SetSecret(appid, secret string) {
 		a.secret = secret
 		return
 	}
-	s.apps[appid] = &app{secret: secret, day: shanghaiDay(s.opts.Now()),
+	s.apps[appid] = s.newApp(secret)
+}
+
+// newApp returns an app with secret (none: "" never authenticates). Caller
+// holds s.mu.
+func (s *Sim) newApp(secret string) *app {
+	return &app{secret: secret, day: shanghaiDay(s.opts.Now()),
 		tickets: map[string]*token{}, ticketsIssued: map[string]int{}}
 }
 
@@ -583,6 +671,10 @@ func (s *Sim) Handler() http.Handler {
 	mux.HandleFunc(PathFeishuBotInfo, s.serveFeishuBotInfo)
 	mux.HandleFunc(PathOAuth2Token, s.serveOAuth2Token)
 	mux.HandleFunc(PathOAuth2Resource, s.serveOAuth2Resource)
+	mux.HandleFunc(PathComponentToken, s.serveComponentToken)
+	mux.HandleFunc(PathQueryAuth, s.serveQueryAuth)
+	mux.HandleFunc(PathAuthorizerToken, s.serveAuthorizerToken)
+	mux.HandleFunc(PathAuthorizerList, s.serveAuthorizerList)
 	return mux
 }
 
@@ -671,6 +763,15 @@ func (s *Sim) newTokenValue() string {
 // issue makes a new token for a, superseding prev (which then stays valid
 // for Grace, never past its own expiry). Caller holds s.mu.
 func (s *Sim) issue(appid string, a *app, prev *token, now time.Time) *token {
+	t := s.issueChain(kindWeChat, appid, prev, now)
+	a.issued++
+	return t
+}
+
+// issueChain makes a new access token of kind for app, superseding prev
+// (which then stays valid for Grace, never past its own expiry), and
+// registers it. Caller holds s.mu.
+func (s *Sim) issueChain(kind, appid string, prev *token, now time.Time) *token {
 	if prev != nil {
 		until := now.Add(s.opts.Grace)
 		if until.After(prev.expiresAt) {
@@ -682,13 +783,13 @@ func (s *Sim) issue(appid string, a *app, prev *token, now time.Time) *token {
 	}
 	t := &token{
 		value:     s.newTokenValue(),
+		kind:      kind,
 		app:       appid,
 		issuedAt:  now,
 		expiresAt: now.Add(s.opts.ExpiresIn),
 	}
 	s.tokens[t.value] = t
 	s.order = append(s.order, t)
-	a.issued++
 	s.prune(now)
 	return t
 }
@@ -697,22 +798,22 @@ func (s *Sim) issue(appid string, a *app, prev *token, now time.Time) *token {
 // instead of 42001), so that long load tests do not grow without bound.
 func (s *Sim) prune(now time.Time) {
 	cut := now.Add(-24 * time.Hour)
+	s.order = pruneOrder(s.order, s.tokens, cut)
+	s.ticketOrder = pruneOrder(s.ticketOrder, s.tickets, cut)
+}
+
+// pruneOrder drops the tokens expired before cut from the front of order
+// and from byValue. It reslices rather than copies, so that a call costs
+// only what it prunes (append reallocates, keeping only live tokens, when
+// the backing array fills up).
+func pruneOrder(order []*token, byValue map[string]*token, cut time.Time) []*token {
 	n := 0
-	for n < len(s.order) && s.order[n].expiresAt.Before(cut) {
-		delete(s.tokens, s.order[n].value)
+	for n < len(order) && order[n].expiresAt.Before(cut) {
+		delete(byValue, order[n].value)
+		order[n] = nil
 		n++
 	}
-	if n > 0 {
-		s.order = append(s.order[:0:0], s.order[n:]...)
-	}
-	n = 0
-	for n < len(s.ticketOrder) && s.ticketOrder[n].expiresAt.Before(cut) {
-		delete(s.tickets, s.ticketOrder[n].value)
-		n++
-	}
-	if n > 0 {
-		s.ticketOrder = append(s.ticketOrder[:0:0], s.ticketOrder[n:]...)
-	}
+	return order[n:]
 }
 
 func secondsAtLeast1(d time.Duration) int {
