@@ -18,7 +18,8 @@ type Role string
 
 // The roles.
 const (
-	// RoleRefresher owns the buckets (tokens, tokens_lease, tokens_state),
+	// RoleRefresher owns the buckets (tokens, tokens_lease, tokens_state,
+	// and tokens_secrets with a wechat-component),
 	// publishes token.updated.<app> and serves token.refresh.<app>.
 	RoleRefresher Role = "refresher"
 	// RoleService reads and watches the tokens bucket, requests
@@ -27,7 +28,8 @@ const (
 	// contract.ServiceInboxPrefix(user).
 	RoleService Role = "service"
 	// RoleOperator is tokenctl's: what a service may, plus reading the
-	// lease and the state buckets (tokenctl status). It writes nothing.
+	// lease and the state buckets (tokenctl status). It writes nothing
+	// and, like a service, never reads the secrets bucket.
 	RoleOperator Role = "operator"
 )
 
@@ -43,7 +45,7 @@ var userNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 // (the service role's inbox is private to the user). It returns nil for
 // an unknown role.
 func RolePermissions(role Role, bucket, user string) *server.Permissions {
-	lease, state := contract.LeaseBucket(bucket), contract.StateBucket(bucket)
+	lease, state, secrets := contract.LeaseBucket(bucket), contract.StateBucket(bucket), contract.SecretsBucket(bucket)
 	// What reading and watching one bucket takes.
 	read := func(b string) []string {
 		return []string{
@@ -56,12 +58,19 @@ func RolePermissions(role Role, bucket, user string) *server.Permissions {
 	}
 	// Writing nothing: implied by the allow lists, spelled out so that
 	// nobody widens them into writing tokens or forging events.
-	readOnly := &server.SubjectPermission{Deny: []string{"$KV.>", contract.UpdatedPrefix + ">"}}
+	// Never the secrets bucket (sealed refresh tokens, verify tickets):
+	// spelled out for the same reason.
+	readOnly := &server.SubjectPermission{Deny: []string{"$KV.>", contract.UpdatedPrefix + ">",
+		"$JS.API.STREAM.INFO.KV_" + secrets,
+		"$JS.API.DIRECT.GET.KV_" + secrets + ".>",
+		"$JS.API.CONSUMER.CREATE.KV_" + secrets + ".>",
+	}}
 
 	switch role {
 	case RoleRefresher:
 		pub := []string{"$JS.API.INFO"}
-		for _, b := range []string{bucket, lease, state} {
+		// The secrets bucket exists only with a wechat-component.
+		for _, b := range []string{bucket, lease, state, secrets} {
 			pub = append(pub,
 				"$JS.API.STREAM.CREATE.KV_"+b,
 				"$JS.API.STREAM.UPDATE.KV_"+b)
