@@ -32,16 +32,21 @@ const (
 
 // compWorld is one component on an embedded server and the emulator.
 type compWorld struct {
-	t      *testing.T
+	t      testing.TB
 	e      *harness.Env
 	cfg    *refresher.Config
 	ring   *seal.Keyring
+	key    []byte // the secrets key of ring
 	aesKey string
 	secKV  jetstream.KeyValue
 	tokKV  jetstream.KeyValue
 }
 
 func newCompWorld(t *testing.T, simOpts wechatsim.Options) *compWorld {
+	return newCompWorldTB(t, simOpts)
+}
+
+func newCompWorldTB(t testing.TB, simOpts wechatsim.Options) *compWorld {
 	t.Helper()
 	e := harness.New(t, harness.Options{Sim: simOpts})
 	raw := make([]byte, 32)
@@ -58,7 +63,7 @@ func newCompWorld(t *testing.T, simOpts wechatsim.Options) *compWorld {
 		WithSecret(harness.Secret(compAppID)).WithCallbackSecrets(cbToken, aesKey)
 	cfg := e.Config(ac)
 	cfg.WithKeyring(ring)
-	return &compWorld{t: t, e: e, cfg: cfg, ring: ring, aesKey: aesKey}
+	return &compWorld{t: t, e: e, cfg: cfg, ring: ring, key: key, aesKey: aesKey}
 }
 
 // start runs a replica and serves its callback; it returns the replica
@@ -496,5 +501,102 @@ func TestCallbackRejects(t *testing.T) {
 	// And the good one is taken.
 	if got := post(cb+q(sig), "text/xml", body); got != 200 {
 		t.Fatalf("good push: %d", got)
+	}
+}
+
+// FuzzCallback throws arbitrary bodies and query values at the callback
+// handler: it never panics, answers success only to a push signed with the
+// component's token, and otherwise a 4xx (or 503 when a store fails).
+func FuzzCallback(f *testing.F) {
+	w := newCompWorldTB(f, wechatsim.Options{})
+	rep := w.e.Start(w.cfg)
+	h := rep.R.CallbackHandler()
+	cr, _ := wxcrypt.New(cbToken, w.aesKey, compAppID)
+	good := wxcrypt.ComponentPush{AppID: compAppID, CreateTime: 1700000000, InfoType: wxcrypt.InfoVerifyTicket, ComponentVerifyTicket: "T"}
+	body, sig, _ := cr.Seal(good.XML(), "1700000000", "n")
+	f.Add(body, sig, "1700000000", "n")
+	f.Add([]byte("<xml><AppId>x</AppId><Encrypt>AAAA</Encrypt></xml>"), sig, "1", "n")
+	f.Add([]byte("<!DOCTYPE x><xml/>"), "", "", "")
+	f.Add([]byte{0xff, 0xfe, 0}, strings.Repeat("a", 40), "9999999999999999999999", "\x00")
+	f.Fuzz(func(t *testing.T, body []byte, sig, ts, nonce string) {
+		req := httptest.NewRequest(http.MethodPost, refresher.CallbackPathPrefix+compName, strings.NewReader(string(body)))
+		q := req.URL.Query()
+		q.Set("msg_signature", sig)
+		q.Set("timestamp", ts)
+		q.Set("nonce", nonce)
+		req.URL.RawQuery = q.Encode()
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		switch c := rec.Code; {
+		case c == http.StatusOK:
+			if sig != wxcrypt.Signature(cbToken, ts, nonce, envelopeEncrypt(body)) {
+				t.Fatalf("success for a push whose signature does not hold")
+			}
+		case c >= 400 && c < 500, c == http.StatusServiceUnavailable:
+		default:
+			t.Fatalf("status %d", c)
+		}
+	})
+}
+
+// envelopeEncrypt returns the Encrypt field of an envelope ("" if none).
+func envelopeEncrypt(body []byte) string {
+	env, err := wxcrypt.ParseEnvelope(body)
+	if err != nil {
+		return ""
+	}
+	return env.Encrypt
+}
+
+// TestComponentKeyRotation: after the secrets key is rotated (new primary,
+// the old key kept to open), values sealed under the old key are read —
+// the component token is fetched with the ticket sealed before the
+// rotation — and new values are sealed under the new key.
+func TestComponentKeyRotation(t *testing.T) {
+	w := newCompWorld(t, wechatsim.Options{})
+	r1, cb := w.start()
+	ctx := context.Background()
+	if err := w.e.Sim.PushVerifyTicket(ctx, compAppID, cb); err != nil {
+		t.Fatal(err)
+	}
+	w.waitToken(compName, 10*time.Second, nil)
+	if err := r1.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	oldID := w.ring.PrimaryID()
+	newKey := make([]byte, seal.KeySize)
+	_, _ = rand.Read(newKey)
+	ring, err := seal.NewKeyring(newKey, w.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.cfg.WithKeyring(ring)
+	w.ring = ring
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := w.tokKV.Delete(dctx, compName); err != nil {
+		t.Fatal(err)
+	}
+	calls := w.e.Sim.ComponentTokenCalls(compAppID)
+	_, cb2 := w.start()
+	w.waitToken(compName, 10*time.Second, nil)
+	if n := w.e.Sim.ComponentTokenCalls(compAppID); n != calls+1 {
+		t.Fatalf("component token calls %d, want %d (the old-key ticket was not usable?)", n, calls+1)
+	}
+	// A push's CreateTime has whole seconds, and one no newer than the
+	// stored ticket's is ignored: push in the next second.
+	var vt secretTicket
+	w.secret(compName+".verify_ticket", &vt)
+	testutil.WaitFor(t, 3*time.Second, func() bool { return time.Now().Unix() > vt.CreateTime }, "clock")
+	if err := w.e.Sim.PushVerifyTicket(ctx, compAppID, cb2); err != nil {
+		t.Fatal(err)
+	}
+	ent, err := w.secKV.Get(dctx, compName+".verify_ticket")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := seal.SealedKeyID(ent.Value())
+	if err != nil || id != seal.KeyID(newKey) || id == oldID {
+		t.Fatalf("a ticket stored after the rotation is sealed under key %s (%v), want the new %s", id, err, seal.KeyID(newKey))
 	}
 }
