@@ -60,7 +60,7 @@ func (r *Refresher) serveCallback(w http.ResponseWriter, req *http.Request) {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			r.callbackRefused(name, "too_large")
+			r.callbackResult(name, "too_large")
 			http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
 			return
 		}
@@ -81,7 +81,7 @@ func (r *Refresher) serveCallback(w http.ResponseWriter, req *http.Request) {
 		case errors.Is(err, wxcrypt.ErrAppIDMismatch):
 			status, class = http.StatusForbidden, "appid_mismatch"
 		}
-		r.callbackRefused(name, class)
+		r.callbackResult(name, class)
 		// wxcrypt's errors name what is wrong, never a secret.
 		r.log.Warn("callback push refused", "app", name, "class", class, "status", status, "err", err,
 			"remote", req.RemoteAddr)
@@ -125,6 +125,7 @@ func (r *Refresher) serveCallback(w http.ResponseWriter, req *http.Request) {
 		r.log.Info("component push of an InfoType tokenkeeper does not act on; answered success", "app", name,
 			"info_type", sanitize(string(p.InfoType), 64))
 	}
+	r.callbackResult(name, "success")
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	_, _ = io.WriteString(w, "success")
 }
@@ -132,15 +133,17 @@ func (r *Refresher) serveCallback(w http.ResponseWriter, req *http.Request) {
 // callbackFailed answers a push whose content could not be stored: no
 // success, so WeChat pushes again.
 func (r *Refresher) callbackFailed(w http.ResponseWriter, name string, p *wxcrypt.ComponentPush, err error) {
-	r.callbackRefused(name, "not_stored")
+	r.callbackResult(name, "not_stored")
 	r.log.Error("a component push could not be stored; not answering success so that WeChat pushes again",
 		"app", name, "info_type", string(p.InfoType), "err", err)
 	http.Error(w, "not stored; push again", http.StatusServiceUnavailable)
 }
 
-// callbackRefused counts a push not answered success.
-func (r *Refresher) callbackRefused(name, class string) {
-	if o, ok := r.obs.(interface{ CallbackRefused(app, class string) }); ok {
-		o.CallbackRefused(name, class)
+// callbackResult counts a push by its answer: success, or why not
+// (too_large, bad_signature, bad_padding, appid_mismatch, malformed,
+// not_stored), for an Observer that has CallbackPush (Metrics does).
+func (r *Refresher) callbackResult(name, result string) {
+	if o, ok := r.obs.(interface{ CallbackPush(app, result string) }); ok {
+		o.CallbackPush(name, result)
 	}
 }

@@ -61,7 +61,17 @@ type component struct {
 	ticketAt int64
 	// lastReconcile is the report of the last reconciliation.
 	lastReconcile *ReconcileReport
+	// reconcileAt is when the leader reconciles next (zero: not
+	// planned yet); reconciling while one runs.
+	reconcileAt time.Time
+	reconciling bool
 }
+
+// ReconcileEvery is how often the leader reconciles each component with
+// api_get_authorizer_list (Refresher.Reconcile runs one on demand). The
+// first is one period after the replica starts leading, so that a start
+// makes no upstream call for valid stored tokens.
+var ReconcileEvery = 6 * time.Hour
 
 // initComponents builds the state of every wechat-component app.
 func (r *Refresher) initComponents() error {
@@ -335,6 +345,7 @@ func (r *Refresher) planComponents(now time.Time) time.Time {
 				earliest(due)
 			}
 		}
+		earliest(r.planReconcile(c, now))
 		for _, au := range c.list() {
 			due, busy := au.dueAt()
 			switch {
@@ -352,3 +363,31 @@ func (r *Refresher) planComponents(now time.Time) time.Time {
 // sealedFingerprint is what logs may show of a secret: contract's
 // fingerprint.
 func sealedFingerprint(s string) string { return contract.Fingerprint(s) }
+
+// planReconcile starts the periodic reconciliation of c when it is due
+// and returns when it is due next.
+func (r *Refresher) planReconcile(c *component, now time.Time) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.reconcileAt.IsZero() {
+		c.reconcileAt = now.Add(ReconcileEvery)
+	}
+	if c.reconciling || c.reconcileAt.After(now) {
+		return c.reconcileAt
+	}
+	c.reconciling = true
+	c.reconcileAt = now.Add(ReconcileEvery)
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		ctx, cancel := context.WithTimeout(r.refreshCtx, 10*time.Minute)
+		defer cancel()
+		if _, err := r.Reconcile(ctx, c.name); err != nil && !errors.Is(err, ErrNotLeader) {
+			r.log.Error("periodic reconciliation failed; tried again next period", "app", c.name, "err", err)
+		}
+		c.mu.Lock()
+		c.reconciling = false
+		c.mu.Unlock()
+	}()
+	return c.reconcileAt
+}
