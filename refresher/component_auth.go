@@ -20,9 +20,10 @@ import (
 // the token record under <component>.<authorizer_appid>; its refresh
 // token lives in the secrets bucket.
 type authorizer struct {
-	comp  *component
-	appid string
-	key   string // <component>.<appid>
+	comp   *component
+	appid  string
+	key    string  // <component>.<appid>
+	policy *Policy // the refresher's
 	// run serialises refreshes and removal of the authorizer.
 	run sync.Mutex
 
@@ -62,7 +63,7 @@ func (c *component) ensure(r *Refresher, appid string) *authorizer {
 	if au := c.auths[appid]; au != nil {
 		return au
 	}
-	au := &authorizer{comp: c, appid: appid, key: contract.Key(c.name, appid)}
+	au := &authorizer{comp: c, appid: appid, key: contract.Key(c.name, appid), policy: &r.policy}
 	c.auths[appid] = au
 	return au
 }
@@ -133,8 +134,8 @@ func (au *authorizer) adopt(rec *contract.Record, rev uint64) bool {
 	return true
 }
 
-// authorizerPolicy is the refresh policy of authorizers (the refresher's).
-var authorizerPolicy = func(*authorizer) *Policy { return &DefaultPolicy }
+// authorizerPolicy is the refresh policy of au (the refresher's).
+func authorizerPolicy(au *authorizer) *Policy { return au.policy }
 
 func (au *authorizer) dueAt() (time.Time, bool) {
 	au.mu.Lock()
@@ -435,9 +436,9 @@ func (r *Refresher) authorizerFailed(au *authorizer, source string, err error, s
 	retry := au.failed(err, now, false, func(err error) (time.Duration, time.Duration) {
 		switch {
 		case errors.Is(err, errNoToken), wechat.IsRetryable(err):
-			return DefaultPolicy.RetryMin, 60 * DefaultPolicy.RetryMin
+			return au.policy.RetryMin, 60 * au.policy.RetryMin
 		}
-		return DefaultPolicy.PermanentRetryMin, 10 * DefaultPolicy.PermanentRetryMin
+		return au.policy.PermanentRetryMin, 10 * au.policy.PermanentRetryMin
 	})
 	au.mu.Unlock()
 	r.obs.RefreshFailed(au.comp.name, source, err)

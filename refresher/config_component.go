@@ -186,3 +186,34 @@ func (c *Config) componentUnresolved() []string {
 // errNoSecrets: a secrets operation on a refresher without a secrets
 // bucket (no component configured).
 var errNoSecrets = errors.New("refresher: no secrets bucket (no wechat-component configured)")
+
+// componentsUnchanged refuses a Reload that adds, removes or re-keys a
+// wechat-component: its callback crypto and the secrets bucket are set
+// up at start.
+func (r *Refresher) componentsUnchanged(cfg *Config) error {
+	type cb struct {
+		appid string
+		cb    callbackSecrets
+	}
+	of := func(c *Config) map[string]cb {
+		m := map[string]cb{}
+		for _, a := range c.Apps {
+			if a.Kind == KindWeChatComponent {
+				m[a.Name] = cb{a.AppID, a.cb}
+			}
+		}
+		return m
+	}
+	r.mu.Lock()
+	old := of(r.cfg)
+	r.mu.Unlock()
+	now := of(cfg)
+	same := len(old) == len(now)
+	for name, v := range now {
+		same = same && old[name] == v
+	}
+	if !same {
+		return &ConfigError{Problems: []string{"apps: adding, removing or changing the appid or callback of a wechat-component needs a restart; nothing was changed"}}
+	}
+	return nil
+}
