@@ -196,8 +196,20 @@ func TestComponentVerifyTicketAndToken(t *testing.T) {
 		t.Fatal("a newer ticket was not stored")
 	}
 
-	// Neither ticket is anywhere in the tokens bucket.
+	// Neither ticket is anywhere in the tokens bucket, nor in the logs.
 	assertNotInTokens(t, w, vt.Ticket, "ticket@@@newer")
+	assertNotLogged(t, w, vt.Ticket, "ticket@@@newer", harness.Secret(compAppID))
+}
+
+// assertNotLogged fails if the refresher logs contain one of secrets.
+func assertNotLogged(t *testing.T, w *compWorld, secrets ...string) {
+	t.Helper()
+	logs := w.e.Logs.String()
+	for _, s := range secrets {
+		if s != "" && strings.Contains(logs, s) {
+			t.Fatalf("the logs contain a secret (%d chars)", len(s))
+		}
+	}
 }
 
 // assertNotInTokens fails if any value of the tokens bucket contains one
@@ -425,6 +437,7 @@ func TestComponentAuthorizerLifecycle(t *testing.T) {
 		t.Fatalf("tombstone: state %q, refresh token kept %v, why %q", sa.State, sa.RefreshToken == kept, sa.Why)
 	}
 	assertNotInTokens(t, w, first, kept)
+	assertNotLogged(t, w, first, kept, harness.Secret(compAppID))
 }
 
 // TestComponentReconcileRecovers: an authorizer whose refresh token is
