@@ -82,6 +82,15 @@ type Record struct {
 	// says where the token goes in a business request and which answers
 	// reject it (PlacementOf, RejectedAnswer).
 	Kind string `json:"kind,omitempty"`
+	// Key is the full key of a v2 record stored under another key than
+	// its app: <component>.<authorizer_appid>. Empty in records stored
+	// under <app>; read an empty Key as App.
+	Key string `json:"key,omitempty"`
+	// AuthorizerAppID is set in an authorizer's record (kind
+	// wechat-component, key <component>.<authorizer_appid>): the
+	// merchant's appid whose token this is. AppID is then the
+	// component's appid.
+	AuthorizerAppID string `json:"authorizer_appid,omitempty"`
 }
 
 // Limits of a valid Record (see Record.Validate).
@@ -104,7 +113,9 @@ const (
 var ErrInvalidRecord = errors.New("invalid token record")
 
 // Validate reports what is wrong with rec read under key: an empty token
-// or one over MaxTokenSize, an app that is not key, an expires_at before
+// or one over MaxTokenSize, an app that is not key (for a record with a
+// Key: a Key that is not key, or an app that is not its first segment),
+// an expires_at before
 // fetched_at or more than maxLifetime after it (pass MaxTokenLifetime +
 // LifetimeSlack). The error wraps ErrInvalidRecord, names every problem
 // and never contains the token.
@@ -116,7 +127,12 @@ func (rec Record) Validate(key string, maxLifetime time.Duration) error {
 	case n > MaxTokenSize:
 		bad = append(bad, fmt.Sprintf("access_token of %d bytes is over the limit of %d", n, MaxTokenSize))
 	}
-	if rec.App != key {
+	switch app, _, _ := strings.Cut(key, "."); {
+	case rec.Key != "" && rec.Key != key:
+		bad = append(bad, fmt.Sprintf("key %s is not the key %s", quoteShort(rec.Key), quoteShort(key)))
+	case rec.Key != "" && rec.App != app:
+		bad = append(bad, fmt.Sprintf("app %s is not the first segment of the key %s", quoteShort(rec.App), quoteShort(key)))
+	case rec.Key == "" && rec.App != key:
 		bad = append(bad, fmt.Sprintf("app %s is not the key %s", quoteShort(rec.App), quoteShort(key)))
 	}
 	if p := timesProblem(rec.FetchedAt, rec.ExpiresAt, maxLifetime); p != "" {

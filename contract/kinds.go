@@ -8,6 +8,10 @@ const (
 	KindWeCom        = "wecom"         // WeCom (企业微信) /cgi-bin/gettoken, per app
 	KindFeishu       = "feishu"        // Feishu tenant_access_token/internal
 	KindOAuth2       = "oauth2"        // RFC 6749 §4.4 client_credentials
+	// KindWeChatComponent is an Open Platform third-party platform: its
+	// component_access_token under <component>, each authorizer's token
+	// under <component>.<authorizer_appid> (v2).
+	KindWeChatComponent = "wechat-component"
 )
 
 // Placement is where a business request carries the credential.

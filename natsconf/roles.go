@@ -18,8 +18,9 @@ type Role string
 
 // The roles.
 const (
-	// RoleRefresher owns the buckets (tokens, tokens_lease, tokens_state),
-	// publishes token.updated.<key> and serves token.refresh.<key> and
+	// RoleRefresher owns the buckets (tokens, tokens_lease, tokens_state,
+	// and tokens_secrets with a wechat-component), publishes
+	// token.updated.<key> and serves token.refresh.<key> and
 	// token.sign.<app>; its HTTP gateway requests token.refresh.<key> and
 	// token.sign.<key>.
 	RoleRefresher Role = "refresher"
@@ -29,7 +30,8 @@ const (
 	// contract.ServiceInboxPrefix(user).
 	RoleService Role = "service"
 	// RoleOperator is tokenctl's: what a service may, plus reading the
-	// lease and the state buckets (tokenctl status). It writes nothing.
+	// lease and the state buckets (tokenctl status). It writes nothing
+	// and, like a service, never reads the secrets bucket.
 	RoleOperator Role = "operator"
 	// RoleLeaf is the user a follower environment's server (staging, a
 	// second region) connects to production's leafnode listener with:
@@ -55,7 +57,7 @@ var userNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 // an unknown role, and for RoleLeaf, whose permissions also name the
 // JetStream domain (LeafPermissions).
 func RolePermissions(role Role, bucket, user string) *server.Permissions {
-	lease, state := contract.LeaseBucket(bucket), contract.StateBucket(bucket)
+	lease, state, secrets := contract.LeaseBucket(bucket), contract.StateBucket(bucket), contract.SecretsBucket(bucket)
 	// What reading and watching one bucket takes.
 	read := func(b string) []string {
 		return []string{
@@ -68,7 +70,13 @@ func RolePermissions(role Role, bucket, user string) *server.Permissions {
 	}
 	// Writing nothing: implied by the allow lists, spelled out so that
 	// nobody widens them into writing tokens or forging events.
-	readOnly := &server.SubjectPermission{Deny: []string{"$KV.>", contract.UpdatedPrefix + ">", contract.AuditPrefix + ">"}}
+	// Never the secrets bucket (sealed refresh tokens, verify tickets):
+	// spelled out for the same reason.
+	readOnly := &server.SubjectPermission{Deny: []string{"$KV.>", contract.UpdatedPrefix + ">", contract.AuditPrefix + ">",
+		"$JS.API.STREAM.INFO.KV_" + secrets,
+		"$JS.API.DIRECT.GET.KV_" + secrets + ".>",
+		"$JS.API.CONSUMER.CREATE.KV_" + secrets + ".>",
+	}}
 	// The audit trail: the refresher appends, operators read.
 	audit := contract.AuditStream
 	readAudit := []string{
@@ -82,7 +90,8 @@ func RolePermissions(role Role, bucket, user string) *server.Permissions {
 	switch role {
 	case RoleRefresher:
 		pub := []string{"$JS.API.INFO"}
-		for _, b := range []string{bucket, lease, state} {
+		// The secrets bucket exists only with a wechat-component.
+		for _, b := range []string{bucket, lease, state, secrets} {
 			pub = append(pub,
 				"$JS.API.STREAM.CREATE.KV_"+b,
 				"$JS.API.STREAM.UPDATE.KV_"+b)

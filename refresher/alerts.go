@@ -30,6 +30,10 @@ func alertFor(code int) string {
 		return "daily_quota_exhausted"
 	case 40013:
 		return "invalid_appid"
+	case 61005, 61006:
+		return AlertVerifyTicket
+	case 61023:
+		return AlertNeedsReauthorization
 	}
 	return ""
 }
@@ -56,6 +60,8 @@ func alertMessage(code int, ip string) string {
 		return "ALERT daily_quota_exhausted: the day's token quota is used up; no fetch until midnight UTC+8 (or reset the quota in the console)"
 	case 40013:
 		return "ALERT invalid_appid: WeChat does not know this appid; fix apps[].appid"
+	case 61005, 61006:
+		return "ALERT " + AlertVerifyTicket + ": WeChat refuses the stored component_verify_ticket (expired or invalid); the current component token is served on and the next push (every 10 minutes) triggers a fetch"
 	}
 	return ""
 }

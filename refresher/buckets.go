@@ -463,7 +463,11 @@ func (r *Refresher) watchBuckets(ctx context.Context) {
 	for n := 0; ; n++ {
 		r.probeLeader(ctx)
 		if n%2 == 0 {
-			for _, b := range []*bucketKV{bk.tokens, bk.lease, bk.state} {
+			bs := []*bucketKV{bk.tokens, bk.lease, bk.state}
+			if r.secrets != nil {
+				bs = append(bs, r.secrets.kv)
+			}
+			for _, b := range bs {
 				if _, err := b.recheck(ctx); err != nil && ctx.Err() == nil {
 					r.log.Debug("bucket check failed", "bucket", b.Bucket(), "err", err)
 				}

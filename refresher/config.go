@@ -16,6 +16,7 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/gateway"
+	"github.com/tokenkeeper/tokenkeeper/internal/seal"
 	"github.com/tokenkeeper/tokenkeeper/natsconf"
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 )
@@ -57,6 +58,16 @@ type Config struct {
 	// and FollowConfig (follow.go).
 	Mode   string       `yaml:"mode"`
 	Follow FollowConfig `yaml:"follow"`
+	// Secrets says where the key of the secrets bucket is
+	// (secrets_key_env / secrets_key_file at the top level; see
+	// seal.Config). Required with a wechat-component app.
+	Secrets seal.Config `yaml:",inline"`
+	// Callback is the public listener WeChat pushes to (v2; see
+	// CallbackConfig).
+	Callback CallbackConfig `yaml:"callback"`
+
+	// keyring is read by ResolveSecrets from Secrets (config_component.go).
+	keyring *seal.Keyring
 }
 
 // HTTPConfig is the http: section (metrics and health endpoints).
@@ -139,6 +150,15 @@ type AppConfig struct {
 	// jsapi and wx_card for kinds wechat and wechat-stable, each fetched
 	// with the app's current token and refreshed before it expires.
 	Tickets []string `yaml:"tickets"`
+
+	// Callback (kind wechat-component) names where the callback's token
+	// and EncodingAESKey are (config_component.go).
+	Callback ComponentCallback `yaml:"callback"`
+	// AuthorizerTickets (kind wechat-component) are the tickets kept for
+	// each authorizer under <component>.<authorizer_appid>.<ticket>.
+	AuthorizerTickets []string `yaml:"authorizer_tickets"`
+	// cb holds the callback's token and AES key once read.
+	cb callbackSecrets
 
 	// secret is read by Config.ResolveSecrets (or set by WithSecret) and
 	// never printed: AppConfig's String and GoString leave it out.
@@ -396,6 +416,7 @@ func (c *Config) Validate() error {
 	if c.Audit.MaxBytes < 0 {
 		add("audit.max_bytes: %d is negative", c.Audit.MaxBytes)
 	}
+	p = append(p, c.callbackProblems()...)
 	if c.Upstream.Proxy != "" {
 		if err := checkProxyURL(c.Upstream.Proxy); err != nil {
 			add("upstream.proxy: %v", err)
@@ -431,6 +452,9 @@ func (c *Config) Validate() error {
 			add("%s.daily_quota: %d is negative", where, a.DailyQuota)
 		}
 		for _, problem := range a.ticketProblems() {
+			add("%s.%s", where, problem)
+		}
+		for _, problem := range a.componentProblems() {
 			add("%s.%s", where, problem)
 		}
 		if a.Proxy != "" && a.Proxy != ProxyDirect {
@@ -470,7 +494,11 @@ func (c *Config) ResolveSecrets() error {
 		if err := a.resolveSecret(); err != nil {
 			p = append(p, fmt.Sprintf("%s.%v", a.where(i), err))
 		}
+		for _, problem := range a.resolveCallback() {
+			p = append(p, fmt.Sprintf("%s.%s", a.where(i), problem))
+		}
 	}
+	p = append(p, c.resolveKeyring()...)
 	if len(p) > 0 {
 		return &ConfigError{Problems: p}
 	}
@@ -527,6 +555,7 @@ func (c *Config) checkResolved() error {
 		}
 		p = append(p, fmt.Sprintf("%s.%s: the secret has not been read; load the config with LoadConfig or call Config.ResolveSecrets", a.where(i), key))
 	}
+	p = append(p, c.componentUnresolved()...)
 	if len(p) > 0 {
 		return &ConfigError{Problems: p}
 	}

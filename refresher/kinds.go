@@ -13,6 +13,9 @@ const (
 	KindWeCom        = contract.KindWeCom        // 企业微信 GET /cgi-bin/gettoken, per app
 	KindFeishu       = contract.KindFeishu       // tenant_access_token/internal
 	KindOAuth2       = contract.KindOAuth2       // RFC 6749 §4.4 client_credentials
+	// KindWeChatComponent is an Open Platform third-party platform
+	// (component.go): component token, authorizers, callback.
+	KindWeChatComponent = contract.KindWeChatComponent
 )
 
 // rotation is how an upstream hands out new credentials; the planner
@@ -86,11 +89,12 @@ var kindSpecs = map[string]kindSpec{
 		corpTickets:       []string{contract.TicketJSAPI}},
 	KindFeishu: {id: "appid", keys: []string{"appid", "api_base"},
 		rotation: sameUntilWindow},
-	KindOAuth2: {id: "client_id", keys: []string{"client_id", "token_url", "scopes", "audience", "auth_style"}},
+	KindOAuth2:          {id: "client_id", keys: []string{"client_id", "token_url", "scopes", "audience", "auth_style"}},
+	KindWeChatComponent: {id: "appid", keys: []string{"appid", "api_base", "callback", "authorizer_tickets"}},
 }
 
 // kindNames lists the kinds in the order the docs give them.
-var kindNames = []string{KindWeChat, KindWeChatStable, KindWeCom, KindFeishu, KindOAuth2}
+var kindNames = []string{KindWeChat, KindWeChatStable, KindWeCom, KindFeishu, KindOAuth2, KindWeChatComponent}
 
 // spec returns the kind's spec (the zero spec, rotate-on-fetch and no
 // tickets, for an unknown kind, which Validate refuses).

@@ -112,6 +112,7 @@ type Metrics struct {
 	passive          *prometheus.CounterVec
 	sign             *prometheus.CounterVec
 	alerts           *prometheus.CounterVec
+	callbacks        *prometheus.CounterVec
 }
 
 var (
@@ -140,6 +141,11 @@ var UpstreamDurationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .
 //	tokenkeeper_passive_requests_total{app,outcome}   counter, token.refresh requests by outcome (ok or error code)
 //	tokenkeeper_alerts_total{app,alert}               counter, upstream errcodes an operator must act on
 //	tokenkeeper_sign_requests_total{app,outcome}      counter, token.sign requests by outcome (ok or error code)
+//	tokenkeeper_callback_pushes_total{app,result}     counter, component pushes by answer: success or why not
+//
+// A wechat-component's authorizers are counted under the component's app
+// label (never one series per authorizer); the per-authorizer detail is
+// in Refresher.AuthorizerStatuses.
 //
 // The app label is a configured app's name. token.refresh requests that
 // name no configured app (typos, made-up or hostile names) are all counted
@@ -191,6 +197,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tokenkeeper_alerts_total",
 			Help: "Events an operator must act on, by app and alert: upstream errcodes (ip_not_whitelisted, secret_wrong_or_rotated, risk_control, daily_quota_exhausted, invalid_appid) and token_not_stored, invalid_record, bucket_lost (app \"\": bucket-wide).",
 		}, []string{"app", "alert"}),
+		callbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenkeeper_callback_pushes_total",
+			Help: "Component pushes to the callback by app and result: success, or too_large, bad_signature, bad_padding, appid_mismatch, malformed, not_stored.",
+		}, []string{"app", "result"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m)
@@ -210,6 +220,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.passive.Describe(ch)
 	m.sign.Describe(ch)
 	m.alerts.Describe(ch)
+	m.callbacks.Describe(ch)
 }
 
 // Collect implements prometheus.Collector. The expiry gauge is computed
@@ -240,6 +251,12 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.passive.Collect(ch)
 	m.sign.Collect(ch)
 	m.alerts.Collect(ch)
+	m.callbacks.Collect(ch)
+}
+
+// CallbackPush counts one component push by its answer (callback.go).
+func (m *Metrics) CallbackPush(app, result string) {
+	m.callbacks.WithLabelValues(lv(app), lv(result)).Inc()
 }
 
 // UpstreamCall implements Observer: it observes the duration and counts a

@@ -68,6 +68,10 @@ func (r *Refresher) plan() time.Time {
 			next = due
 		}
 	}
+	// Components' authorizers and pending codes (component.go).
+	if cn := r.planComponents(now); !cn.IsZero() && (next.IsZero() || cn.Before(next)) {
+		next = cn
+	}
 	return next
 }
 

@@ -154,8 +154,9 @@ func (r *Refresher) store(ctx context.Context, a *app, nrec contract.Record, rev
 	}
 	a.stored(nrec, nrev)
 	r.publish(nrec, nrev)
-	if len(a.ticketList()) > 0 {
-		// The app's tickets wait for a valid token: plan them now.
+	if len(a.ticketList()) > 0 || a.config().Kind == KindWeChatComponent {
+		// The app's tickets (a component's authorizers) wait for a valid
+		// token: plan them now.
 		r.Tick()
 	}
 	r.obs.Refreshed(name, source, nrec.ExpiresAt)

@@ -65,6 +65,9 @@ type Refresher struct {
 
 	guard recordGuard // invalid records already reported (validate.go)
 	bk    *buckets    // the buckets behind kv, stateKV and the lease (buckets.go)
+
+	secrets *secretStore          // the secrets bucket, with a component only (secrets.go)
+	comps   map[string]*component // wechat-component apps by name (component.go)
 }
 
 // shutdownGrace is how long Run waits, after its ctx is done, for
@@ -131,6 +134,9 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Refresher, error) {
 		r.order = append(r.order, ac.Name)
 	}
 	sort.Strings(r.order)
+	if err := r.initComponents(); err != nil {
+		return nil, err
+	}
 	return r, nil
 }
 
@@ -165,11 +171,17 @@ func (r *Refresher) Run(ctx context.Context) error {
 		return err
 	}
 	r.startAudit(ctx)
+	if err := r.provisionSecrets(ctx); err != nil {
+		return err
+	}
 	if err := r.loadAll(ctx); err != nil {
 		return err
 	}
 	if err := r.loadStates(ctx); err != nil {
 		return fmt.Errorf("refresher: load app states: %w", err)
+	}
+	if err := r.loadComponents(ctx); err != nil {
+		return fmt.Errorf("refresher: load components: %w", err)
 	}
 
 	r.refreshCtx, r.cancelRefresh = context.WithCancel(context.WithoutCancel(ctx))
@@ -179,10 +191,11 @@ func (r *Refresher) Run(ctx context.Context) error {
 	leaseCtx, stopLease := context.WithCancel(ctx)
 	defer stopLease()
 	var bg sync.WaitGroup
-	bg.Add(3)
+	bg.Add(4)
 	go func() { defer bg.Done(); r.lease.run(leaseCtx) }()
 	go func() { defer bg.Done(); r.follow(leaseCtx) }()
 	go func() { defer bg.Done(); r.watchBuckets(leaseCtx) }()
+	go func() { defer bg.Done(); r.followSecrets(leaseCtx) }()
 
 	c := cron.New(cron.WithParser(CronParser), cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger)))
 	if _, err := c.AddFunc(r.cfg.Schedule, r.Tick); err != nil {
@@ -328,7 +341,8 @@ func (r *Refresher) follow(ctx context.Context) {
 		a := r.apps[e.Key()]
 		r.mu.Unlock()
 		if a == nil {
-			r.followTicket(e) // <app>.<ticket>, for token.sign
+			r.followTicket(e)     // <app>.<ticket>, for token.sign
+			r.followAuthorizer(e) // <component>.<authorizer_appid> (component_auth.go)
 			return
 		}
 		if e.Operation() != jetstream.KeyValuePut {
@@ -372,6 +386,9 @@ func (r *Refresher) leadershipChanged(leader bool) {
 	}
 	if err := r.loadStates(ctx); err != nil {
 		r.log.Warn("reloading app states on leadership failed", "err", err)
+	}
+	if err := r.loadComponents(ctx); err != nil {
+		r.log.Warn("reloading components on leadership failed", "err", err)
 	}
 	cancel()
 	r.Tick()

@@ -27,6 +27,9 @@ func (r *Refresher) Reload(cfg *Config) (needRestart []string, err error) {
 	if err := cfg.checkResolved(); err != nil {
 		return nil, err
 	}
+	if err := r.componentsUnchanged(cfg); err != nil {
+		return nil, err
+	}
 	r.mu.Lock()
 	old := r.cfg
 	checks := []struct {

@@ -19,6 +19,9 @@ type Status struct {
 	// Tickets is the status of the app's tickets (v2), each under its
 	// key <app>.<ticket>; CallsToday counts its ticket calls.
 	Tickets []TicketStatus `json:"tickets,omitempty"`
+	// Component summarises a wechat-component's authorizers (v2; detail:
+	// Refresher.AuthorizerStatuses).
+	Component *ComponentSummary `json:"component,omitempty"`
 }
 
 // TicketStatus describes one ticket of an app.
@@ -67,6 +70,9 @@ func (r *Refresher) Statuses() []Status {
 		s := a.status(now)
 		for _, t := range a.ticketList() {
 			s.Tickets = append(s.Tickets, t.status(now))
+		}
+		if c := r.componentOf(n); c != nil {
+			s.Component = r.componentSummary(c, now)
 		}
 		out = append(out, s)
 	}

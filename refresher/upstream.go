@@ -23,6 +23,9 @@ import (
 // retries, timeouts and gate).
 func (r *Refresher) fetchToken(ctx context.Context, cfg AppConfig, force bool, gate wechat.Gate) (wechat.Token, error) {
 	c := r.clientFor(cfg)
+	if cfg.Kind == KindWeChatComponent {
+		return r.fetchComponentToken(ctx, c, cfg, gate) // component.go
+	}
 	if cfg.Kind == KindOAuth2 {
 		return fetchOAuth2(ctx, c, cfg, gate)
 	}

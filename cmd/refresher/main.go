@@ -142,6 +142,27 @@ func run(ctx context.Context, args []string) error {
 		defer stopGateway()
 		gw = g
 	}
+	if cfg.Callback.Listen != "" {
+		// The public listener WeChat pushes to; metrics and status stay
+		// on http.listen.
+		ln, err := net.Listen("tcp", cfg.Callback.Listen)
+		if err != nil {
+			return fmt.Errorf("callback.listen: %w", err)
+		}
+		srv := &http.Server{Handler: r.CallbackHandler(), ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, MaxHeaderBytes: 16 << 10}
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("callback server stopped", "err", err)
+			}
+		}()
+		log.Info("serving the component callback "+refresher.CallbackPathPrefix+"<app>", "addr", ln.Addr().String())
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = srv.Shutdown(sctx)
+			cancel()
+		}()
+	}
 	if *configPath != "" {
 		go reloadOnHUP(ctx, r, gw, *configPath, log)
 	} else {

@@ -1,0 +1,638 @@
+package refresher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenkeeper/tokenkeeper/contract"
+	"github.com/tokenkeeper/tokenkeeper/internal/wxcrypt"
+	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
+)
+
+// authorizer is the refresher's state of one authorizer of a component:
+// the token record under <component>.<authorizer_appid>; its refresh
+// token lives in the secrets bucket.
+type authorizer struct {
+	comp   *component
+	appid  string
+	key    string  // <component>.<appid>
+	policy *Policy // the refresher's
+	// run serialises refreshes and removal of the authorizer.
+	run sync.Mutex
+
+	mu      sync.Mutex
+	rec     *contract.Record
+	rev     uint64
+	pacing  // schedule, failures, calls today
+	running bool
+	// needsReauth: WeChat refused the refresh token (61023); the merchant
+	// must authorize again. The refresh token is kept.
+	needsReauth bool
+	// removed: unauthorized; nothing is written for it any more.
+	removed bool
+	// pendingRefresh is a refresh token WeChat handed back whose write to
+	// the secrets bucket failed: it is the newest, used and written next.
+	pendingRefresh string
+}
+
+// pendingCode is an authorization code stored but not yet redeemed.
+type pendingCode struct {
+	appid   string
+	mu      sync.Mutex
+	running bool
+	pacing
+}
+
+func (p *pendingCode) dueAt() (time.Time, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.next(), p.running
+}
+
+// ensure returns the authorizer appid of c, adding it if new.
+func (c *component) ensure(r *Refresher, appid string) *authorizer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if au := c.auths[appid]; au != nil {
+		return au
+	}
+	au := &authorizer{comp: c, appid: appid, key: contract.Key(c.name, appid), policy: &r.policy}
+	c.auths[appid] = au
+	return au
+}
+
+// get returns the authorizer appid of c (nil if none).
+func (c *component) get(appid string) *authorizer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.auths[appid]
+}
+
+// list returns c's authorizers.
+func (c *component) list() []*authorizer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]*authorizer, 0, len(c.auths))
+	for _, au := range c.auths {
+		out = append(out, au)
+	}
+	return out
+}
+
+func (c *component) addCode(appid string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.codes[appid] == nil {
+		c.codes[appid] = &pendingCode{appid: appid}
+	}
+}
+
+func (c *component) dropCode(appid string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.codes, appid)
+}
+
+func (c *component) codeList() []*pendingCode {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]*pendingCode, 0, len(c.codes))
+	for _, p := range c.codes {
+		out = append(out, p)
+	}
+	return out
+}
+
+// adopt takes a record read from the tokens bucket if newer than the one
+// held, and schedules the next refresh from it.
+func (au *authorizer) adopt(rec *contract.Record, rev uint64) bool {
+	au.mu.Lock()
+	defer au.mu.Unlock()
+	if rev <= au.rev && !(rev == 0 && au.rev == 0) {
+		return false
+	}
+	if rev == 0 && rec == nil {
+		return false
+	}
+	changed := au.rec == nil || rec == nil || au.rec.AccessToken != rec.AccessToken
+	au.rec, au.rev = rec, rev
+	if rec == nil {
+		au.due = time.Time{}
+		return true
+	}
+	au.due = authorizerPolicy(au).refreshMoment(rotateOnFetch, rec.FetchedAt, rec.ExpiresAt, jitterDraw(au.key, rec.FetchedAt))
+	if changed {
+		au.retryAt, au.failures = time.Time{}, 0
+	}
+	return true
+}
+
+// authorizerPolicy is the refresh policy of au (the refresher's).
+func authorizerPolicy(au *authorizer) *Policy { return au.policy }
+
+func (au *authorizer) dueAt() (time.Time, bool) {
+	au.mu.Lock()
+	defer au.mu.Unlock()
+	return au.next(), au.running || au.removed
+}
+
+func (au *authorizer) current() (*contract.Record, uint64) {
+	au.mu.Lock()
+	defer au.mu.Unlock()
+	return au.rec, au.rev
+}
+
+// followAuthorizer keeps a replica's view of the authorizers' token
+// records warm (entries of the tokens bucket that are no configured app).
+func (r *Refresher) followAuthorizer(e jetstream.KeyValueEntry) {
+	comp, id, ok := strings.Cut(e.Key(), ".")
+	if !ok || strings.Contains(id, ".") {
+		return
+	}
+	c := r.componentOf(comp)
+	if c == nil {
+		return
+	}
+	au := c.get(id)
+	if au == nil || e.Operation() != jetstream.KeyValuePut {
+		return
+	}
+	au.adopt(r.parseRecord(e.Key(), e.Revision(), e.Value()), e.Revision())
+}
+
+// authorizerSecretChanged applies a new authorizer secrets record: an
+// authorized one adds the authorizer (a new refresh token clears "needs
+// re-authorization"); a tombstone removes it, and the leader deletes its
+// token key.
+func (r *Refresher) authorizerSecretChanged(c *component, appid string, s *authorizerSecret) {
+	if s.State == authorizerAuthorized {
+		au := c.ensure(r, appid)
+		au.mu.Lock()
+		if au.needsReauth && s.Source != "refresh" {
+			au.needsReauth = false
+			au.retryAt, au.failures, au.due = time.Time{}, 0, time.Time{}
+		}
+		au.mu.Unlock()
+		r.Tick()
+		return
+	}
+	au := c.get(appid)
+	if au == nil {
+		return
+	}
+	if !r.Leader() {
+		// Followers forget it; the leader deletes the key.
+		c.mu.Lock()
+		delete(c.auths, appid)
+		c.mu.Unlock()
+		return
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.removeAuthorizer(context.Background(), c, au, s.Why)
+	}()
+}
+
+// removeAuthorizer stops refreshing au and deletes its token key
+// (watchers see the delete); the tombstone and the last refresh token
+// stay in the secrets bucket.
+func (r *Refresher) removeAuthorizer(ctx context.Context, c *component, au *authorizer, why string) {
+	au.run.Lock()
+	defer au.run.Unlock()
+	au.mu.Lock()
+	au.removed = true
+	au.mu.Unlock()
+	c.mu.Lock()
+	if c.auths[au.appid] == au {
+		delete(c.auths, au.appid)
+	}
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := r.kv.Delete(ctx, au.key); err != nil {
+		r.log.Error("deleting an unauthorized authorizer's token failed", "key", au.key, "err", err)
+		return
+	}
+	r.log.Info("authorizer unauthorized: refreshing stopped, token key deleted; the tombstone and the last refresh token stay in the secrets bucket",
+		"app", c.name, "key", au.key, "authorizer_appid", au.appid, "why", why)
+}
+
+// startAuthorizer runs one planned refresh of au in a concurrency slot.
+func (r *Refresher) startAuthorizer(au *authorizer) {
+	au.mu.Lock()
+	if au.running || au.removed {
+		au.mu.Unlock()
+		return
+	}
+	au.running = true
+	source := contract.SourceScheduled
+	if au.rec == nil {
+		source = contract.SourceStartup
+	}
+	au.mu.Unlock()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.sem <- struct{}{}
+		if r.refreshCtx.Err() == nil {
+			_ = r.refreshAuthorizer(r.refreshCtx, au, source)
+		}
+		<-r.sem
+		r.pump()
+		au.mu.Lock()
+		au.running = false
+		au.mu.Unlock()
+		r.Tick()
+	}()
+}
+
+// componentToken returns the component's valid token, or errNoToken.
+func (r *Refresher) componentToken(c *component) (contract.Record, AppConfig, error) {
+	r.mu.Lock()
+	a := r.apps[c.name]
+	r.mu.Unlock()
+	if a == nil {
+		return contract.Record{}, AppConfig{}, ErrUnknownApp
+	}
+	rec, _, ok := a.usable(r.now())
+	if !ok {
+		return contract.Record{}, AppConfig{}, errNoToken
+	}
+	return *rec, a.config(), nil
+}
+
+// refreshAuthorizer makes sure au holds a valid token that is not due:
+// it re-reads the key, and only if needed calls api_authorizer_token with
+// the stored refresh token; a refresh token that comes back different is
+// stored (revision-checked) before the token. 61023 marks the authorizer
+// "needs re-authorization" and keeps its refresh token.
+func (r *Refresher) refreshAuthorizer(ctx context.Context, au *authorizer, source string) error {
+	au.run.Lock()
+	defer au.run.Unlock()
+	start := time.Now()
+	c := au.comp
+	au.mu.Lock()
+	removed := au.removed
+	au.mu.Unlock()
+	if removed {
+		return nil
+	}
+	rec, rev, err := r.readAuthorizerToken(ctx, au.key)
+	if err != nil {
+		return r.authorizerFailed(au, source, err, start)
+	}
+	au.adopt(rec, rev)
+	now := r.now()
+	if rec != nil && rec.ExpiresAt.After(now) && authorizerPolicy(au).refreshMoment(rotateOnFetch, rec.FetchedAt, rec.ExpiresAt, jitterDraw(au.key, rec.FetchedAt)).After(now) {
+		return nil
+	}
+	if err := r.lease.Confirm(ctx); err != nil {
+		return err
+	}
+	ctok, cfg, err := r.componentToken(c)
+	if err != nil {
+		return r.authorizerFailed(au, source, err, start)
+	}
+	var sec authorizerSecret
+	srev, err := r.secrets.get(ctx, authorizerSecretKey(c.name, au.appid), &sec)
+	if err != nil {
+		return r.authorizerFailed(au, source, fmt.Errorf("refresh token of %s: %w", au.key, err), start)
+	}
+	if sec.State != authorizerAuthorized {
+		r.removeAuthorizerLocked(ctx, c, au)
+		return nil
+	}
+	au.mu.Lock()
+	refreshTok := sec.RefreshToken
+	if au.pendingRefresh != "" {
+		refreshTok = au.pendingRefresh
+	}
+	au.mu.Unlock()
+	var fetched time.Time
+	gate := r.leaseGate(&fetched)
+	begin := time.Now()
+	tok, err := r.clientFor(cfg).AuthorizerAccessToken(ctx, cfg.APIBase, ctok.AccessToken, cfg.AppID, au.appid, refreshTok, gate)
+	r.obs.UpstreamCall(c.name, time.Since(begin), err)
+	if !fetched.IsZero() {
+		au.mu.Lock()
+		au.countCall(r.now())
+		au.mu.Unlock()
+	}
+	if errors.Is(err, &wechat.Error{Code: wechat.CodeRefreshTokenInvalid}) {
+		au.mu.Lock()
+		first := !au.needsReauth
+		au.needsReauth = true
+		au.mu.Unlock()
+		if first {
+			r.obs.Alert(c.name, AlertNeedsReauthorization)
+			r.log.Error("ALERT "+AlertNeedsReauthorization+": WeChat refuses the authorizer's refresh token (61023); the merchant must authorize the component again. The stored refresh token is kept.",
+				"app", c.name, "key", au.key, "authorizer_appid", au.appid, "alert", AlertNeedsReauthorization)
+		}
+		return r.authorizerFailed(au, source, err, start)
+	}
+	if err != nil {
+		return r.authorizerFailed(au, source, err, start)
+	}
+	if tok.RefreshToken != "" && tok.RefreshToken != sec.RefreshToken {
+		// The new refresh token first: the old one stays in history.
+		if err := r.storeRefreshToken(ctx, c, au.appid, tok.RefreshToken, "refresh", srev); err != nil {
+			au.mu.Lock()
+			first := au.pendingRefresh != tok.RefreshToken
+			au.pendingRefresh = tok.RefreshToken
+			au.mu.Unlock()
+			if first {
+				r.obs.Alert(c.name, AlertRefreshTokenNotStored)
+				r.log.Error("ALERT "+AlertRefreshTokenNotStored+": a rotated refresh token could not be written to the secrets bucket; it is kept in memory and written on the next attempt",
+					"app", c.name, "key", au.key, "refresh_token", sealedFingerprint(tok.RefreshToken), "err", err)
+			}
+		} else {
+			au.mu.Lock()
+			au.pendingRefresh = ""
+			au.mu.Unlock()
+		}
+	}
+	nrec := contract.Record{App: c.name, Key: au.key, AppID: cfg.AppID, AuthorizerAppID: au.appid, Kind: KindWeChatComponent,
+		AccessToken: tok.AccessToken, FetchedAt: fetched, ExpiresAt: fetched.Add(capLifetime(tok.ExpiresIn)), Source: source}
+	return r.storeAuthorizerToken(ctx, au, nrec, rev, source, start)
+}
+
+// removeAuthorizerLocked is removeAuthorizer for a caller holding au.run.
+func (r *Refresher) removeAuthorizerLocked(ctx context.Context, c *component, au *authorizer) {
+	au.mu.Lock()
+	au.removed = true
+	au.mu.Unlock()
+	c.mu.Lock()
+	if c.auths[au.appid] == au {
+		delete(c.auths, au.appid)
+	}
+	c.mu.Unlock()
+	_ = r.kv.Delete(ctx, au.key)
+}
+
+// storeAuthorizerToken writes an authorizer's token record over rev and
+// publishes its event.
+func (r *Refresher) storeAuthorizerToken(ctx context.Context, au *authorizer, nrec contract.Record, rev uint64, source string, start time.Time) error {
+	if err := nrec.Validate(au.key, maxRecordLifetime); err != nil {
+		return r.authorizerFailed(au, source, err, start)
+	}
+	val, err := json.Marshal(nrec)
+	if err != nil {
+		return err
+	}
+	nrev, err := r.casWrite(ctx, au.key, val, rev, contract.Fingerprint(nrec.AccessToken), func(ctx context.Context) (uint64, bool, error) {
+		cur, crev, err := r.readAuthorizerToken(ctx, au.key)
+		if err != nil {
+			return 0, false, err
+		}
+		au.adopt(cur, crev)
+		return crev, cur != nil && !cur.FetchedAt.Before(nrec.FetchedAt), nil
+	})
+	if errors.Is(err, ErrSuperseded) {
+		return nil
+	}
+	if err != nil {
+		return r.authorizerFailed(au, source, err, start)
+	}
+	au.adopt(&nrec, nrev)
+	au.mu.Lock()
+	au.succeeded()
+	au.needsReauth = false
+	au.mu.Unlock()
+	r.publishEvent(au.key, contract.Event{App: nrec.App, Key: au.key, Revision: nrev, ExpiresAt: nrec.ExpiresAt, FetchedAt: nrec.FetchedAt, Source: source})
+	r.log.Info("authorizer token refreshed", "key", au.key, "app", nrec.App, "authorizer_appid", au.appid, "source", source,
+		"revision", nrev, "token", contract.Fingerprint(nrec.AccessToken), "expires_at", nrec.ExpiresAt.Format(time.RFC3339),
+		"duration", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// readAuthorizerToken returns the stored token record of an authorizer
+// key and its revision (nil, 0 if none).
+func (r *Refresher) readAuthorizerToken(ctx context.Context, key string) (*contract.Record, uint64, error) {
+	e, err := r.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	return r.parseRecord(key, e.Revision(), e.Value()), e.Revision(), nil
+}
+
+// authorizerFailed records a failed authorizer refresh and logs it.
+func (r *Refresher) authorizerFailed(au *authorizer, source string, err error, start time.Time) error {
+	if errors.Is(err, ErrNotLeader) || errors.Is(err, context.Canceled) {
+		return err
+	}
+	now := r.now()
+	au.mu.Lock()
+	retry := au.failed(err, now, false, func(err error) (time.Duration, time.Duration) {
+		switch {
+		case errors.Is(err, errNoToken), wechat.IsRetryable(err):
+			return au.policy.RetryMin, 60 * au.policy.RetryMin
+		}
+		return au.policy.PermanentRetryMin, 10 * au.policy.PermanentRetryMin
+	})
+	au.mu.Unlock()
+	r.obs.RefreshFailed(au.comp.name, source, err)
+	r.log.Error("authorizer token refresh failed; the stored token and refresh token are kept", "key", au.key,
+		"app", au.comp.name, "source", source, "err", err, "retry_in", retry.Sub(now).Round(time.Millisecond),
+		"duration", time.Since(start).Round(time.Millisecond))
+	return err
+}
+
+// storeRefreshToken writes an authorizer's refresh token (state
+// authorized) over rev (0: read first), revision-checked: on a conflict
+// it re-reads and writes over the newer revision (the token handed back
+// by WeChat last is the valid one).
+func (r *Refresher) storeRefreshToken(ctx context.Context, c *component, appid, refreshToken, source string, rev uint64) error {
+	key := authorizerSecretKey(c.name, appid)
+	if rev == 0 {
+		var cur authorizerSecret
+		var err error
+		rev, err = r.secrets.get(ctx, key, &cur)
+		if err != nil && !errors.Is(err, errNoSecret) && rev == 0 {
+			return err
+		}
+	}
+	for range 5 {
+		_, err := r.secrets.put(ctx, key, authorizerSecret{AuthorizerAppID: appid, RefreshToken: refreshToken,
+			State: authorizerAuthorized, UpdatedAt: r.now().UTC(), Source: source}, rev)
+		if !conflict(err) {
+			return err
+		}
+		var cur authorizerSecret
+		rev, err = r.secrets.get(ctx, key, &cur)
+		if err != nil && rev == 0 {
+			return err
+		}
+	}
+	return fmt.Errorf("secrets %s: too many revision conflicts", key)
+}
+
+// storeAuthCode stores a pushed authorization code (authorized,
+// updateauthorized) durably, before WeChat is told success.
+func (r *Refresher) storeAuthCode(ctx context.Context, c *component, p *wxcrypt.ComponentPush) error {
+	key := codeKey(c.name, p.AuthorizerAppID)
+	ac := authCode{AuthorizerAppID: p.AuthorizerAppID, Code: p.AuthorizationCode, InfoType: string(p.InfoType),
+		CreateTime: p.CreateTime, ReceivedAt: r.now().UTC()}
+	if p.AuthorizationCodeExpiredTime > 0 {
+		ac.ExpiresAt = time.Unix(p.AuthorizationCodeExpiredTime, 0).UTC()
+	}
+	for range 5 {
+		var cur authCode
+		rev, err := r.secrets.get(ctx, key, &cur)
+		switch {
+		case errors.Is(err, errNoSecret):
+		case err != nil && rev == 0:
+			return err
+		case err == nil && cur.CreateTime > p.CreateTime:
+			return nil // a newer code is stored already
+		case err == nil && cur.Code == p.AuthorizationCode:
+			return nil // a redelivery
+		}
+		_, err = r.secrets.put(ctx, key, ac, rev)
+		if conflict(err) {
+			continue
+		}
+		return err
+	}
+	return fmt.Errorf("secrets %s: too many revision conflicts", key)
+}
+
+// storeTombstone records an unauthorized push: the authorizer's secrets
+// record becomes a tombstone (when, why) that keeps the last refresh
+// token.
+func (r *Refresher) storeTombstone(ctx context.Context, c *component, p *wxcrypt.ComponentPush) error {
+	key := authorizerSecretKey(c.name, p.AuthorizerAppID)
+	for range 5 {
+		var cur authorizerSecret
+		rev, err := r.secrets.get(ctx, key, &cur)
+		switch {
+		case errors.Is(err, errNoSecret):
+		case err != nil:
+			// Not openable: a tombstone without the token would blank
+			// it; history keeps it, but refuse rather than guess.
+			return err
+		case cur.State == authorizerUnauthorized:
+			return nil // already
+		case cur.CreateTime > p.CreateTime:
+			return nil // authorized again after this push was sent
+		}
+		_, err = r.secrets.put(ctx, key, authorizerSecret{AuthorizerAppID: p.AuthorizerAppID, RefreshToken: cur.RefreshToken,
+			State: authorizerUnauthorized, UpdatedAt: r.now().UTC(), Source: "unauthorized",
+			Why: "unauthorized push of " + p.Created().UTC().Format(time.RFC3339), CreateTime: p.CreateTime}, rev)
+		if conflict(err) {
+			continue
+		}
+		return err
+	}
+	return fmt.Errorf("secrets %s: too many revision conflicts", key)
+}
+
+// startRedeem runs the redemption of a pending code in a concurrency
+// slot.
+func (r *Refresher) startRedeem(c *component, pc *pendingCode) {
+	pc.mu.Lock()
+	if pc.running {
+		pc.mu.Unlock()
+		return
+	}
+	pc.running = true
+	pc.mu.Unlock()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.sem <- struct{}{}
+		if r.refreshCtx.Err() == nil {
+			if err := r.redeem(r.refreshCtx, c, pc.appid); err != nil && !errors.Is(err, ErrNotLeader) {
+				pc.mu.Lock()
+				pc.failed(err, r.now(), false, func(err error) (time.Duration, time.Duration) {
+					if errors.Is(err, errNoToken) || wechat.IsRetryable(err) {
+						return time.Second, time.Minute
+					}
+					return time.Minute, 10 * time.Minute
+				})
+				pc.mu.Unlock()
+				r.log.Error("redeeming an authorization code failed; the code is kept and tried again", "app", c.name,
+					"authorizer_appid", pc.appid, "err", err)
+			}
+		}
+		<-r.sem
+		r.pump()
+		pc.mu.Lock()
+		pc.running = false
+		pc.mu.Unlock()
+		r.Tick()
+	}()
+}
+
+// redeem redeems the stored authorization code of an authorizer with
+// api_query_auth, stores its refresh token (secrets) and its token
+// (tokens), then deletes the code.
+func (r *Refresher) redeem(ctx context.Context, c *component, appid string) error {
+	start := time.Now()
+	key := codeKey(c.name, appid)
+	var ac authCode
+	crev, err := r.secrets.get(ctx, key, &ac)
+	if errors.Is(err, errNoSecret) {
+		c.dropCode(appid)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := r.lease.Confirm(ctx); err != nil {
+		return err
+	}
+	ctok, cfg, err := r.componentToken(c)
+	if err != nil {
+		return err
+	}
+	var fetched time.Time
+	gate := r.leaseGate(&fetched)
+	begin := time.Now()
+	tok, err := r.clientFor(cfg).QueryAuth(ctx, cfg.APIBase, ctok.AccessToken, cfg.AppID, ac.Code, gate)
+	r.obs.UpstreamCall(c.name, time.Since(begin), err)
+	if err != nil {
+		return err
+	}
+	if tok.AuthorizerAppID != appid {
+		return fmt.Errorf("api_query_auth answered for authorizer %s, the push named %s", tok.AuthorizerAppID, appid)
+	}
+	if err := r.storeRefreshToken(ctx, c, appid, tok.RefreshToken, "authorized", 0); err != nil {
+		// The code is kept: it is redeemed again (codes stay valid for
+		// about an hour).
+		return fmt.Errorf("storing the refresh token: %w", err)
+	}
+	au := c.ensure(r, appid)
+	au.run.Lock()
+	au.mu.Lock()
+	au.removed, au.needsReauth, au.pendingRefresh = false, false, ""
+	au.mu.Unlock()
+	rec, rev, err := r.readAuthorizerToken(ctx, au.key)
+	if err == nil {
+		au.adopt(rec, rev)
+		nrec := contract.Record{App: c.name, Key: au.key, AppID: cfg.AppID, AuthorizerAppID: appid, Kind: KindWeChatComponent,
+			AccessToken: tok.AccessToken, FetchedAt: fetched, ExpiresAt: fetched.Add(capLifetime(tok.ExpiresIn)), Source: contract.SourceManual}
+		err = r.storeAuthorizerToken(ctx, au, nrec, rev, contract.SourceManual, start)
+	}
+	au.run.Unlock()
+	// The refresh token is stored: the code has served.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	if derr := r.secrets.kv.Delete(dctx, key, jetstream.LastRevision(crev)); derr == nil {
+		c.dropCode(appid)
+	}
+	cancel()
+	r.log.Info("authorization code redeemed", "app", c.name, "authorizer_appid", appid, "key", au.key,
+		"refresh_token", sealedFingerprint(tok.RefreshToken), "duration", time.Since(start).Round(time.Millisecond))
+	r.Tick()
+	return err
+}
