@@ -7,9 +7,13 @@ import "time"
 // of the upstream call it causes names it as requester.
 const RequesterHeader = "Tokenkeeper-Requester"
 
-// ReasonReconcile is the audit reason of an Open Platform reconciliation
-// call; the other reasons are the Sources.
-const ReasonReconcile = "reconcile"
+// Audit reasons besides the Sources (startup, scheduled, passive,
+// manual): an Open Platform reconciliation call, and the redemption of an
+// authorization code WeChat pushed to the callback.
+const (
+	ReasonReconcile = "reconcile"
+	ReasonCallback  = "callback"
+)
 
 // AuditRecord is one upstream call (one HTTP attempt; retries are records
 // of their own). It never holds a credential or a secret: the new

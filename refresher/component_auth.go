@@ -319,8 +319,10 @@ func (r *Refresher) refreshAuthorizer(ctx context.Context, au *authorizer, sourc
 	var fetched time.Time
 	gate := r.leaseGate(&fetched)
 	begin := time.Now()
-	tok, err := r.clientFor(cfg).AuthorizerAccessToken(ctx, cfg.APIBase, ctok.AccessToken, cfg.AppID, au.appid, refreshTok, gate)
+	var at attempts
+	tok, err := r.clientFor(cfg).AuthorizerAccessToken(at.observe(ctx), cfg.APIBase, ctok.AccessToken, cfg.AppID, au.appid, refreshTok, gate)
 	r.obs.UpstreamCall(c.name, time.Since(begin), err)
+	r.auditCall(ctx, c.name, contract.Key(c.name, au.appid), cfg.Kind, source, at, contract.Fingerprint(tok.AccessToken))
 	if !fetched.IsZero() {
 		au.mu.Lock()
 		au.countCall(r.now())
@@ -599,8 +601,10 @@ func (r *Refresher) redeem(ctx context.Context, c *component, appid string) erro
 	var fetched time.Time
 	gate := r.leaseGate(&fetched)
 	begin := time.Now()
-	tok, err := r.clientFor(cfg).QueryAuth(ctx, cfg.APIBase, ctok.AccessToken, cfg.AppID, ac.Code, gate)
+	var at attempts
+	tok, err := r.clientFor(cfg).QueryAuth(at.observe(ctx), cfg.APIBase, ctok.AccessToken, cfg.AppID, ac.Code, gate)
 	r.obs.UpstreamCall(c.name, time.Since(begin), err)
+	r.auditCall(ctx, c.name, contract.Key(c.name, appid), cfg.Kind, contract.ReasonCallback, at, contract.Fingerprint(tok.AccessToken))
 	if err != nil {
 		return err
 	}

@@ -51,8 +51,10 @@ func (r *Refresher) Reconcile(ctx context.Context, component string) (*Reconcile
 	listed := map[string]bool{}
 	for offset := 0; ; {
 		var fetched time.Time
-		page, err := r.clientFor(cfg).AuthorizerListPage(ctx, cfg.APIBase, ctok.AccessToken, cfg.AppID, offset, wechat.MaxAuthorizerListPage, r.leaseGate(&fetched))
+		var at attempts
+		page, err := r.clientFor(cfg).AuthorizerListPage(at.observe(ctx), cfg.APIBase, ctok.AccessToken, cfg.AppID, offset, wechat.MaxAuthorizerListPage, r.leaseGate(&fetched))
 		r.obs.UpstreamCall(component, 0, err)
+		r.auditCall(ctx, component, component, cfg.Kind, contract.ReasonReconcile, at, "")
 		if err != nil {
 			return nil, err
 		}

@@ -438,6 +438,27 @@ func TestComponentAuthorizerLifecycle(t *testing.T) {
 	}
 	assertNotInTokens(t, w, first, kept)
 	assertNotLogged(t, w, first, kept, harness.Secret(compAppID))
+
+	// The audit trail has the code's redemption and the authorizer's
+	// refreshes under the authorizer's key, and no refresh token.
+	recs, raw := readAudit(t, w.e.JS)
+	reasons := map[string]int{}
+	for _, rec := range recs {
+		if rec.Key == key {
+			reasons[rec.Reason]++
+			if rec.Endpoint != "/cgi-bin/component/api_query_auth" && rec.Endpoint != "/cgi-bin/component/api_authorizer_token" {
+				t.Errorf("authorizer audit endpoint %q", rec.Endpoint)
+			}
+		}
+	}
+	if reasons[contract.ReasonCallback] == 0 || reasons[contract.SourceScheduled] == 0 {
+		t.Errorf("audit records of %s by reason %v: want the callback's redemption and scheduled refreshes", key, reasons)
+	}
+	for _, secret := range []string{first, kept, harness.Secret(compAppID)} {
+		if strings.Contains(strings.Join(raw, "\n"), secret) {
+			t.Errorf("a refresh token or the secret appears in the audit trail")
+		}
+	}
 }
 
 // TestComponentReconcileRecovers: an authorizer whose refresh token is
