@@ -291,27 +291,7 @@ func (r *Refresher) loadComponents(ctx context.Context) error {
 // eachToken calls fn with the last value of every key of the tokens
 // bucket matching filter.
 func (r *Refresher) eachToken(ctx context.Context, filter string, fn func(jetstream.KeyValueEntry)) error {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	w, err := r.kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
-	if err != nil {
-		return err
-	}
-	defer w.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errors.New("watcher closed")
-			}
-			if e == nil {
-				return nil
-			}
-			fn(e)
-		}
-	}
+	return eachEntry(ctx, r.kv, filter, 60*time.Second, fn)
 }
 
 // planComponents starts the due refreshes of every component's

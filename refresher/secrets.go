@@ -171,27 +171,9 @@ func (s *secretStore) each(ctx context.Context, filter string, fn func(key strin
 	if s == nil {
 		return errNoSecrets
 	}
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	w, err := s.kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
-	if err != nil {
-		return err
-	}
-	defer w.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errors.New("watcher closed")
-			}
-			if e == nil {
-				return nil
-			}
-			fn(e.Key(), e.Revision(), e.Value())
-		}
-	}
+	return eachEntry(ctx, s.kv, filter, 60*time.Second, func(e jetstream.KeyValueEntry) {
+		fn(e.Key(), e.Revision(), e.Value())
+	})
 }
 
 // provisionSecrets provisions the secrets bucket when a component is

@@ -131,43 +131,25 @@ func (r *Refresher) loadStates(ctx context.Context) error {
 	if r.stateKV == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	w, err := r.stateKV.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return err
-	}
-	defer w.Stop()
 	now := r.now()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errors.New("state watcher closed")
-			}
-			if e == nil {
-				return nil
-			}
-			r.mu.Lock()
-			a := r.apps[e.Key()]
-			r.mu.Unlock()
-			if a == nil {
-				continue
-			}
-			// Remember the revision, for the next revision-checked write.
-			a.mu.Lock()
-			a.stateRev = max(a.stateRev, e.Revision())
-			a.mu.Unlock()
-			var s contract.AppState
-			if json.Unmarshal(e.Value(), &s) != nil {
-				continue
-			}
-			a.restore(s, now)
-			r.obs.QuotaUsed(a.name, a.callsToday(now))
+	return eachEntry(ctx, r.stateKV, ">", 30*time.Second, func(e jetstream.KeyValueEntry) {
+		r.mu.Lock()
+		a := r.apps[e.Key()]
+		r.mu.Unlock()
+		if a == nil {
+			return
 		}
-	}
+		// Remember the revision, for the next revision-checked write.
+		a.mu.Lock()
+		a.stateRev = max(a.stateRev, e.Revision())
+		a.mu.Unlock()
+		var s contract.AppState
+		if json.Unmarshal(e.Value(), &s) != nil {
+			return
+		}
+		a.restore(s, now)
+		r.obs.QuotaUsed(a.name, a.callsToday(now))
+	})
 }
 
 // saveLater writes a's state from a goroutine of its own, one at a time

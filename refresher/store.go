@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -102,5 +103,32 @@ func (r *Refresher) publishEvent(key string, ev contract.Event) {
 	b, _ := json.Marshal(ev)
 	if err := r.nc.Publish(contract.UpdatedSubject(key), b); err != nil {
 		r.log.Warn("publish event failed", "key", key, "err", err)
+	}
+}
+
+// eachEntry calls fn with the last value of every key of kv matching
+// filter (">" for all), deleted keys skipped, until it has seen them all;
+// d bounds the whole walk.
+func eachEntry(ctx context.Context, kv jetstream.KeyValue, filter string, d time.Duration, fn func(jetstream.KeyValueEntry)) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	w, err := kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
+	if err != nil {
+		return err
+	}
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("watcher of " + kv.Bucket() + " closed")
+			}
+			if e == nil {
+				return nil
+			}
+			fn(e)
+		}
 	}
 }
