@@ -256,7 +256,7 @@ func TestTicketWithRejectedTokenRefreshesTokenFirst(t *testing.T) {
 
 // TestTicketPassiveRefresh: token.refresh.<app>.jsapi is served like
 // token.refresh.<app>: an empty request gets the stored ticket with no
-// fetch; 50 concurrent requests naming the stored revision as stale cost
+// fetch; 500 concurrent requests naming the stored revision as stale cost
 // one ticket fetch and all get the new ticket; an unconfigured ticket key
 // is a 404.
 func TestTicketPassiveRefresh(t *testing.T) {
@@ -276,7 +276,7 @@ func TestTicketPassiveRefresh(t *testing.T) {
 	}
 
 	body := []byte(`{"stale_revision":` + strconv.FormatUint(rev, 10) + `}`)
-	const n = 50
+	const n = 500
 	replies := make([]refresher.TicketReply, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
