@@ -207,8 +207,9 @@ func LeafPermissions(bucket, user, domain string) *server.Permissions {
 				api + ".CONSUMER.CREATE." + stream,
 				"$JS.FC." + stream + ".>",
 				contract.RefreshPrefix + ">",
+				contract.SignPrefix + ">",
 			},
-			Deny: []string{"$KV.>", api + ".$KV.>", contract.UpdatedPrefix + ">"},
+			Deny: []string{"$KV.>", api + ".$KV.>", contract.UpdatedPrefix + ">", contract.AuditPrefix + ">"},
 		},
 		Subscribe: &server.SubjectPermission{
 			Allow: []string{

@@ -99,6 +99,7 @@ func TestFollowerEnvironment(t *testing.T) {
 	prodURL := strings.Replace(hub.ClientURL(), "nats://", "nats://refresher:prod-refresher-pw@", 1)
 	env := harness.New(t, harness.Options{URL: prodURL})
 	app := env.App("mp-main")
+	app.Tickets = []string{contract.TicketJSAPI}
 	prod := env.Start(env.Config(app))
 	appid := app.AppID
 	rec1, rev1 := env.WaitRecord(10*time.Second, "mp-main", func(contract.Record, uint64) bool { return true })
@@ -208,6 +209,20 @@ func TestFollowerEnvironment(t *testing.T) {
 		tu.WaitFor(t, 5*time.Second, func() bool { got, _ := src.Token(); return got.Revision == rev2 }, "the staging service did not take revision %d", rev2)
 	}
 
+	// A staging service signs a page through production's sign service
+	// (over the leafnode), with the ticket production keeps.
+	tu.WaitFor(t, 10*time.Second, func() bool {
+		_, err := skv.Get(ctx, "mp-main.jsapi")
+		return err == nil
+	}, "mp-main.jsapi did not reach staging's mirror")
+	sig, err := sc.Sign(ctx, "mp-main", "https://staging.example/page")
+	if err != nil {
+		t.Fatalf("staging sign: %v", err)
+	}
+	if err := env.Sim.CheckSignature(appid, "https://staging.example/page", sig.NonceStr, sig.Timestamp, sig.Signature); err != nil {
+		t.Errorf("the signature staging got: %v", err)
+	}
+
 	// Propagation of a production write, measured.
 	stale := rev2
 	reply, err := prod.R.Refresh(ctx, "mp-main", &stale)
@@ -232,7 +247,7 @@ func TestFollowerEnvironment(t *testing.T) {
 	if !tu.Eventually(5*time.Second, func() bool {
 		st = f.Status()
 		body, _ = json.Marshal(st)
-		return len(st.Keys) == 1 && st.Keys[0].Revision == rev3
+		return len(st.Keys) >= 1 && st.Keys[0].Revision == rev3
 	}) {
 		t.Fatalf("the follower's status did not reach revision %d: %s", rev3, body)
 	}
@@ -242,7 +257,7 @@ func TestFollowerEnvironment(t *testing.T) {
 	if strings.Contains(string(body), reply.AccessToken) || strings.Contains(string(body), prodRec2.AccessToken) {
 		t.Error("the follower's status carries a token")
 	}
-	if got := testutil.ToFloat64(constGauge(t, reg, "tokenkeeper_follow_token_revision")); got != float64(rev3) {
+	if got := testutil.ToFloat64(constGauge(t, reg, "tokenkeeper_follow_token_revision", "mp-main")); got != float64(rev3) {
 		t.Errorf("tokenkeeper_follow_token_revision = %v, want %d", got, rev3)
 	}
 
@@ -284,17 +299,24 @@ func TestFollowerEnvironment(t *testing.T) {
 
 // constGauge returns the one metric named name gathered from reg, as a
 // collector ToFloat64 can read.
-func constGauge(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
+func constGauge(t *testing.T, reg *prometheus.Registry, name, key string) prometheus.Collector {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: "copy"}, func() float64 { return mf.GetMetric()[0].GetGauge().GetValue() })
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == key && (l.GetName() == "key" || l.GetName() == "app") {
+					return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: "copy"}, func() float64 { return m.GetGauge().GetValue() })
+				}
+			}
 		}
 	}
-	t.Fatalf("metric %s not gathered (or not exactly one series)", name)
+	t.Fatalf("metric %s{key=%q} not gathered", name, key)
 	return nil
 }
