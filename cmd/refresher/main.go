@@ -10,12 +10,15 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"github.com/nats-io/nats.go"
 	"github.com/tokenkeeper/tokenkeeper/contract"
+	"github.com/tokenkeeper/tokenkeeper/internal/seal"
 	"log/slog"
 	"net"
 	"net/http"
@@ -58,12 +61,13 @@ func run(ctx context.Context, args []string) error {
 
 	var cfg *refresher.Config
 	var cleanup func()
+	var demoSim *wechatsim.Sim
 	if *configPath == "" {
-		c, clean, err := demoConfig(*demoListen)
+		c, clean, sim, err := demoConfig(*demoListen)
 		if err != nil {
 			return err
 		}
-		cfg, cleanup = c, clean
+		cfg, cleanup, demoSim = c, clean, sim
 		defer cleanup()
 	} else {
 		c, err := refresher.LoadConfig(*configPath)
@@ -170,6 +174,7 @@ func run(ctx context.Context, args []string) error {
 			select {
 			case <-r.Ready():
 				printDemoHelp(cfg, conn.Server.ClientURL(), httpAddr)
+				showDemoComponent(ctx, r, demoSim, log)
 				showDemoSignature(ctx, conn.NC)
 			case <-ctx.Done():
 			}
@@ -267,15 +272,31 @@ func reloadOnHUP(ctx context.Context, r *refresher.Refresher, gw *gateway.Gatewa
 
 // demoConfig starts the WeChat emulator in-process and returns a config
 // for two demo apps against it and an embedded NATS server.
-func demoConfig(listen string) (*refresher.Config, func(), error) {
+func demoConfig(listen string) (*refresher.Config, func(), *wechatsim.Sim, error) {
 	sim := wechatsim.New(wechatsim.Options{ExpiresIn: 30 * time.Second, Grace: 10 * time.Second})
 	sim.AddApp("wxdemo0000000001", "demo-secret-1")
 	sim.AddApp("wxdemo0000000002", "demo-secret-2")
 	sim.AddWeComApp("wwdemo0000000003", 1000002, "demo-secret-3")
 	sim.AddFeishuApp("cli_demo00000004", "demo-secret-4")
+	// An Open Platform component: its callback token and EncodingAESKey,
+	// and the key that seals its secrets bucket, drawn for this run.
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return nil, nil, nil, err
+	}
+	aesKey := strings.TrimRight(base64.StdEncoding.EncodeToString(raw), "=")
+	sim.AddComponent(demoComponentAppID, "demo-secret-5", demoCallbackToken, aesKey)
+	sealKey := make([]byte, seal.KeySize)
+	if _, err := rand.Read(sealKey); err != nil {
+		return nil, nil, nil, err
+	}
+	ring, err := seal.NewKeyring(sealKey)
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	srv := &http.Server{Handler: sim.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
@@ -285,7 +306,7 @@ func demoConfig(listen string) (*refresher.Config, func(), error) {
 	}()
 	store, err := os.MkdirTemp("", "tokenkeeper-demo-")
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	base := "http://" + ln.Addr().String()
 	minLeft := time.Duration(0)
@@ -304,17 +325,59 @@ func demoConfig(listen string) (*refresher.Config, func(), error) {
 			(refresher.AppConfig{Name: "demo-wecom", Kind: "wecom", CorpID: "wwdemo0000000003", AgentID: 1000002, APIBase: base,
 				Tickets: []string{"jsapi", "agent_config"}}).WithSecret("demo-secret-3"),
 			(refresher.AppConfig{Name: "demo-feishu", Kind: "feishu", AppID: "cli_demo00000004", APIBase: base}).WithSecret("demo-secret-4"),
+			(refresher.AppConfig{Name: "demo-comp", Kind: refresher.KindWeChatComponent, AppID: demoComponentAppID, APIBase: base}).
+				WithSecret("demo-secret-5").WithCallbackSecrets(demoCallbackToken, aesKey),
 		},
 	}
+	cfg.WithKeyring(ring)
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	cleanup := func() {
 		_ = srv.Close()
 		_ = os.RemoveAll(store)
 	}
-	return cfg, cleanup, nil
+	return cfg, cleanup, sim, nil
+}
+
+// The demo's Open Platform component.
+const (
+	demoComponentAppID = "wxdemocomp000005"
+	demoCallbackToken  = "demo-callback-token"
+)
+
+// showDemoComponent serves the demo component's callback on a loopback
+// port, has the emulator push a component_verify_ticket and authorize
+// three accounts there, and says where their tokens are.
+func showDemoComponent(ctx context.Context, r *refresher.Refresher, sim *wechatsim.Sim, log *slog.Logger) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Error("demo: callback listener", "err", err)
+		return
+	}
+	srv := &http.Server{Handler: r.CallbackHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	cb := "http://" + ln.Addr().String() + refresher.CallbackPathPrefix + "demo-comp"
+	if err := sim.PushVerifyTicket(ctx, demoComponentAppID, cb); err != nil {
+		log.Error("demo: verify ticket push", "err", err)
+		return
+	}
+	var keys []string
+	for i := 1; i <= 3; i++ {
+		authz := fmt.Sprintf("wxdemoauthz0000%d", i)
+		if _, err := sim.Authorize(ctx, demoComponentAppID, authz, cb); err != nil {
+			log.Error("demo: authorization push", "authorizer", authz, "err", err)
+			return
+		}
+		keys = append(keys, "demo-comp."+authz)
+	}
+	fmt.Fprintf(os.Stderr, "Open Platform: the emulator pushed a verify ticket and authorized 3 accounts to %s;\n"+
+		"demo-comp holds the component token, their tokens are under\n  %s\n\n", cb, strings.Join(keys, "\n  "))
 }
 
 func printDemoHelp(cfg *refresher.Config, url, httpAddr string) {
@@ -322,7 +385,9 @@ func printDemoHelp(cfg *refresher.Config, url, httpAddr string) {
 tokenkeeper demo: embedded NATS at %s, the upstream emulator.
 Apps demo-mp (WeChat /cgi-bin/token, with its jsapi ticket), demo-mini
 (stable_token), demo-wecom (WeCom, with its jsapi and agent_config
-tickets) and demo-feishu (Feishu) get 30-second credentials, refreshed
+tickets), demo-feishu (Feishu) and demo-comp (an Open Platform component
+and its authorizers; its first token waits for the emulator's verify
+ticket push, a moment after start) get 30-second credentials, refreshed
 after about two thirds of their life (WeCom's at expiry).
 
 Look at them from another terminal:

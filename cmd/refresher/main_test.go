@@ -60,8 +60,10 @@ func TestDemo(t *testing.T) {
 			t.Errorf("%s: lifetime %v, want the demo's 30s", app, life)
 		}
 	}
-	// The other kinds, and demo-mp's jsapi ticket.
-	for _, key := range []string{"demo-wecom", "demo-feishu", "demo-mp.jsapi", "demo-wecom.jsapi", "demo-wecom.agent_config"} {
+	// The other kinds, demo-mp's jsapi ticket, the component's token and
+	// its authorizers'.
+	for _, key := range []string{"demo-wecom", "demo-feishu", "demo-mp.jsapi", "demo-wecom.jsapi", "demo-wecom.agent_config",
+		"demo-comp", "demo-comp.wxdemoauthz00001", "demo-comp.wxdemoauthz00003"} {
 		testutil.WaitFor(t, 10*time.Second, func() bool {
 			kv, err := js.KeyValue(context.Background(), "tokens")
 			if err != nil {
