@@ -107,7 +107,7 @@ func RolePermissions(role Role, bucket, user string) *server.Permissions {
 			"$JS.API.STREAM.CREATE."+audit, "$JS.API.STREAM.UPDATE."+audit, "$JS.API.STREAM.INFO."+audit,
 			contract.AuditPrefix+">")
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: pub},
+			Publish: &server.SubjectPermission{Allow: pub},
 			// token.admin.>: the operator requests (tokenctl authorizers),
 			// served by the leader with a wechat-component.
 			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", contract.RefreshPrefix + ">", contract.SignPrefix + ">", contract.AdminPrefix + ">", "$SRV.>"}},
