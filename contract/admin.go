@@ -3,7 +3,6 @@ package contract
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 )
 
@@ -135,13 +134,15 @@ type AuthorizerRow struct {
 }
 
 // CheckAuthorizerRow says what is wrong with an import row (nil: it may
-// be imported). The error never quotes the refresh token.
+// be imported). The error quotes neither field.
 func CheckAuthorizerRow(row AuthorizerRow) error {
 	switch {
 	case row.AuthorizerAppID == "":
 		return errors.New("authorizer_appid is empty")
 	case !ValidAppName(row.AuthorizerAppID):
-		return fmt.Errorf("authorizer_appid %q is not 1-64 of A-Z a-z 0-9 _ -", truncateRunes(row.AuthorizerAppID, 70))
+		// Not quoted: a file with its columns swapped holds a refresh
+		// token here.
+		return fmt.Errorf("authorizer_appid (%d bytes) is not 1-64 of A-Z a-z 0-9 _ -", len(row.AuthorizerAppID))
 	case row.RefreshToken == "":
 		return errors.New("refresh_token is empty")
 	case len(row.RefreshToken) > MaxRefreshTokenLength:
@@ -153,13 +154,6 @@ func CheckAuthorizerRow(row AuthorizerRow) error {
 		}
 	}
 	return nil
-}
-
-func truncateRunes(s string, n int) string {
-	if r := []rune(s); len(r) > n {
-		return string(r[:n]) + "…"
-	}
-	return strings.ToValidUTF8(s, "?")
 }
 
 // ImportRequest is the body of an import request: at most MaxAdminPage

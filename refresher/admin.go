@@ -457,7 +457,12 @@ func (r *Refresher) adminImport(ctx context.Context, c *component, ir contract.I
 	seen := map[string]int{}
 	counts := map[string]int{}
 	for _, row := range ir.Rows {
-		res := contract.ImportResult{Line: row.Line, AuthorizerAppID: sanitize(row.AuthorizerAppID, 80), Outcome: contract.ImportInvalid}
+		// An invalid appid is not echoed: a file with its columns
+		// swapped holds a refresh token there.
+		res := contract.ImportResult{Line: row.Line, Outcome: contract.ImportInvalid}
+		if contract.ValidAppName(row.AuthorizerAppID) {
+			res.AuthorizerAppID = row.AuthorizerAppID
+		}
 		if err := contract.CheckAuthorizerRow(row); err != nil {
 			res.Reason = err.Error()
 		} else if prev, dup := seen[row.AuthorizerAppID]; dup {

@@ -82,7 +82,7 @@ func parseImport(format string, data []byte) (*parsedFile, error) {
 	rows := pf.rows[:0]
 	for _, row := range pf.rows {
 		if err := contract.CheckAuthorizerRow(row); err != nil {
-			pf.bad = append(pf.bad, badRow{line: row.Line, appid: row.AuthorizerAppID, reason: err.Error()})
+			pf.bad = append(pf.bad, badRow{line: row.Line, appid: shownAppID(row.AuthorizerAppID), reason: err.Error()})
 			continue
 		}
 		if first, dup := seen[row.AuthorizerAppID]; dup {
@@ -94,6 +94,15 @@ func parseImport(format string, data []byte) (*parsedFile, error) {
 	}
 	pf.rows = rows
 	return pf, nil
+}
+
+// shownAppID is what a report shows of a row's appid: nothing unless it
+// is valid (a file with its columns swapped has a refresh token there).
+func shownAppID(s string) string {
+	if contract.ValidAppName(s) {
+		return s
+	}
+	return ""
 }
 
 // lineAt returns the 1-based line of byte offset off of data.
@@ -156,7 +165,7 @@ func parseJSONRows(data []byte) (*parsedFile, error) {
 			}
 		}
 		if bad != "" {
-			pf.bad = append(pf.bad, badRow{line: line, appid: row.AuthorizerAppID, reason: bad})
+			pf.bad = append(pf.bad, badRow{line: line, appid: shownAppID(row.AuthorizerAppID), reason: bad})
 			continue
 		}
 		pf.rows = append(pf.rows, row)
