@@ -38,6 +38,7 @@ const (
 // component token is stored (a verify ticket was pushed), leading.
 type compEnv struct {
 	e    *harness.Env
+	cfg  *refresher.Config
 	rep  *harness.Replica
 	args []string // --nats URL (and credentials)
 }
@@ -80,7 +81,7 @@ func newCompEnv(t *testing.T, refresherURL func(e *harness.Env) string, nopts ..
 		_, err := e.NC.Request("$SRV.PING."+contract.AdminServiceName, nil, time.Second)
 		return err == nil
 	}, "the leader does not serve %s", contract.AdminServiceName)
-	return &compEnv{e: e, rep: rep, args: []string{"--nats", e.URL}}
+	return &compEnv{e: e, cfg: cfg, rep: rep, args: []string{"--nats", e.URL}}
 }
 
 // run runs tokenctl with the env's connection flags.
@@ -401,5 +402,57 @@ func TestAuthorizersPermissions(t *testing.T) {
 	}
 	if c.e.Logs.Contains("ermission") {
 		t.Fatalf("the refresher met a permissions problem:\n%s", c.e.Logs)
+	}
+}
+
+// TestAuthorizersErrors: an unknown component is a 404, a body that is
+// not JSON a 400 that does not quote it, too many rows a 400; a second
+// replica (a follower) does not serve the operator requests; usage
+// errors exit 2.
+func TestAuthorizersErrors(t *testing.T) {
+	c := newCompEnv(t, nil)
+	if r := c.run(t, "authorizers", "list", "nosuch"); r.code != 1 || !strings.Contains(r.stderr, "404") {
+		t.Fatalf("list of an unknown component: %s", r)
+	}
+	const secret = "refreshtoken@@@must-not-be-echoed"
+	m, err := c.e.NC.Request(contract.AuthorizersSubject(contract.AuthorizersImport, azComp), []byte(`{"rows":[{"refresh_token":"`+secret+`"`), 5*time.Second)
+	if err != nil || m.Header.Get(contract.ErrorCodeHeader) != "400" || strings.Contains(string(m.Data)+m.Header.Get(contract.ErrorHeader), secret) {
+		t.Fatalf("import with a broken body: %v %v %q", err, m.Header, m.Data)
+	}
+	rows := make([]contract.AuthorizerRow, contract.MaxAdminPage+1)
+	body, _ := json.Marshal(contract.ImportRequest{Rows: rows})
+	if m, err = c.e.NC.Request(contract.AuthorizersSubject(contract.AuthorizersImport, azComp), body, 5*time.Second); err != nil || m.Header.Get(contract.ErrorCodeHeader) != "400" {
+		t.Fatalf("import of too many rows: %v %v", err, m.Header)
+	}
+	// A follower: still one instance of the service.
+	c.e.Start(c.cfg)
+	var n int
+	sub, err := c.e.NC.SubscribeSync(nats.NewInbox())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.e.NC.PublishRequest("$SRV.PING."+contract.AdminServiceName, sub.Subject, nil); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := sub.NextMsg(time.Second); err != nil {
+			break
+		}
+		n++
+	}
+	if n != 1 {
+		t.Fatalf("%d instances of %s answer, want the leader's only", n, contract.AdminServiceName)
+	}
+	for _, args := range [][]string{
+		{"authorizers", "list"},
+		{"authorizers", "frobnicate", azComp},
+		{"authorizers", "show", azComp},
+		{"authorizers", "list", azComp, "--overwrite"},
+		{"authorizers", "import", azComp, "x.csv", "--include-refresh-tokens"},
+		{"authorizers", "export", azComp, "--format", "xml"},
+	} {
+		if r := c.run(t, args...); r.code != 2 {
+			t.Errorf("%q: %s, want exit 2", args, r)
+		}
 	}
 }
