@@ -15,6 +15,11 @@ const (
 	ReasonCallback  = "callback"
 )
 
+// ReasonExport is the audit reason of an operator's export of refresh
+// tokens (tokenctl authorizers export --include-refresh-tokens): no
+// upstream call; Count says how many were exported, Requester who asked.
+const ReasonExport = "export"
+
 // AuditRecord is one upstream call (one HTTP attempt; retries are records
 // of their own). It never holds a credential or a secret: the new
 // credential only as its Fingerprint, the endpoint only as its path.
@@ -51,4 +56,7 @@ type AuditRecord struct {
 	RID string `json:"rid,omitempty"`
 	// Credential is the Fingerprint of the credential the attempt got.
 	Credential string `json:"credential,omitempty"`
+	// Count is how many refresh tokens an export (ReasonExport) handed
+	// out.
+	Count int `json:"count,omitempty"`
 }

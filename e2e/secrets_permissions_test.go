@@ -25,7 +25,8 @@ import (
 // as user refresher against examples/nats-server.conf: it provisions the
 // secrets bucket and stores a pushed verify ticket without a permissions
 // problem, and the service user can neither look at the secrets bucket's
-// stream, nor read a key of it, nor watch it.
+// stream, nor read a key of it, nor watch it, nor ask the operator
+// requests (token.admin.>).
 func TestPermissionsSecretsBucket(t *testing.T) {
 	url, refresherPW, servicePW := startExampleServer(t)
 	sim, hs := wechatsim.NewServer(wechatsim.Options{ExpiresIn: time.Hour})
@@ -115,4 +116,16 @@ func TestPermissionsSecretsBucket(t *testing.T) {
 		t.Fatal("service: a consumer on the secrets bucket was created")
 	}
 	serviceErrs.expectViolation(t, `Publish to "$JS.API.CONSUMER.CREATE.KV_`+secrets)
+
+	// The operator requests (tokenctl authorizers), which the leader now
+	// serves as user refresher without a permissions problem: refused to
+	// the service user by the server, unanswered.
+	testutil.WaitFor(t, 10*time.Second, r.Leader, "the refresher does not lead")
+	for _, op := range []string{contract.AuthorizersExport, contract.AuthorizersList, contract.AuthorizersImport} {
+		subj := contract.AuthorizersSubject(op, "comp")
+		if m, err := snc.Request(subj, []byte(`{"include_refresh_tokens":true}`), 300*time.Millisecond); err == nil {
+			t.Fatalf("service: %s was answered: %q", subj, m.Data)
+		}
+		serviceErrs.expectViolation(t, `Publish to "`+subj+`"`)
+	}
 }

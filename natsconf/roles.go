@@ -20,18 +20,21 @@ type Role string
 const (
 	// RoleRefresher owns the buckets (tokens, tokens_lease, tokens_state,
 	// and tokens_secrets with a wechat-component), publishes
-	// token.updated.<key> and serves token.refresh.<key> and
-	// token.sign.<app>; its HTTP gateway requests token.refresh.<key> and
-	// token.sign.<key>.
+	// token.updated.<key> and serves token.refresh.<key>,
+	// token.sign.<app> and (with a component) token.admin.>; its HTTP
+	// gateway requests token.refresh.<key> and token.sign.<key>.
 	RoleRefresher Role = "refresher"
 	// RoleService reads and watches the tokens bucket, requests
 	// token.refresh.<key> and token.sign.<app>, receives
-	// token.updated.<key>, and writes nothing. Its replies arrive under its private inbox prefix
+	// token.updated.<key>, and writes nothing; token.admin.> is denied.
+	// Its replies arrive under its private inbox prefix
 	// contract.ServiceInboxPrefix(user).
 	RoleService Role = "service"
 	// RoleOperator is tokenctl's: what a service may, plus reading the
-	// lease and the state buckets (tokenctl status). It writes nothing
-	// and, like a service, never reads the secrets bucket.
+	// lease and the state buckets (tokenctl status) and the audit trail,
+	// and the operator requests token.admin.> (tokenctl authorizers,
+	// answered by the refresher). It writes nothing itself and, like a
+	// service, never reads the secrets bucket.
 	RoleOperator Role = "operator"
 	// RoleLeaf is the user a follower environment's server (staging, a
 	// second region) connects to production's leafnode listener with:
@@ -104,8 +107,10 @@ func RolePermissions(role Role, bucket, user string) *server.Permissions {
 			"$JS.API.STREAM.CREATE."+audit, "$JS.API.STREAM.UPDATE."+audit, "$JS.API.STREAM.INFO."+audit,
 			contract.AuditPrefix+">")
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: pub},
-			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", contract.RefreshPrefix + ">", contract.SignPrefix + ">", "$SRV.>"}},
+			Publish: &server.SubjectPermission{Allow: pub},
+			// token.admin.>: the operator requests (tokenctl authorizers),
+			// served by the leader with a wechat-component.
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", contract.RefreshPrefix + ">", contract.SignPrefix + ">", contract.AdminPrefix + ">", "$SRV.>"}},
 			Response: &server.ResponsePermission{
 				MaxMsgs: server.DEFAULT_ALLOW_RESPONSE_MAX_MSGS,
 				Expires: server.DEFAULT_ALLOW_RESPONSE_EXPIRATION,
@@ -113,6 +118,8 @@ func RolePermissions(role Role, bucket, user string) *server.Permissions {
 		}
 	case RoleService:
 		readOnly.Allow = append(read(bucket), contract.RefreshPrefix+">", contract.SignPrefix+">", "$SRV.>")
+		// Never the operator requests (they export refresh tokens).
+		readOnly.Deny = append(readOnly.Deny, contract.AdminPrefix+">")
 		return &server.Permissions{
 			Publish:   readOnly,
 			Subscribe: &server.SubjectPermission{Allow: []string{contract.ServiceInboxPrefix(user) + ".>", contract.UpdatedPrefix + ">"}},
@@ -121,7 +128,8 @@ func RolePermissions(role Role, bucket, user string) *server.Permissions {
 		// tokenctl status reads the lease and lists the state bucket.
 		// tokenctl has no inbox prefix option: it uses "_INBOX.", like
 		// the refresher, whose replies it may read anyway.
-		readOnly.Allow = append(append(append(append(read(bucket), read(lease)...), read(state)...), readAudit...), contract.RefreshPrefix+">", contract.SignPrefix+">", "$SRV.>")
+		// tokenctl authorizers asks the leader on token.admin.>.
+		readOnly.Allow = append(append(append(append(read(bucket), read(lease)...), read(state)...), readAudit...), contract.RefreshPrefix+">", contract.SignPrefix+">", contract.AdminPrefix+">", "$SRV.>")
 		return &server.Permissions{
 			Publish:   readOnly,
 			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", contract.UpdatedPrefix + ">"}},

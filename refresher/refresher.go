@@ -68,6 +68,7 @@ type Refresher struct {
 
 	secrets *secretStore          // the secrets bucket, with a component only (secrets.go)
 	comps   map[string]*component // wechat-component apps by name (component.go)
+	admin   adminState            // operator requests, the leader with a component (admin.go)
 }
 
 // shutdownGrace is how long Run waits, after its ctx is done, for
@@ -212,6 +213,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 
 	<-c.Stop().Done()
 	r.stopService()
+	r.stopAdmin()
 	r.stopSign()
 	// Let refreshes in flight store what they fetched.
 	done := make(chan struct{})
@@ -367,6 +369,7 @@ func (r *Refresher) leadershipChanged(leader bool) {
 	r.obs.Leader(leader)
 	if !leader {
 		r.stopService()
+		r.stopAdmin()
 		// A token fetched but not stored is no longer ours to write: the
 		// next leader fetches its own.
 		for _, a := range r.appList() {
@@ -391,6 +394,10 @@ func (r *Refresher) leadershipChanged(leader bool) {
 		r.log.Warn("reloading components on leadership failed", "err", err)
 	}
 	cancel()
+	// Operator requests once the components are loaded.
+	if err := r.startAdmin(); err != nil {
+		r.log.Error("cannot serve token.admin (tokenctl authorizers)", "err", err)
+	}
 	r.Tick()
 }
 

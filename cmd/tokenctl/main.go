@@ -10,6 +10,7 @@
 //	tokenctl [global flags] sign APP URL [--ticket agent_config]
 //	tokenctl [global flags] status
 //	tokenctl [global flags] audit [KEY] [--since D] [--follow]
+//	tokenctl [global flags] authorizers list|show|import|export|reconcile COMPONENT [AUTHORIZER|FILE]
 //	tokenctl hash-token [--new] < token
 //
 // It speaks only the wire contract of docs/protocol.md, with the same
@@ -124,7 +125,7 @@ type command struct {
 }
 
 // commands are tokenctl's subcommands, in the order of the help.
-var commands = []*command{getCommand, watchCommand, refreshCommand, signCommand, statusCommand, auditCommand, hashTokenCommand}
+var commands = []*command{getCommand, watchCommand, refreshCommand, signCommand, statusCommand, auditCommand, authorizersCommand, hashTokenCommand}
 
 // lookup returns the command called name, or nil.
 func lookup(name string) *command {

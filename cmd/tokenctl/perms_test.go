@@ -39,7 +39,7 @@ func refresherPermissions() *server.Permissions {
 			"$JS.API.STREAM.CREATE.tokenkeeper_audit", "$JS.API.STREAM.UPDATE.tokenkeeper_audit",
 			"$JS.API.STREAM.INFO.tokenkeeper_audit", "token.audit.>",
 		}},
-		Subscribe: &server.SubjectPermission{Allow: []string{"token.refresh.>", "token.sign.>", "$SRV.>", "_INBOX.>"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"token.refresh.>", "token.sign.>", "token.admin.>", "$SRV.>", "_INBOX.>"}},
 		Response:  &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
 	}
 }
@@ -66,7 +66,9 @@ var opsPublish = append(append([]string(nil), readerPublish...),
 	// tokenctl audit
 	"$JS.API.STREAM.INFO.tokenkeeper_audit", "$JS.API.CONSUMER.CREATE.tokenkeeper_audit.>",
 	"$JS.API.CONSUMER.DELETE.tokenkeeper_audit.>", "$JS.API.CONSUMER.MSG.NEXT.tokenkeeper_audit.>",
-	"$JS.FC.tokenkeeper_audit.>")
+	"$JS.FC.tokenkeeper_audit.>",
+	// tokenctl authorizers
+	"token.admin.>")
 
 const (
 	refresherPW = "refresher-pw-31d"
