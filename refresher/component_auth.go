@@ -255,7 +255,7 @@ func (r *Refresher) startAuthorizer(au *authorizer) {
 }
 
 // componentToken returns the component's valid token, or errNoToken.
-func (r *Refresher) componentToken(c *component) (contract.Record, AppConfig, error) {
+func (r *Refresher) componentToken(ctx context.Context, c *component) (contract.Record, AppConfig, error) {
 	r.mu.Lock()
 	a := r.apps[c.name]
 	r.mu.Unlock()
@@ -263,6 +263,14 @@ func (r *Refresher) componentToken(c *component) (contract.Record, AppConfig, er
 		return contract.Record{}, AppConfig{}, ErrUnknownApp
 	}
 	rec, _, ok := a.usable(r.now())
+	if !ok {
+		// The bucket may hold one this replica's watch has not brought
+		// yet (a new leader, a token just written): read the key.
+		if krec, krev, err := r.read(ctx, c.name); err == nil {
+			a.adopt(krec, krev)
+			rec, _, ok = a.usable(r.now())
+		}
+	}
 	if !ok {
 		return contract.Record{}, AppConfig{}, errNoToken
 	}
@@ -297,7 +305,7 @@ func (r *Refresher) refreshAuthorizer(ctx context.Context, au *authorizer, sourc
 	if err := r.lease.Confirm(ctx); err != nil {
 		return err
 	}
-	ctok, cfg, err := r.componentToken(c)
+	ctok, cfg, err := r.componentToken(ctx, c)
 	if err != nil {
 		return r.authorizerFailed(au, source, err, start)
 	}
@@ -594,7 +602,7 @@ func (r *Refresher) redeem(ctx context.Context, c *component, appid string) erro
 	if err := r.lease.Confirm(ctx); err != nil {
 		return err
 	}
-	ctok, cfg, err := r.componentToken(c)
+	ctok, cfg, err := r.componentToken(ctx, c)
 	if err != nil {
 		return err
 	}

@@ -43,7 +43,7 @@ func (r *Refresher) Reconcile(ctx context.Context, component string) (*Reconcile
 	if r.lease == nil || !r.lease.Held() {
 		return nil, ErrNotLeader
 	}
-	ctok, cfg, err := r.componentToken(c)
+	ctok, cfg, err := r.componentToken(ctx, c)
 	if err != nil {
 		return nil, err
 	}
