@@ -15,6 +15,8 @@ import (
 // read returns the stored record of name and its revision (nil, 0 if none;
 // nil and the revision if the stored record is invalid).
 func (r *Refresher) read(ctx context.Context, name string) (*contract.Record, uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, kvReadTimeout)
+	defer cancel()
 	e, err := r.kv.Get(ctx, name)
 	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, err
@@ -27,6 +29,13 @@ func (r *Refresher) read(ctx context.Context, name string) (*contract.Record, ui
 	// that the replacement is written over it.
 	return r.parseRecord(name, e.Revision(), e.Value()), e.Revision(), nil
 }
+
+// kvReadTimeout bounds a read of one key before a refresh. A read takes
+// milliseconds; one that hangs is a stream without a leader (a node of
+// the cluster was lost and the stream elects a new one): it fails after
+// this and the refresh is retried at the transient pace, instead of
+// waiting out JetStream's 5 s default while the stored token runs out.
+const kvReadTimeout = 2 * time.Second
 
 // write stores rec over revision rev (0: create). On a revision conflict
 // it re-reads: if the stored token was fetched later than rec, rec is

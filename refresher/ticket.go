@@ -239,6 +239,8 @@ func (r *Refresher) startTicket(t *ticket) {
 // readTicket returns the stored ticket record of key and its revision
 // (nil, 0 if none; nil and the revision if it is invalid).
 func (r *Refresher) readTicket(ctx context.Context, key string) (*contract.TicketRecord, uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, kvReadTimeout)
+	defer cancel()
 	e, err := r.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, nil
