@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/time/rate"
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/internal/wxcrypt"
@@ -65,6 +66,16 @@ type component struct {
 	// planned yet); reconciling while one runs.
 	reconcileAt time.Time
 	reconciling bool
+
+	// lim paces every upstream call of the component
+	// (max_calls_per_second; component_sched.go).
+	lim *rate.Limiter
+	// wake tells the planner about a moment scheduled into due.
+	wake func(time.Time)
+	// hmu guards due and jobs; it is a leaf lock.
+	hmu  sync.Mutex
+	due  dueHeap // authorizers and pending codes by when each is due
+	jobs int     // of this component queued or running
 }
 
 // ReconcileEvery is how often the leader reconciles each component with
@@ -93,7 +104,13 @@ func (r *Refresher) addComponent(ac AppConfig) (*component, error) {
 	if err != nil {
 		return nil, fmt.Errorf("refresher: app %s: callback: %w", ac.Name, err)
 	}
-	c := &component{name: ac.Name, crypter: cr, auths: map[string]*authorizer{}, codes: map[string]*pendingCode{}}
+	c := &component{name: ac.Name, crypter: cr, auths: map[string]*authorizer{}, codes: map[string]*pendingCode{},
+		lim: limiterFor(ac.MaxCallsPerSecond)}
+	c.wake = func(at time.Time) {
+		if at.UnixNano() < r.timerAt.Load() {
+			r.Tick()
+		}
+	}
 	r.comps[ac.Name] = c
 	return c, nil
 }
@@ -129,6 +146,9 @@ func (r *Refresher) fetchComponentToken(ctx context.Context, c *wechat.Client, c
 	}
 	if err != nil {
 		return wechat.Token{}, err
+	}
+	if comp := r.componentOf(cfg.Name); comp != nil {
+		gate = withLimit(comp, gate)
 	}
 	return c.ComponentToken(ctx, cfg.APIBase, cfg.AppID, cfg.Secret(), vt.Ticket, gate)
 }
@@ -297,7 +317,10 @@ func (r *Refresher) eachToken(ctx context.Context, filter string, fn func(jetstr
 // planComponents starts the due refreshes of every component's
 // authorizers and the redemption of pending codes, once the component
 // holds a valid token, and returns the earliest future moment (zero if
-// none).
+// none). It takes from each component's due heap only the items due now,
+// and no more than the component's free job places
+// (component_sched.go): its cost does not grow with the number of
+// authorizers.
 func (r *Refresher) planComponents(now time.Time) time.Time {
 	var next time.Time
 	earliest := func(t time.Time) {
@@ -305,6 +328,7 @@ func (r *Refresher) planComponents(now time.Time) time.Time {
 			next = t
 		}
 	}
+	limit := r.componentJobs()
 	for _, c := range r.componentList() {
 		r.mu.Lock()
 		a := r.apps[c.name]
@@ -315,29 +339,60 @@ func (r *Refresher) planComponents(now time.Time) time.Time {
 		if _, _, ok := a.usable(now); !ok {
 			continue // storing the component token wakes the planner
 		}
-		for _, pc := range c.codeList() {
-			due, busy := pc.dueAt()
-			switch {
-			case busy:
-			case !due.After(now):
-				r.startRedeem(c, pc)
-			default:
-				earliest(due)
-			}
-		}
 		earliest(r.planReconcile(c, now))
-		for _, au := range c.list() {
-			due, busy := au.dueAt()
-			switch {
-			case busy:
-			case !due.After(now):
-				r.startAuthorizer(au)
-			default:
-				earliest(due)
+		c.hmu.Lock()
+		free := limit - c.jobs
+		c.hmu.Unlock()
+		for free > 0 {
+			due := c.popDue(now, free)
+			if len(due) == 0 {
+				break
+			}
+			for _, s := range due {
+				if r.planSlot(c, s, now) {
+					free--
+				}
 			}
 		}
+		if free > 0 {
+			earliest(c.nextDue())
+		}
+		// With no free place, a finishing job wakes the planner (jobDone).
 	}
 	return next
+}
+
+// planSlot checks one popped item against its real state: due now, it is
+// started (true); due later, it goes back into the heap at its moment;
+// running or removed, it stays out (the end of the run puts it back).
+func (r *Refresher) planSlot(c *component, s *slot, now time.Time) bool {
+	if au := s.au; au != nil {
+		au.mu.Lock()
+		if au.running || au.removed {
+			au.mu.Unlock()
+			return false
+		}
+		if due := au.next(); due.After(now) {
+			c.schedule(s, due)
+			au.mu.Unlock()
+			return false
+		}
+		au.mu.Unlock()
+		return r.startAuthorizer(au)
+	}
+	pc := s.pc
+	pc.mu.Lock()
+	if pc.running || pc.dropped {
+		pc.mu.Unlock()
+		return false
+	}
+	if due := pc.next(); due.After(now) {
+		c.schedule(s, due)
+		pc.mu.Unlock()
+		return false
+	}
+	pc.mu.Unlock()
+	return r.startRedeem(c, pc)
 }
 
 // sealedFingerprint is what logs may show of a secret: contract's

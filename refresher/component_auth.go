@@ -40,6 +40,8 @@ type authorizer struct {
 	// pendingRefresh is a refresh token WeChat handed back whose write to
 	// the secrets bucket failed: it is the newest, used and written next.
 	pendingRefresh string
+	// slot is the authorizer's place in its component's due heap.
+	slot slot
 }
 
 // pendingCode is an authorization code stored but not yet redeemed.
@@ -47,7 +49,9 @@ type pendingCode struct {
 	appid   string
 	mu      sync.Mutex
 	running bool
+	dropped bool // redeemed or deleted: never planned again
 	pacing
+	slot slot // in the component's due heap
 }
 
 func (p *pendingCode) dueAt() (time.Time, bool) {
@@ -59,13 +63,27 @@ func (p *pendingCode) dueAt() (time.Time, bool) {
 // ensure returns the authorizer appid of c, adding it if new.
 func (c *component) ensure(r *Refresher, appid string) *authorizer {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if au := c.auths[appid]; au != nil {
+		c.mu.Unlock()
 		return au
 	}
 	au := &authorizer{comp: c, appid: appid, key: contract.Key(c.name, appid), policy: &r.policy}
+	au.slot = slot{idx: -1, au: au}
 	c.auths[appid] = au
+	c.mu.Unlock()
+	au.mu.Lock()
+	au.reschedule()
+	au.mu.Unlock()
 	return au
+}
+
+// reschedule puts au into its component's due heap at its next moment,
+// unless it is running (its end does) or removed. The caller holds au.mu.
+func (au *authorizer) reschedule() {
+	if au.running || au.removed {
+		return
+	}
+	au.comp.schedule(&au.slot, au.next())
 }
 
 // get returns the authorizer appid of c (nil if none).
@@ -88,16 +106,38 @@ func (c *component) list() []*authorizer {
 
 func (c *component) addCode(appid string) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.codes[appid] == nil {
-		c.codes[appid] = &pendingCode{appid: appid}
+	pc := c.codes[appid]
+	if pc == nil {
+		pc = &pendingCode{appid: appid}
+		pc.slot = slot{idx: -1, pc: pc}
+		c.codes[appid] = pc
 	}
+	c.mu.Unlock()
+	pc.mu.Lock()
+	pc.reschedule(c)
+	pc.mu.Unlock()
+}
+
+// reschedule puts pc into c's due heap at its next moment unless it is
+// running or dropped. The caller holds pc.mu.
+func (pc *pendingCode) reschedule(c *component) {
+	if pc.running || pc.dropped {
+		return
+	}
+	c.schedule(&pc.slot, pc.next())
 }
 
 func (c *component) dropCode(appid string) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	pc := c.codes[appid]
 	delete(c.codes, appid)
+	c.mu.Unlock()
+	if pc != nil {
+		pc.mu.Lock()
+		pc.dropped = true
+		c.unschedule(&pc.slot)
+		pc.mu.Unlock()
+	}
 }
 
 func (c *component) codeList() []*pendingCode {
@@ -125,17 +165,27 @@ func (au *authorizer) adopt(rec *contract.Record, rev uint64) bool {
 	au.rec, au.rev = rec, rev
 	if rec == nil {
 		au.due = time.Time{}
+		au.reschedule()
 		return true
 	}
 	au.due = authorizerPolicy(au).refreshMoment(rotateOnFetch, rec.FetchedAt, rec.ExpiresAt, jitterDraw(au.key, rec.FetchedAt))
 	if changed {
 		au.retryAt, au.failures = time.Time{}, 0
 	}
+	au.reschedule()
 	return true
 }
 
-// authorizerPolicy is the refresh policy of au (the refresher's).
-func authorizerPolicy(au *authorizer) *Policy { return au.policy }
+// authorizerPolicy is the refresh policy of au: the refresher's, with a
+// refresh window at least authorizerJitter wide (as far as the policy's
+// At leaves room for it), so that authorizers authorized together are
+// refreshed spread out.
+func authorizerPolicy(au *authorizer) *Policy {
+	p := *au.policy
+	room := 1.6 * min(p.At, 1-p.At) // keeps At ± Jitter/2 inside (0.2·At, 1 − 0.2·(1−At))
+	p.Jitter = max(p.Jitter, min(authorizerJitter, room))
+	return &p
+}
 
 func (au *authorizer) dueAt() (time.Time, bool) {
 	au.mu.Lock()
@@ -178,6 +228,7 @@ func (r *Refresher) authorizerSecretChanged(c *component, appid string, s *autho
 		if au.needsReauth && s.Source != "refresh" {
 			au.needsReauth = false
 			au.retryAt, au.failures, au.due = time.Time{}, 0, time.Time{}
+			au.reschedule()
 		}
 		au.mu.Unlock()
 		r.Tick()
@@ -192,6 +243,9 @@ func (r *Refresher) authorizerSecretChanged(c *component, appid string, s *autho
 		c.mu.Lock()
 		delete(c.auths, appid)
 		c.mu.Unlock()
+		au.mu.Lock()
+		c.unschedule(&au.slot)
+		au.mu.Unlock()
 		return
 	}
 	r.wg.Add(1)
@@ -209,6 +263,7 @@ func (r *Refresher) removeAuthorizer(ctx context.Context, c *component, au *auth
 	defer au.run.Unlock()
 	au.mu.Lock()
 	au.removed = true
+	c.unschedule(&au.slot)
 	au.mu.Unlock()
 	c.mu.Lock()
 	if c.auths[au.appid] == au {
@@ -225,12 +280,20 @@ func (r *Refresher) removeAuthorizer(ctx context.Context, c *component, au *auth
 		"app", c.name, "key", au.key, "authorizer_appid", au.appid, "why", why)
 }
 
-// startAuthorizer runs one planned refresh of au in a concurrency slot.
-func (r *Refresher) startAuthorizer(au *authorizer) {
+// startAuthorizer queues one planned refresh of au as a job of its
+// component (a place of componentJobs and a refresh slot); it returns
+// whether it did.
+func (r *Refresher) startAuthorizer(au *authorizer) bool {
+	c := au.comp
 	au.mu.Lock()
 	if au.running || au.removed {
 		au.mu.Unlock()
-		return
+		return false
+	}
+	if !c.takeJob(r.componentJobs()) {
+		au.reschedule() // back into the heap; a job's end wakes the planner
+		au.mu.Unlock()
+		return false
 	}
 	au.running = true
 	source := contract.SourceScheduled
@@ -238,20 +301,17 @@ func (r *Refresher) startAuthorizer(au *authorizer) {
 		source = contract.SourceStartup
 	}
 	au.mu.Unlock()
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		r.sem <- struct{}{}
+	r.enqueue(func() {
 		if r.refreshCtx.Err() == nil {
 			_ = r.refreshAuthorizer(r.refreshCtx, au, source)
 		}
-		<-r.sem
-		r.pump()
 		au.mu.Lock()
 		au.running = false
+		au.reschedule()
 		au.mu.Unlock()
-		r.Tick()
-	}()
+		r.jobDone(c)
+	})
+	return true
 }
 
 // componentToken returns the component's valid token, or errNoToken.
@@ -325,7 +385,7 @@ func (r *Refresher) refreshAuthorizer(ctx context.Context, au *authorizer, sourc
 	}
 	au.mu.Unlock()
 	var fetched time.Time
-	gate := r.leaseGate(&fetched)
+	gate := withLimit(c, r.leaseGate(&fetched))
 	begin := time.Now()
 	var at attempts
 	tok, err := r.clientFor(cfg).AuthorizerAccessToken(at.observe(ctx), cfg.APIBase, ctok.AccessToken, cfg.AppID, au.appid, refreshTok, gate)
@@ -378,6 +438,7 @@ func (r *Refresher) refreshAuthorizer(ctx context.Context, au *authorizer, sourc
 func (r *Refresher) removeAuthorizerLocked(ctx context.Context, c *component, au *authorizer) {
 	au.mu.Lock()
 	au.removed = true
+	c.unschedule(&au.slot)
 	au.mu.Unlock()
 	c.mu.Lock()
 	if c.auths[au.appid] == au {
@@ -547,20 +608,22 @@ func (r *Refresher) storeTombstone(ctx context.Context, c *component, p *wxcrypt
 	return fmt.Errorf("secrets %s: too many revision conflicts", key)
 }
 
-// startRedeem runs the redemption of a pending code in a concurrency
-// slot.
-func (r *Refresher) startRedeem(c *component, pc *pendingCode) {
+// startRedeem queues the redemption of a pending code as a job of c; it
+// returns whether it did.
+func (r *Refresher) startRedeem(c *component, pc *pendingCode) bool {
 	pc.mu.Lock()
-	if pc.running {
+	if pc.running || pc.dropped {
 		pc.mu.Unlock()
-		return
+		return false
+	}
+	if !c.takeJob(r.componentJobs()) {
+		pc.reschedule(c)
+		pc.mu.Unlock()
+		return false
 	}
 	pc.running = true
 	pc.mu.Unlock()
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		r.sem <- struct{}{}
+	r.enqueue(func() {
 		if r.refreshCtx.Err() == nil {
 			if err := r.redeem(r.refreshCtx, c, pc.appid); err != nil && !errors.Is(err, ErrNotLeader) {
 				pc.mu.Lock()
@@ -575,13 +638,13 @@ func (r *Refresher) startRedeem(c *component, pc *pendingCode) {
 					"authorizer_appid", pc.appid, "err", err)
 			}
 		}
-		<-r.sem
-		r.pump()
 		pc.mu.Lock()
 		pc.running = false
+		pc.reschedule(c)
 		pc.mu.Unlock()
-		r.Tick()
-	}()
+		r.jobDone(c)
+	})
+	return true
 }
 
 // redeem redeems the stored authorization code of an authorizer with
@@ -607,7 +670,7 @@ func (r *Refresher) redeem(ctx context.Context, c *component, appid string) erro
 		return err
 	}
 	var fetched time.Time
-	gate := r.leaseGate(&fetched)
+	gate := withLimit(c, r.leaseGate(&fetched))
 	begin := time.Now()
 	var at attempts
 	tok, err := r.clientFor(cfg).QueryAuth(at.observe(ctx), cfg.APIBase, ctok.AccessToken, cfg.AppID, ac.Code, gate)

@@ -52,7 +52,7 @@ func (r *Refresher) Reconcile(ctx context.Context, component string) (*Reconcile
 	for offset := 0; ; {
 		var fetched time.Time
 		var at attempts
-		page, err := r.clientFor(cfg).AuthorizerListPage(at.observe(ctx), cfg.APIBase, ctok.AccessToken, cfg.AppID, offset, wechat.MaxAuthorizerListPage, r.leaseGate(&fetched))
+		page, err := r.clientFor(cfg).AuthorizerListPage(at.observe(ctx), cfg.APIBase, ctok.AccessToken, cfg.AppID, offset, wechat.MaxAuthorizerListPage, withLimit(c, r.leaseGate(&fetched)))
 		r.obs.UpstreamCall(component, 0, err)
 		r.auditCall(ctx, component, component, cfg.Kind, contract.ReasonReconcile, at, "")
 		if err != nil {

@@ -472,6 +472,15 @@ func TestComponentReconcileRecovers(t *testing.T) {
 	}
 	w.waitToken(compName, 10*time.Second, nil)
 	testutil.WaitFor(t, 5*time.Second, rep.R.Leader, "not leading")
+	// The record is in the bucket a moment before the leader holds it.
+	testutil.WaitFor(t, 5*time.Second, func() bool {
+		for _, st := range rep.R.Statuses() {
+			if st.App == compName {
+				return st.Valid
+			}
+		}
+		return false
+	}, "the leader holds no valid component token")
 	refresh := w.e.Sim.AuthorizeDirect(compAppID, "wxauthz03")
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

@@ -157,6 +157,11 @@ type AppConfig struct {
 	// AuthorizerTickets (kind wechat-component) are the tickets kept for
 	// each authorizer under <component>.<authorizer_appid>.<ticket>.
 	AuthorizerTickets []string `yaml:"authorizer_tickets"`
+	// MaxCallsPerSecond (kind wechat-component) limits the component's
+	// upstream calls — api_component_token, api_query_auth,
+	// api_authorizer_token and api_get_authorizer_list, retries included
+	// — to this many a second (default DefaultMaxCallsPerSecond, 100).
+	MaxCallsPerSecond float64 `yaml:"max_calls_per_second"`
 	// cb holds the callback's token and AES key once read.
 	cb callbackSecrets
 

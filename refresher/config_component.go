@@ -92,7 +92,13 @@ func (a *AppConfig) componentProblems() []string {
 		if len(a.AuthorizerTickets) > 0 {
 			p = append(p, fmt.Sprintf("authorizer_tickets: not a key of kind %s", a.Kind))
 		}
+		if a.MaxCallsPerSecond != 0 {
+			p = append(p, fmt.Sprintf("max_calls_per_second: not a key of kind %s", a.Kind))
+		}
 		return p
+	}
+	if !(a.MaxCallsPerSecond >= 0 && a.MaxCallsPerSecond <= 100000) {
+		p = append(p, fmt.Sprintf("max_calls_per_second: %v is out of range (0 for the default %d, up to 100000)", a.MaxCallsPerSecond, DefaultMaxCallsPerSecond))
 	}
 	if a.AppID == "" {
 		p = append(p, "appid: missing (the component appid)")

@@ -48,6 +48,7 @@ apps:
     kind: wechat-component
     secret_env: CS
     authorizer_tickets: [jsapi]
+    max_calls_per_second: -1
   - name: c2
     kind: wechat-component
     appid: wxc2
@@ -58,6 +59,7 @@ apps:
     secret_env: CS
     callback: {token_env: CBT, aes_key_env: CBA}
     authorizer_tickets: [jsapi]
+    max_calls_per_second: 10
 `
 	_, err = refresher.ParseConfig([]byte(bad))
 	if err == nil {
@@ -72,6 +74,8 @@ apps:
 		`apps[1] (c2).callback: `,
 		`apps[2] (mp).callback: not a key of kind wechat`,
 		`apps[2] (mp).authorizer_tickets: not a key of kind wechat`,
+		`apps[0] (c1).max_calls_per_second: -1 is out of range`,
+		`apps[2] (mp).max_calls_per_second: not a key of kind wechat`,
 		`callback.listen: must differ from http.listen`,
 		`secrets_key_env/secrets_key_file`,
 	} {

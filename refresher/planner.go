@@ -75,11 +75,21 @@ func (r *Refresher) plan() time.Time {
 	return next
 }
 
-// queued is a scheduled refresh waiting for a free slot.
+// queued is a scheduled refresh waiting for a free slot: an app's (a, f,
+// source) or a component's job (component_sched.go).
 type queued struct {
 	a      *app
 	f      *flight
 	source string
+	job    func()
+}
+
+// enqueue queues job to run in a refresh slot; pump starts it.
+func (r *Refresher) enqueue(job func()) {
+	r.qmu.Lock()
+	r.queue = append(r.queue, queued{job: job})
+	r.qmu.Unlock()
+	r.pump()
 }
 
 // startRefresh queues one scheduled refresh of a; pump starts it when one
@@ -90,7 +100,7 @@ func (r *Refresher) startRefresh(a *app, source string) {
 		return
 	}
 	r.qmu.Lock()
-	r.queue = append(r.queue, queued{a, f, source})
+	r.queue = append(r.queue, queued{a: a, f: f, source: source})
 	r.qmu.Unlock()
 	r.pump()
 }
@@ -116,6 +126,12 @@ func (r *Refresher) pump() {
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
+			if q.job != nil {
+				q.job()
+				<-r.sem
+				r.pump()
+				return
+			}
 			var res flightResult
 			if err := r.refreshCtx.Err(); err != nil {
 				res = flightResult{err: err}

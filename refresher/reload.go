@@ -92,6 +92,11 @@ func (r *Refresher) Reload(cfg *Config) (needRestart []string, err error) {
 	r.cfg = &nc
 	r.passiveMin.Store(int64(cfg.MinPassiveInterval()))
 	r.mu.Unlock()
+	for _, ac := range cfg.Apps {
+		if c := r.componentOf(ac.Name); c != nil && ac.Kind == KindWeChatComponent {
+			c.setLimit(ac.MaxCallsPerSecond) // max_calls_per_second applies at once
+		}
+	}
 
 	r.log.Info("config reloaded", "added", added, "removed", removed, "changed", changed, "secret_rotated", rotated,
 		"passive_min_interval", cfg.MinPassiveInterval())

@@ -88,7 +88,7 @@ func (r *Refresher) casWrite(ctx context.Context, key string, val []byte, rev ui
 		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			return 0, fmt.Errorf("write %s: %w", key, err)
 		}
-		r.obs.WriteConflict(key)
+		r.obs.WriteConflict(r.metricLabel(key))
 		crev, newer, rerr := reread(ctx)
 		if rerr != nil {
 			return 0, fmt.Errorf("write %s: re-read after conflict: %w", key, rerr)

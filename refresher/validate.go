@@ -70,7 +70,7 @@ func parseValid[T any, P validatable[T]](r *Refresher, key string, rev uint64, v
 		return &v
 	}
 	if r.guard.first(key, rev) {
-		r.obs.Alert(key, AlertInvalidRecord)
+		r.obs.Alert(r.metricLabel(key), AlertInvalidRecord)
 		r.log.Error("ALERT invalid_record: the stored "+what+" is not valid; it is treated as missing, never served, and replaced by a new fetch",
 			"alert", AlertInvalidRecord, keyAttr, key, "revision", rev, "problem", err.Error())
 	}

@@ -8,6 +8,7 @@
 //	tokenbench propagation -n 1000           KV write -> every one of N Sources (N connections), vs core NATS fan-out
 //	tokenbench storm -conns 1000 -requests 10000 -latency 100ms
 //	tokenbench scale -apps 10000             one refresher process: startup, CPU, RSS
+//	tokenbench component-scale -n 100000     one refresher, one component, N authorizers
 //	tokenbench failover -trials 20           SIGTERM handover and SIGKILL failover, real processes
 //	tokenbench cost                          upstream fetches per app and day, vs naive fetchers
 //
@@ -44,6 +45,7 @@ var scenarios = []scenario{
 	{"propagation", "KV write -> every one of N watching Sources, N connections, against core NATS fan-out to them; -keys K per connection", runPropagation},
 	{"storm", "concurrent token.refresh requests for one stale revision: upstream fetches, reply latency", runStorm},
 	{"scale", "one refresher process with many apps: startup to all tokens, CPU, RSS", runScale},
+	{"component-scale", "one refresher, one Open Platform component with N authorizers: startup with stored tokens (0 calls), steady refreshes, CPU, RSS", runComponentScale},
 	{"failover", "SIGTERM handover and SIGKILL failover of real refresher processes", runFailover},
 	{"cost", "upstream fetches per app and day (compressed time) vs naive per-replica fetchers", runCost},
 	{"storm-client", "(internal) the client process of storm -mode raw-proc", runStormClient},

@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -270,10 +272,24 @@ func startInproc(path string) (*proc, error) {
 		nc.Close()
 		return nil, err
 	}
+	var srv *http.Server
+	if cfg.HTTP.Listen != "" {
+		// /status and /readyz as cmd/refresher serves them.
+		ln, err := net.Listen("tcp", cfg.HTTP.Listen)
+		if err != nil {
+			nc.Close()
+			return nil, err
+		}
+		srv = &http.Server{Handler: r.HealthHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p.stop = cancel
 	go func() {
 		_ = r.Run(ctx)
+		if srv != nil {
+			_ = srv.Close()
+		}
 		nc.Close()
 		close(p.done)
 	}()
