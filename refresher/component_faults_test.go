@@ -1,0 +1,421 @@
+package refresher_test
+
+// Fault tests of the Open Platform component (issue 12's Tests section):
+// pushes that survive a crash and a node loss, components that never see
+// each other's tickets, 1000 authorizers through two failovers, a rotated
+// refresh token that survives a failed write and a crash, and no secret
+// anywhere it must not be.
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	_ "sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tokenkeeper/tokenkeeper/contract"
+	"github.com/tokenkeeper/tokenkeeper/internal/seal"
+	"github.com/tokenkeeper/tokenkeeper/internal/wxcrypt"
+	"github.com/tokenkeeper/tokenkeeper/refresher"
+	_ "github.com/tokenkeeper/tokenkeeper/subscriber"
+	"github.com/tokenkeeper/tokenkeeper/testutil"
+	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
+	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
+)
+
+// newAESKey returns a random EncodingAESKey (43 characters).
+func newAESKey() string {
+	raw := make([]byte, 32)
+	_, _ = rand.Read(raw)
+	return strings.TrimRight(base64.StdEncoding.EncodeToString(raw), "=")
+}
+
+// newCompWorldWith is newCompWorld with every harness option (a cluster's
+// URL) and more components: extra[i] is the name, appid and callback
+// token of a component registered with the emulator and configured too.
+func newCompWorldWith(t *testing.T, o harness.Options, extra ...compSpec) (*compWorld, map[string]compSpec) {
+	t.Helper()
+	e := harness.New(t, o)
+	key := make([]byte, seal.KeySize)
+	_, _ = rand.Read(key)
+	ring, err := seal.NewKeyring(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	specs := map[string]compSpec{}
+	var apps []refresher.AppConfig
+	for _, s := range append([]compSpec{{Name: compName, AppID: compAppID, Token: cbToken}}, extra...) {
+		if s.AESKey == "" {
+			s.AESKey = newAESKey()
+		}
+		e.Sim.AddComponent(s.AppID, harness.Secret(s.AppID), s.Token, s.AESKey)
+		apps = append(apps, refresher.AppConfig{Name: s.Name, Kind: refresher.KindWeChatComponent, AppID: s.AppID, APIBase: e.SimURL}.
+			WithSecret(harness.Secret(s.AppID)).WithCallbackSecrets(s.Token, s.AESKey))
+		specs[s.Name] = s
+	}
+	cfg := e.Config(apps...)
+	cfg.WithKeyring(ring)
+	return &compWorld{t: t, e: e, cfg: cfg, ring: ring, key: key, aesKey: specs[compName].AESKey}, specs
+}
+
+// compSpec is one component of newCompWorldWith.
+type compSpec struct {
+	Name, AppID, Token, AESKey string
+}
+
+// callbackURL serves rep's callback handler and returns the URL of
+// component name on it.
+func callbackURL(t *testing.T, rep *harness.Replica, name string) string {
+	t.Helper()
+	srv := httptest.NewServer(rep.R.CallbackHandler())
+	t.Cleanup(srv.Close)
+	return srv.URL + refresher.CallbackPathPrefix + name
+}
+
+// openKVs opens the tokens and secrets buckets of w (once a replica has
+// provisioned them).
+func (w *compWorld) openKVs() {
+	w.t.Helper()
+	testutil.WaitFor(w.t, 20*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		var err error
+		if w.secKV, err = w.e.JS.KeyValue(ctx, contract.SecretsBucket(contract.DefaultBucket)); err != nil {
+			return false
+		}
+		w.tokKV, err = w.e.JS.KeyValue(ctx, contract.DefaultBucket)
+		return err == nil
+	}, "the buckets were not provisioned")
+}
+
+// secretHistory opens every revision of the secrets key (deletes
+// skipped) into a fresh value made by mk.
+func secretHistory[T any](t *testing.T, w *compWorld, key string) []T {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	hist, err := w.secKV.History(ctx, key)
+	if err != nil {
+		t.Fatalf("history of %s: %v", key, err)
+	}
+	var out []T
+	for _, e := range hist {
+		if e.Operation() != jetstream.KeyValuePut {
+			continue
+		}
+		plain, err := w.ring.Open(key, e.Value())
+		if err != nil {
+			t.Fatalf("open %s revision %d: %v", key, e.Revision(), err)
+		}
+		var v T
+		if err := json.Unmarshal(plain, &v); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// setSecretsMaxMsgSize sets the secrets stream's MaxMsgSize: 16 makes
+// every write of a sealed value fail while reads go on; -1 lifts it.
+func setSecretsMaxMsgSize(t *testing.T, js jetstream.JetStream, n int32) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, contract.KVStream(contract.SecretsBucket(contract.DefaultBucket)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := s.CachedInfo().Config
+	c.MaxMsgSize = n
+	if _, err := js.UpdateStream(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestComponentTwoComponentsNeverShareTickets: two wechat-component apps
+// on one refresher, the emulator knowing both. Each component's pushed
+// ticket is stored under its own key and its token is fetched with it
+// (the emulator answers 61006 to another component's ticket); a push
+// for component X sent to Y's callback URL is refused with a 4xx and
+// stores nothing — sealed with X's keys (bad signature) or with Y's keys
+// but naming X (appid mismatch).
+func TestComponentTwoComponentsNeverShareTickets(t *testing.T) {
+	const (
+		name2  = "comp2"
+		appid2 = "wxcomponent02"
+	)
+	w, specs := newCompWorldWith(t, harness.Options{}, compSpec{Name: name2, AppID: appid2, Token: "cbtoken-two-4567"})
+	rep := w.e.Start(w.cfg)
+	w.openKVs()
+	cb1, cb2 := callbackURL(t, rep, compName), callbackURL(t, rep, name2)
+	ctx := context.Background()
+
+	if err := w.e.Sim.PushVerifyTicket(ctx, compAppID, cb1); err != nil {
+		t.Fatalf("push to comp: %v", err)
+	}
+	if err := w.e.Sim.PushVerifyTicket(ctx, appid2, cb2); err != nil {
+		t.Fatalf("push to comp2: %v", err)
+	}
+	rec1, _ := w.waitToken(compName, 10*time.Second, nil)
+	rec2, _ := w.waitToken(name2, 10*time.Second, nil)
+	if rec1.AppID != compAppID || rec2.AppID != appid2 {
+		t.Fatalf("component records carry appids %q and %q", rec1.AppID, rec2.AppID)
+	}
+	if rec1.AccessToken != w.e.Sim.LastComponentToken(compAppID) || rec2.AccessToken != w.e.Sim.LastComponentToken(appid2) {
+		t.Fatal("a stored component token is not the one its component was issued")
+	}
+	var vt1, vt2 secretTicket
+	rev1 := w.secret(compName+".verify_ticket", &vt1)
+	rev2 := w.secret(name2+".verify_ticket", &vt2)
+	if vt1.Ticket != w.e.Sim.LastVerifyTicket(compAppID) || vt2.Ticket != w.e.Sim.LastVerifyTicket(appid2) || vt1.Ticket == vt2.Ticket {
+		t.Fatal("each component's stored ticket is not the one pushed to it")
+	}
+	// One call each, none refused: each was fetched with its own ticket
+	// (the emulator refuses another component's with 61006).
+	for _, a := range []string{compAppID, appid2} {
+		if n, issued := w.e.Sim.ComponentTokenCalls(a), w.e.Sim.ComponentTokensIssued(a); n != 1 || issued != 1 {
+			t.Fatalf("component %s: %d token calls, %d issued; want 1 and 1", a, n, issued)
+		}
+	}
+
+	// X's pushes at Y's URL, as the emulator seals them (X's keys): a bad
+	// signature. Ticket and authorization alike.
+	status := func(err error) string {
+		if err == nil {
+			return "success"
+		}
+		return err.Error()
+	}
+	if err := w.e.Sim.PushVerifyTicket(ctx, compAppID, cb2); !errors.Is(err, wechatsim.ErrPushRejected) || !strings.Contains(err.Error(), "HTTP 403") {
+		t.Fatalf("comp's ticket pushed to comp2's URL: %s, want a 403 rejection", status(err))
+	}
+	if _, err := w.e.Sim.Authorize(ctx, compAppID, "wxcrossed01", cb2); !errors.Is(err, wechatsim.ErrPushRejected) || !strings.Contains(err.Error(), "HTTP 403") {
+		t.Fatalf("comp's authorization pushed to comp2's URL: %s, want a 403 rejection", status(err))
+	}
+	// Sealed with Y's token and key but carrying X's appid (an operator
+	// who gave both components one key): the appid does not match.
+	crY, err := wxcrypt.New(specs[name2].Token, specs[name2].AESKey, appid2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []wxcrypt.ComponentPush{
+		{AppID: compAppID, CreateTime: time.Now().Unix() + 60, InfoType: wxcrypt.InfoVerifyTicket, ComponentVerifyTicket: "ticket@@@of-comp-at-comp2"},
+		{AppID: compAppID, CreateTime: time.Now().Unix() + 60, InfoType: wxcrypt.InfoAuthorized, AuthorizerAppID: "wxcrossed02",
+			AuthorizationCode: "queryauthcode@@@crossed", AuthorizationCodeExpiredTime: time.Now().Unix() + 600},
+	} {
+		ts := fmt.Sprint(time.Now().Unix())
+		body, sig, err := crY.Seal(p.XML(), ts, "nonce7")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.Post(cb2+"?timestamp="+ts+"&nonce=nonce7&encrypt_type=aes&msg_signature="+sig, "text/xml", strings.NewReader(string(body)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ans, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(ans), "appid_mismatch") {
+			t.Fatalf("%s naming comp sealed for comp2: HTTP %d %q, want 403 appid_mismatch", p.InfoType, resp.StatusCode, ans)
+		}
+	}
+
+	// Nothing stored: both tickets unchanged, no code and no authorizer
+	// under either component, no token call made with a foreign ticket.
+	var now1, now2 secretTicket
+	if r := w.secret(compName+".verify_ticket", &now1); r != rev1 || now1.Ticket != vt1.Ticket {
+		t.Fatalf("comp's ticket changed (revision %d → %d)", rev1, r)
+	}
+	if r := w.secret(name2+".verify_ticket", &now2); r != rev2 || now2.Ticket != vt2.Ticket {
+		t.Fatalf("comp2's ticket changed (revision %d → %d)", rev2, r)
+	}
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	keys, err := w.secKV.Keys(lctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 2 {
+		t.Fatalf("secrets keys %v, want the two verify tickets only", keys)
+	}
+	for _, a := range []string{compAppID, appid2} {
+		if n := w.e.Sim.ComponentTokenCalls(a); n != 1 {
+			t.Fatalf("component %s: %d token calls after the refused pushes, want 1", a, n)
+		}
+		if n := w.e.Sim.QueryAuthCalls(a); n != 0 {
+			t.Fatalf("component %s: %d api_query_auth calls after refused authorizations", a, n)
+		}
+	}
+}
+
+// TestComponentSecretsNeverLeak runs pushes, authorizations (pushed and
+// recovered by reconciliation), rotated refresh tokens, a 61023 and an
+// unauthorization, then sweeps every place a secret must never be — the
+// tokens bucket (every revision), token.updated events, the logs, the
+// /metrics text, the audit stream, and the status JSON — for every
+// refresh token, verify ticket and authorization code that ever existed.
+func TestComponentSecretsNeverLeak(t *testing.T) {
+	w, _ := newCompWorldWith(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: 6 * time.Second, RotateRefreshTokens: true}})
+	// Every token.updated event from the start, raw.
+	var evMu sync.Mutex
+	var events []string
+	sub, err := w.e.NC.Subscribe(contract.UpdatedPrefix+">", func(m *nats.Msg) {
+		evMu.Lock()
+		events = append(events, m.Subject+" "+string(m.Data)+fmt.Sprint(m.Header))
+		evMu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	reg := prometheus.NewRegistry()
+	rep := w.e.Start(w.cfg, refresher.WithObserver(refresher.NewMetrics(reg)))
+	w.openKVs()
+	cb := callbackURL(t, rep, compName)
+	ctx := context.Background()
+
+	if err := w.e.Sim.PushVerifyTicket(ctx, compAppID, cb); err != nil {
+		t.Fatal(err)
+	}
+	w.waitToken(compName, 10*time.Second, nil)
+	var codes []string
+	for _, a := range []string{"wxleak01", "wxleak02", "wxleak03"} {
+		code, err := w.e.Sim.Authorize(ctx, compAppID, a, cb)
+		if err != nil {
+			t.Fatalf("authorize %s: %v", a, err)
+		}
+		codes = append(codes, code)
+	}
+	// One more, recovered by reconciliation (api_get_authorizer_list
+	// carries refresh tokens).
+	w.e.Sim.AuthorizeDirect(compAppID, "wxleak04")
+	testutil.WaitFor(t, 5*time.Second, rep.R.Leader, "not leading")
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := rep.R.Reconcile(rctx, compName); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"wxleak01", "wxleak02", "wxleak03", "wxleak04"} {
+		w.waitToken(compName+"."+a, 10*time.Second, nil)
+	}
+	// A second ticket, and rotations: wait until every authorizer has
+	// rotated its refresh token at least once.
+	// The next push needs a newer CreateTime (whole seconds).
+	var vt secretTicket
+	w.secret(compName+".verify_ticket", &vt)
+	testutil.WaitFor(t, 3*time.Second, func() bool { return time.Now().Unix() > vt.CreateTime }, "clock")
+	if err := w.e.Sim.PushVerifyTicket(ctx, compAppID, cb); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"wxleak01", "wxleak02", "wxleak03", "wxleak04"} {
+		skey := compName + ".authorizer." + a
+		testutil.WaitFor(t, 20*time.Second, func() bool {
+			return len(secretHistory[secretAuthorizer](t, w, skey)) >= 2
+		}, "%s never rotated its refresh token", a)
+	}
+	// 61023 for one authorizer: alert, status, nothing blanked.
+	w.e.Sim.AuthorizeDirect(compAppID, "wxleak03") // a new refresh token: the stored one is now invalid
+	testutil.WaitFor(t, 20*time.Second, func() bool {
+		return strings.Contains(string(mustJSON(t, rep.R.Statuses())), "needs_reauthorization")
+	}, "61023 did not mark the authorizer")
+	// Unauthorized.
+	if err := w.e.Sim.Unauthorize(ctx, compAppID, "wxleak02", cb); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		_, _, ok := w.e.Record(contract.DefaultBucket, compName+".wxleak02")
+		return !ok
+	}, "the unauthorized authorizer's key was not deleted")
+
+	// Every secret that ever existed: the secrets bucket's history, the
+	// emulator's current values, the codes pushed.
+	secrets := map[string]string{}
+	for _, c := range codes {
+		secrets[c] = "authorization code"
+	}
+	for _, t1 := range secretHistory[secretTicket](t, w, compName+".verify_ticket") {
+		secrets[t1.Ticket] = "verify ticket"
+	}
+	secrets[w.e.Sim.LastVerifyTicket(compAppID)] = "verify ticket"
+	nRefresh := 0
+	for _, a := range []string{"wxleak01", "wxleak02", "wxleak03", "wxleak04"} {
+		for _, s := range secretHistory[secretAuthorizer](t, w, compName+".authorizer."+a) {
+			if s.RefreshToken == "" {
+				t.Errorf("a revision of %s's secrets record has no refresh token (blanked)", a)
+			}
+			if _, seen := secrets[s.RefreshToken]; !seen {
+				nRefresh++
+			}
+			secrets[s.RefreshToken] = "refresh token"
+		}
+		if rt := w.e.Sim.AuthorizerRefreshToken(compAppID, a); rt != "" {
+			secrets[rt] = "refresh token"
+		}
+	}
+	secrets[harness.Secret(compAppID)] = "AppSecret"
+	delete(secrets, "")
+	if nRefresh < 8 {
+		t.Fatalf("only %d distinct refresh tokens stored; the run did not rotate enough to test anything", nRefresh)
+	}
+
+	// The places to sweep.
+	places := map[string]string{}
+	lctx, lcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer lcancel()
+	keys, err := w.tokKV.Keys(lctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tokens strings.Builder
+	for _, k := range keys {
+		hist, err := w.tokKV.History(lctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range hist {
+			fmt.Fprintf(&tokens, "%s %s\n", e.Key(), e.Value())
+		}
+	}
+	places["the tokens bucket"] = tokens.String()
+	evMu.Lock()
+	if len(events) == 0 {
+		t.Fatal("no token.updated event seen: the sweep of events tests nothing")
+	}
+	places["token.updated events"] = strings.Join(events, "\n")
+	evMu.Unlock()
+	places["the logs"] = w.e.Logs.String()
+	mrec := httptest.NewRecorder()
+	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(mrec, httptest.NewRequest("GET", "/metrics", nil))
+	if !strings.Contains(mrec.Body.String(), "tokenkeeper_") {
+		t.Fatal("the /metrics text has no tokenkeeper metric")
+	}
+	places["/metrics"] = mrec.Body.String()
+	_, raw := readAudit(t, w.e.JS)
+	if len(raw) == 0 {
+		t.Fatal("the audit stream is empty")
+	}
+	places["the audit stream"] = strings.Join(raw, "\n")
+	places["the status"] = string(mustJSON(t, rep.R.Statuses())) + string(mustJSON(t, rep.R.AuthorizerStatuses(compName)))
+	for where, text := range places {
+		for s, what := range secrets {
+			if strings.Contains(text, s) {
+				t.Errorf("%s contains a %s (%d chars)", where, what, len(s))
+			}
+		}
+	}
+	t.Logf("swept %d secrets over %d places (%d events, %d audit records, %d log bytes)", len(secrets), len(places), len(events), len(raw), len(places["the logs"]))
+}
