@@ -299,8 +299,11 @@ func (r *Refresher) refreshAuthorizer(ctx context.Context, au *authorizer, sourc
 	}
 	au.adopt(rec, rev)
 	now := r.now()
-	if rec != nil && rec.ExpiresAt.After(now) && authorizerPolicy(au).refreshMoment(rotateOnFetch, rec.FetchedAt, rec.ExpiresAt, jitterDraw(au.key, rec.FetchedAt)).After(now) {
-		return nil
+	if rec != nil && rec.ExpiresAt.After(now) {
+		if moment := authorizerPolicy(au).refreshMoment(rotateOnFetch, rec.FetchedAt, rec.ExpiresAt, jitterDraw(au.key, rec.FetchedAt)); moment.After(now) {
+			r.flushPendingRefresh(ctx, au, now, moment)
+			return nil
+		}
 	}
 	if err := r.lease.Confirm(ctx); err != nil {
 		return err
@@ -371,7 +374,47 @@ func (r *Refresher) refreshAuthorizer(ctx context.Context, au *authorizer, sourc
 	}
 	nrec := contract.Record{App: c.name, Key: au.key, AppID: cfg.AppID, AuthorizerAppID: au.appid, Kind: KindWeChatComponent,
 		AccessToken: tok.AccessToken, FetchedAt: fetched, ExpiresAt: fetched.Add(capLifetime(tok.ExpiresIn)), Source: source}
-	return r.storeAuthorizerToken(ctx, au, nrec, rev, source, start)
+	err = r.storeAuthorizerToken(ctx, au, nrec, rev, source, start)
+	au.mu.Lock()
+	if au.pendingRefresh != "" {
+		// Not at the next refresh: a crash before it would leave only
+		// the superseded refresh token, which WeChat honours briefly.
+		au.due = r.now().Add(au.policy.RetryMin)
+	}
+	au.mu.Unlock()
+	return err
+}
+
+// flushPendingRefresh writes au's rotated refresh token that a failed
+// write left in memory, for a caller holding au.run whose token is not
+// due before moment. Until the write works, au is due again every
+// Policy.RetryMin (each run re-checks the token's own refresh moment);
+// after it, at moment.
+func (r *Refresher) flushPendingRefresh(ctx context.Context, au *authorizer, now, moment time.Time) {
+	au.mu.Lock()
+	pending := au.pendingRefresh
+	au.mu.Unlock()
+	if pending == "" {
+		return
+	}
+	err := r.storeRefreshToken(ctx, au.comp, au.appid, pending, "refresh", 0)
+	au.mu.Lock()
+	defer au.mu.Unlock()
+	if err != nil {
+		au.due = now.Add(au.policy.RetryMin)
+		if au.due.After(moment) {
+			au.due = moment
+		}
+		r.log.Warn("the rotated refresh token kept in memory is still not written; trying again", "app", au.comp.name, "key", au.key,
+			"refresh_token", sealedFingerprint(pending), "retry_in", au.due.Sub(now).Round(time.Millisecond), "err", err)
+		return
+	}
+	if au.pendingRefresh == pending {
+		au.pendingRefresh = ""
+	}
+	au.due = moment
+	r.log.Info("the rotated refresh token kept in memory is written", "app", au.comp.name, "key", au.key,
+		"refresh_token", sealedFingerprint(pending))
 }
 
 // removeAuthorizerLocked is removeAuthorizer for a caller holding au.run.

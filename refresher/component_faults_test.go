@@ -419,3 +419,95 @@ func TestComponentSecretsNeverLeak(t *testing.T) {
 	}
 	t.Logf("swept %d secrets over %d places (%d events, %d audit records, %d log bytes)", len(secrets), len(places), len(events), len(raw), len(places["the logs"]))
 }
+
+// TestComponentRotatedRefreshTokenNeverLost: WeChat hands back a new
+// refresh token (RotateRefreshTokens) while the secrets bucket refuses
+// writes (its MaxMsgSize lowered). The stored one is kept, never blanked,
+// and the new one is kept in memory; once writes work again it is
+// written at once, not only with the next refresh. Then the same with a
+// crash (Kill) before the write: the replica that takes over knows only
+// the stored, superseded refresh token, which WeChat still honours for
+// RefreshTokenGrace; it refreshes with it and stores what comes back. The
+// authorizer keeps working, the old tokens stay in history, no revision
+// is blank.
+func TestComponentRotatedRefreshTokenNeverLost(t *testing.T) {
+	w, _ := newCompWorldWith(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: 12 * time.Second, RotateRefreshTokens: true, RefreshTokenGrace: time.Minute}})
+	rep := w.e.Start(w.cfg)
+	w.openKVs()
+	cb := callbackURL(t, rep, compName)
+	ctx := context.Background()
+	if err := w.e.Sim.PushVerifyTicket(ctx, compAppID, cb); err != nil {
+		t.Fatal(err)
+	}
+	w.waitToken(compName, 10*time.Second, nil)
+	const authz = "wxrotate01"
+	key, skey := compName+"."+authz, compName+".authorizer."+authz
+	if _, err := w.e.Sim.Authorize(ctx, compAppID, authz, cb); err != nil {
+		t.Fatal(err)
+	}
+	rec0, _ := w.waitToken(key, 10*time.Second, nil)
+	var sa secretAuthorizer
+	w.secret(skey, &sa)
+	r1 := sa.RefreshToken
+	if r1 == "" || r1 != w.e.Sim.AuthorizerRefreshToken(compAppID, authz) {
+		t.Fatal("the redeemed refresh token is not stored")
+	}
+
+	// 1. The write of a rotated refresh token fails; writes come back.
+	setSecretsMaxMsgSize(t, w.e.JS, 16)
+	rec1, _ := w.waitToken(key, 20*time.Second, func(r contract.Record) bool { return r.AccessToken != rec0.AccessToken })
+	r2 := w.e.Sim.AuthorizerRefreshToken(compAppID, authz)
+	if r2 == r1 {
+		t.Fatal("the refresh did not rotate the refresh token")
+	}
+	if w.secret(skey, &sa); sa.RefreshToken != r1 || sa.State != "authorized" {
+		t.Fatalf("a failed write changed the stored refresh token (state %q, blank %v)", sa.State, sa.RefreshToken == "")
+	}
+	testutil.WaitFor(t, 5*time.Second, func() bool { return w.e.Logs.Contains("ALERT " + refresher.AlertRefreshTokenNotStored) },
+		"no %s alert", refresher.AlertRefreshTokenNotStored)
+	setSecretsMaxMsgSize(t, w.e.JS, -1)
+	testutil.WaitFor(t, 5*time.Second, func() bool { w.secret(skey, &sa); return sa.RefreshToken == r2 },
+		"the rotated refresh token kept in memory was not written within 5 s of writes working again")
+	if rec, _, _ := w.e.Record(contract.DefaultBucket, key); rec.AccessToken != rec1.AccessToken || w.e.Sim.AuthorizerRefreshToken(compAppID, authz) != r2 {
+		t.Fatal("the rotated refresh token was written only with the next refresh, not on its own")
+	}
+
+	// 2. The write fails again, and the replica dies before it works.
+	setSecretsMaxMsgSize(t, w.e.JS, 16)
+	rec2, _ := w.waitToken(key, 20*time.Second, func(r contract.Record) bool { return r.AccessToken != rec1.AccessToken })
+	r3 := w.e.Sim.AuthorizerRefreshToken(compAppID, authz)
+	if r3 == r2 {
+		t.Fatal("the second refresh did not rotate the refresh token")
+	}
+	rep.Kill()
+	if w.secret(skey, &sa); sa.RefreshToken != r2 {
+		t.Fatal("the stored refresh token is not the last one written")
+	}
+	setSecretsMaxMsgSize(t, w.e.JS, -1)
+	rep2 := w.e.Start(w.cfg)
+	testutil.WaitFor(t, 10*time.Second, rep2.R.Leader, "the new replica does not lead")
+	rec3, _ := w.waitToken(key, 30*time.Second, func(r contract.Record) bool { return r.AccessToken != rec2.AccessToken })
+	if err := w.e.Sim.Check(rec3.AccessToken); err != nil {
+		t.Fatalf("the authorizer token refreshed after the crash is rejected upstream: %v", err)
+	}
+	testutil.WaitFor(t, 5*time.Second, func() bool {
+		w.secret(skey, &sa)
+		return sa.RefreshToken == w.e.Sim.AuthorizerRefreshToken(compAppID, authz)
+	}, "after the crash the stored refresh token is not WeChat's current one")
+	if sa.RefreshToken == r2 || sa.RefreshToken == r3 || sa.State != "authorized" {
+		t.Fatalf("after the crash: a new refresh token was not stored (state %q)", sa.State)
+	}
+	seen := map[string]bool{}
+	for _, s := range secretHistory[secretAuthorizer](t, w, skey) {
+		if s.RefreshToken == "" {
+			t.Fatal("a revision of the authorizer's secrets record is blank")
+		}
+		seen[s.RefreshToken] = true
+	}
+	if !seen[r1] || !seen[r2] {
+		t.Fatalf("the history lost a superseded refresh token (r1 %v, r2 %v)", seen[r1], seen[r2])
+	}
+	if strings.Contains(string(mustJSON(t, rep2.R.Statuses())), "needs_reauthorization") {
+		t.Fatal("the authorizer needs re-authorization after the crash")
+	}
+}
