@@ -511,3 +511,76 @@ func TestComponentRotatedRefreshTokenNeverLost(t *testing.T) {
 		t.Fatal("the authorizer needs re-authorization after the crash")
 	}
 }
+
+// TestComponentPushSurvivesKillAndNodeLoss: on a 3-node cluster (buckets
+// with 3 replicas), replica A — the leader — answers success to a verify
+// ticket and to an authorization while the component token endpoint
+// fails, so that it can use neither. A is killed (its connection dropped
+// at once: no lease release) and the node leading the secrets bucket's
+// stream is stopped. Replica B takes over and, with no new push, fetches
+// the component token with the stored ticket and redeems the stored
+// authorization code.
+func TestComponentPushSurvivesKillAndNodeLoss(t *testing.T) {
+	c := testutil.NewCluster(t, 3)
+	w, _ := newCompWorldWith(t, harness.Options{URL: c.URLs()})
+	w.cfg.Replicas = 3
+	w.e.Sim.SetFault(wechatsim.Fault{Errcode: wechatsim.CodeBusy, Paths: []string{wechatsim.PathComponentToken}})
+	a := w.e.Start(w.cfg)
+	testutil.WaitFor(t, 15*time.Second, a.R.Leader, "replica A does not lead")
+	b := w.e.Start(w.cfg)
+	w.openKVs()
+	cbA := callbackURL(t, a, compName)
+	ctx := context.Background()
+	const authz = "wxsurvive01"
+	if err := w.e.Sim.PushVerifyTicket(ctx, compAppID, cbA); err != nil {
+		t.Fatalf("ticket push to A: %v", err)
+	}
+	if _, err := w.e.Sim.Authorize(ctx, compAppID, authz, cbA); err != nil {
+		t.Fatalf("authorization push to A: %v", err)
+	}
+	pushes, _ := w.e.Sim.Pushes(compAppID)
+	if n := w.e.Sim.ComponentTokensIssued(compAppID); n != 0 {
+		t.Fatalf("%d component tokens issued while the endpoint fails", n)
+	}
+
+	a.Kill()
+	stream := contract.KVStream(contract.SecretsBucket(contract.DefaultBucket))
+	node := c.StreamLeader("$G", stream)
+	if node < 0 {
+		t.Fatalf("no leader for %s", stream)
+	}
+	c.StopNode(node)
+	t.Logf("killed replica A, stopped node %d (leader of %s)", node, stream)
+	w.e.Sim.SetFault(wechatsim.Fault{})
+	lost := time.Now()
+
+	testutil.WaitFor(t, 30*time.Second, b.R.Leader, "replica B never led")
+	comp, _ := w.waitToken(compName, 30*time.Second, nil)
+	rec, _ := w.waitToken(compName+"."+authz, 30*time.Second, nil)
+	t.Logf("B: component token and authorizer token %s after the losses", time.Since(lost).Round(time.Millisecond))
+	if comp.AccessToken != w.e.Sim.LastComponentToken(compAppID) {
+		t.Fatal("the stored component token is not the one issued")
+	}
+	if err := w.e.Sim.Check(rec.AccessToken); err != nil {
+		t.Fatalf("the authorizer token is rejected upstream: %v", err)
+	}
+	if n, _ := w.e.Sim.Pushes(compAppID); n != pushes {
+		t.Fatalf("%d pushes after the losses; B must use what was stored", n-pushes)
+	}
+	if n := w.e.Sim.QueryAuthCalls(compAppID); n != 1 {
+		t.Fatalf("api_query_auth calls %d, want 1 (B redeemed the code A stored)", n)
+	}
+	// The refresh token is stored (read tolerantly: the stream may still
+	// be settling on its new leader).
+	testutil.WaitFor(t, 15*time.Second, func() bool {
+		gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		e, err := w.secKV.Get(gctx, compName+".authorizer."+authz)
+		if err != nil {
+			return false
+		}
+		plain, err := w.ring.Open(e.Key(), e.Value())
+		var sa secretAuthorizer
+		return err == nil && json.Unmarshal(plain, &sa) == nil && sa.RefreshToken == w.e.Sim.AuthorizerRefreshToken(compAppID, authz)
+	}, "the redeemed refresh token is not stored")
+}
