@@ -241,11 +241,13 @@ func (r *Refresher) startAuthorizer(au *authorizer) {
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
+		r.authSem <- struct{}{}
 		r.sem <- struct{}{}
 		if r.refreshCtx.Err() == nil {
 			_ = r.refreshAuthorizer(r.refreshCtx, au, source)
 		}
 		<-r.sem
+		<-r.authSem
 		r.pump()
 		au.mu.Lock()
 		au.running = false
@@ -603,6 +605,7 @@ func (r *Refresher) startRedeem(c *component, pc *pendingCode) {
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
+		r.authSem <- struct{}{}
 		r.sem <- struct{}{}
 		if r.refreshCtx.Err() == nil {
 			if err := r.redeem(r.refreshCtx, c, pc.appid); err != nil && !errors.Is(err, ErrNotLeader) {
@@ -619,6 +622,7 @@ func (r *Refresher) startRedeem(c *component, pc *pendingCode) {
 			}
 		}
 		<-r.sem
+		<-r.authSem
 		r.pump()
 		pc.mu.Lock()
 		pc.running = false

@@ -52,12 +52,17 @@ type Refresher struct {
 	wg            sync.WaitGroup
 	wake          chan struct{}
 	sem           chan struct{}
-	qmu           sync.Mutex
-	queue         []queued
-	timerAt       atomic.Int64 // when the loop's timer fires next (unix ns)
-	ready         chan struct{}
-	readyOnce     sync.Once
-	reqs          requestGate // token.refresh requests in progress (service.go)
+	// authSem bounds the authorizer jobs (refreshes, redemptions) that
+	// hold or wait for a slot of sem to half of them: the rest stay free
+	// for the queue of app tokens, the components' own among them, which
+	// a thousand waiting authorizers starved.
+	authSem   chan struct{}
+	qmu       sync.Mutex
+	queue     []queued
+	timerAt   atomic.Int64 // when the loop's timer fires next (unix ns)
+	ready     chan struct{}
+	readyOnce sync.Once
+	reqs      requestGate // token.refresh requests in progress (service.go)
 
 	proxyClients          // upstream clients per proxy (upstream.go)
 	audit        *auditor // appends the audit trail (audit.go); nil: disabled
@@ -118,6 +123,7 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Refresher, error) {
 	for _, o := range opts {
 		o(r)
 	}
+	r.authSem = make(chan struct{}, max(1, cap(r.sem)/2))
 	if r.client == nil {
 		r.client = wechat.New()
 	}
