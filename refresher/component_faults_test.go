@@ -18,7 +18,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
-	_ "sync/atomic"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,7 +31,7 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/internal/seal"
 	"github.com/tokenkeeper/tokenkeeper/internal/wxcrypt"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
-	_ "github.com/tokenkeeper/tokenkeeper/subscriber"
+	"github.com/tokenkeeper/tokenkeeper/subscriber"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
@@ -583,4 +583,275 @@ func TestComponentPushSurvivesKillAndNodeLoss(t *testing.T) {
 		var sa secretAuthorizer
 		return err == nil && json.Unmarshal(plain, &sa) == nil && sa.RefreshToken == w.e.Sim.AuthorizerRefreshToken(compAppID, authz)
 	}, "the redeemed refresh token is not stored")
+}
+
+// issuance is one api_authorizer_token answer that issued a token, as
+// the emulator reports it.
+type issuance struct {
+	fp         string // the token's fingerprint
+	start, end time.Time
+}
+
+// TestComponentThousandAuthorizersTwoFailovers: 1000 authorizers (set up
+// in the emulator and recovered by reconciliation) whose tokens live 6 s
+// (12 s under -race) are refreshed by three replicas while business calls with each
+// authorizer's token go through subscriber Sources (one Client) and
+// Transport to the emulator's getcallbackip; the leader is killed (its
+// connection dropped at once), later the next leader is stopped
+// (SIGTERM). Every api_authorizer_token answer is recorded: every token
+// issued is stored — but for the answers of calls in flight at the kill,
+// which no process can store and which are counted — and no business
+// call is rejected upstream.
+func TestComponentThousandAuthorizersTwoFailovers(t *testing.T) {
+	const n = 1000
+	life := 6 * time.Second
+	if raceEnabled {
+		// The race detector slows the refresher several times over: 1000
+		// refreshes every 3 s plus a 2 s failover then outrun tokens of
+		// 6 s (a capacity limit, not a fault; without -race 6 s passes).
+		life = 12 * time.Second
+	}
+	var callMu sync.Mutex
+	issued := map[string][]issuance{} // by authorizer appid
+	simOpts := wechatsim.Options{ExpiresIn: life, Grace: 3 * time.Second, OnCall: func(c wechatsim.Call) {
+		if c.Path != wechatsim.PathAuthorizerToken || c.Status != http.StatusOK || c.Errcode != 0 || c.Token == "" {
+			return
+		}
+		now := time.Now()
+		_, authz, _ := strings.Cut(c.AppID, "/")
+		callMu.Lock()
+		issued[authz] = append(issued[authz], issuance{fp: c.Token, start: now.Add(-c.Duration), end: now})
+		callMu.Unlock()
+	}}
+	w, _ := newCompWorldWith(t, harness.Options{Sim: simOpts})
+	w.cfg.Policy.At = 0.5 // refresh at half the lifetime: 3 s of margin for a failover (lease_ttl 2 s)
+	reps := []*harness.Replica{w.e.Start(w.cfg)}
+	testutil.WaitFor(t, 10*time.Second, reps[0].R.Leader, "replica 1 does not lead")
+	reps = append(reps, w.e.Start(w.cfg), w.e.Start(w.cfg))
+	w.openKVs()
+	ctx := context.Background()
+	if err := w.e.Sim.PushVerifyTicket(ctx, compAppID, callbackURL(t, reps[0], compName)); err != nil {
+		t.Fatal(err)
+	}
+	w.waitToken(compName, 10*time.Second, nil)
+
+	// Every token stored for an authorizer, from the start.
+	var storeMu sync.Mutex
+	stored := map[string]map[string]bool{} // authorizer → fingerprints
+	nStored := 0
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	watcher, err := w.tokKV.Watch(wctx, compName+".*", jetstream.IgnoreDeletes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for e := range watcher.Updates() {
+			if e == nil {
+				continue
+			}
+			var rec contract.Record
+			if json.Unmarshal(e.Value(), &rec) != nil || rec.AuthorizerAppID == "" {
+				continue
+			}
+			storeMu.Lock()
+			if stored[rec.AuthorizerAppID] == nil {
+				stored[rec.AuthorizerAppID] = map[string]bool{}
+			}
+			if fp := contract.Fingerprint(rec.AccessToken); !stored[rec.AuthorizerAppID][fp] {
+				stored[rec.AuthorizerAppID][fp] = true
+				nStored++
+			}
+			storeMu.Unlock()
+		}
+	}()
+	storedCount := func() (keys, tokens int) {
+		storeMu.Lock()
+		defer storeMu.Unlock()
+		return len(stored), nStored
+	}
+
+	authz := make([]string, n)
+	for i := range authz {
+		authz[i] = fmt.Sprintf("wxbulk%04d", i)
+		if w.e.Sim.AuthorizeDirect(compAppID, authz[i]) == "" {
+			t.Fatal("AuthorizeDirect failed")
+		}
+	}
+	begin := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	rp, err := reps[0].R.Reconcile(rctx, compName)
+	if err != nil {
+		t.Fatalf("reconcile: %v", err)
+	}
+	if len(rp.Recovered) != n {
+		t.Fatalf("reconcile recovered %d of %d", len(rp.Recovered), n)
+	}
+	testutil.WaitFor(t, 60*time.Second, func() bool { k, _ := storedCount(); return k == n }, "not every authorizer got a token")
+	t.Logf("%d authorizers recovered and holding tokens in %s", n, time.Since(begin).Round(time.Millisecond))
+
+	// The business side: one Client, a Source per authorizer.
+	begin = time.Now()
+	cl, err := subscriber.NewClient(w.e.NC, subscriber.WithPollInterval(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	srcs := make([]*subscriber.Source, n)
+	var swg sync.WaitGroup
+	errs := make(chan error, n)
+	for i, a := range authz {
+		swg.Add(1)
+		go func() {
+			defer swg.Done()
+			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			var err error
+			if srcs[i], err = cl.Source(sctx, compName+"."+a); err != nil {
+				errs <- fmt.Errorf("source %s: %w", a, err)
+			}
+		}()
+	}
+	swg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	t.Logf("%d Sources in %s", n, time.Since(begin).Round(time.Millisecond))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var calls, failed atomic.Int64
+	for wk := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(5 * time.Millisecond)
+			defer tick.Stop()
+			for i := wk; ; i = (i + 2) % n {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+				hc := &http.Client{Transport: &subscriber.Transport{Source: srcs[i]}, Timeout: 5 * time.Second}
+				resp, err := hc.Get(w.e.SimURL + wechatsim.PathCallbackIP)
+				if err != nil {
+					if failed.Add(1) <= 5 {
+						t.Logf("business call for %s: %v", authz[i], err)
+					}
+					continue
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				calls.Add(1)
+				if strings.Contains(string(body), "errcode") && !strings.Contains(string(body), `"errcode":0`) {
+					if failed.Add(1) <= 5 {
+						t.Logf("business call for %s answered %s", authz[i], body)
+					}
+				}
+			}
+		}()
+	}
+	defer func() { close(stop); wg.Wait() }()
+
+	// A full round of refreshes, then each failover followed by another.
+	round := func(what string) {
+		t.Helper()
+		_, from := storedCount()
+		testutil.WaitFor(t, 30*time.Second, func() bool { _, s := storedCount(); return s >= from+n }, "no full round of refreshes %s", what)
+	}
+	leader := func() *harness.Replica {
+		t.Helper()
+		var who *harness.Replica
+		testutil.WaitFor(t, 15*time.Second, func() bool { k, l := leaders(reps); who = l; return k == 1 }, "no single leader")
+		return who
+	}
+	round("before the failovers")
+	type span struct{ from, to time.Time }
+	var kills []span
+	l := leader()
+	k0 := time.Now()
+	l.Kill()
+	kills = append(kills, span{k0, time.Now()})
+	reps = slicesDelete(reps, l)
+	t.Logf("killed the leader at +%s", time.Since(begin).Round(time.Millisecond))
+	round("after the kill")
+	l = leader()
+	if err := l.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	reps = slicesDelete(reps, l)
+	t.Logf("stopped the next leader at +%s", time.Since(begin).Round(time.Millisecond))
+	round("after the stop")
+	close(stop)
+	wg.Wait()
+	stop = make(chan struct{})
+	if err := reps[0].Stop(); err != nil { // waits for every refresh it started
+		t.Fatal(err)
+	}
+
+	// issued = stored, but for answers lost with the killed process.
+	inKill := func(is issuance) bool {
+		for _, k := range kills {
+			// In flight at the kill, or answered within a second before
+			// it and not yet written: the process died with the answer.
+			if is.start.Before(k.to) && is.end.After(k.from.Add(-time.Second)) {
+				return true
+			}
+		}
+		return false
+	}
+	var missing []string
+	lostAtKill, total := 0, 0
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		callMu.Lock()
+		defer callMu.Unlock()
+		storeMu.Lock()
+		defer storeMu.Unlock()
+		missing, lostAtKill, total = nil, 0, 0
+		for a, list := range issued {
+			for _, is := range list {
+				total++
+				switch {
+				case stored[a][is.fp]:
+				case inKill(is):
+					lostAtKill++
+				default:
+					missing = append(missing, a)
+				}
+			}
+		}
+		return len(missing) == 0
+	}, "tokens issued but never stored (not in flight at the kill)")
+	sum := 0
+	for _, a := range authz {
+		sum += w.e.Sim.AuthorizerTokensIssued(compAppID, a)
+	}
+	if sum != total {
+		t.Fatalf("the emulator issued %d authorizer tokens, its call log shows %d", sum, total)
+	}
+	ok, rejected := w.e.Sim.BusinessCalls()
+	t.Logf("%d authorizer tokens issued, %d stored, %d lost in flight at the kill; %d business calls (%d ok upstream, %d rejected)",
+		total, total-lostAtKill, lostAtKill, calls.Load(), ok, rejected)
+	if rejected != 0 || failed.Load() != 0 {
+		t.Errorf("%d business calls rejected upstream, %d failed at the caller", rejected, failed.Load())
+	}
+	if calls.Load() < int64(n) {
+		t.Errorf("only %d business calls made", calls.Load())
+	}
+	if lostAtKill > 16 {
+		t.Errorf("%d answers lost at the kill: more than the refresher's 16 concurrent slots", lostAtKill)
+	}
+}
+
+// slicesDelete returns reps without r.
+func slicesDelete(reps []*harness.Replica, r *harness.Replica) []*harness.Replica {
+	out := reps[:0:0]
+	for _, x := range reps {
+		if x != r {
+			out = append(out, x)
+		}
+	}
+	return out
 }
