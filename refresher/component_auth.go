@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/nats-io/nats.go"
 	"strings"
 	"sync"
 	"time"
@@ -42,6 +43,8 @@ type authorizer struct {
 	pendingRefresh string
 	// slot is the authorizer's place in its component's due heap.
 	slot slot
+	// lastForced is when a passive request last replaced a valid token.
+	lastForced time.Time
 }
 
 // pendingCode is an authorization code stored but not yet redeemed.
@@ -343,6 +346,13 @@ func (r *Refresher) componentToken(ctx context.Context, c *component) (contract.
 // stored (revision-checked) before the token. 61023 marks the authorizer
 // "needs re-authorization" and keeps its refresh token.
 func (r *Refresher) refreshAuthorizer(ctx context.Context, au *authorizer, source string) error {
+	return r.refreshAuthorizerFor(ctx, au, source, nil)
+}
+
+// refreshAuthorizerFor is refreshAuthorizer for a passive request: with
+// stale set, a valid token at another revision than *stale answers it
+// (no call), a valid one at revision *stale is replaced.
+func (r *Refresher) refreshAuthorizerFor(ctx context.Context, au *authorizer, source string, stale *uint64) error {
 	au.run.Lock()
 	defer au.run.Unlock()
 	start := time.Now()
@@ -359,8 +369,20 @@ func (r *Refresher) refreshAuthorizer(ctx context.Context, au *authorizer, sourc
 	}
 	au.adopt(rec, rev)
 	now := r.now()
-	if rec != nil && rec.ExpiresAt.After(now) && authorizerPolicy(au).refreshMoment(rotateOnFetch, rec.FetchedAt, rec.ExpiresAt, jitterDraw(au.key, rec.FetchedAt)).After(now) {
-		return nil
+	if rec != nil && rec.ExpiresAt.After(now) && stale != nil {
+		// The request's token is not the stored one: the stored one
+		// answers. It is: replaced at most once per passive_min_interval
+		// (requests waiting on au.run for the same revision find the new
+		// one; inside the interval the current record answers).
+		if rev != *stale || !au.takeForced(now, time.Duration(r.passiveMin.Load())) {
+			return nil
+		}
+	}
+	if rec != nil && rec.ExpiresAt.After(now) && stale == nil {
+		if moment := authorizerPolicy(au).refreshMoment(rotateOnFetch, rec.FetchedAt, rec.ExpiresAt, jitterDraw(au.key, rec.FetchedAt)); moment.After(now) {
+			r.flushPendingRefresh(ctx, au, now, moment)
+			return nil
+		}
 	}
 	if err := r.lease.Confirm(ctx); err != nil {
 		return err
@@ -431,7 +453,47 @@ func (r *Refresher) refreshAuthorizer(ctx context.Context, au *authorizer, sourc
 	}
 	nrec := contract.Record{App: c.name, Key: au.key, AppID: cfg.AppID, AuthorizerAppID: au.appid, Kind: KindWeChatComponent,
 		AccessToken: tok.AccessToken, FetchedAt: fetched, ExpiresAt: fetched.Add(capLifetime(tok.ExpiresIn)), Source: source}
-	return r.storeAuthorizerToken(ctx, au, nrec, rev, source, start)
+	err = r.storeAuthorizerToken(ctx, au, nrec, rev, source, start)
+	au.mu.Lock()
+	if au.pendingRefresh != "" {
+		// Not at the next refresh: a crash before it would leave only
+		// the superseded refresh token, which WeChat honours briefly.
+		au.due = r.now().Add(au.policy.RetryMin)
+	}
+	au.mu.Unlock()
+	return err
+}
+
+// flushPendingRefresh writes au's rotated refresh token that a failed
+// write left in memory, for a caller holding au.run whose token is not
+// due before moment. Until the write works, au is due again every
+// Policy.RetryMin (each run re-checks the token's own refresh moment);
+// after it, at moment.
+func (r *Refresher) flushPendingRefresh(ctx context.Context, au *authorizer, now, moment time.Time) {
+	au.mu.Lock()
+	pending := au.pendingRefresh
+	au.mu.Unlock()
+	if pending == "" {
+		return
+	}
+	err := r.storeRefreshToken(ctx, au.comp, au.appid, pending, "refresh", 0)
+	au.mu.Lock()
+	defer au.mu.Unlock()
+	if err != nil {
+		au.due = now.Add(au.policy.RetryMin)
+		if au.due.After(moment) {
+			au.due = moment
+		}
+		r.log.Warn("the rotated refresh token kept in memory is still not written; trying again", "app", au.comp.name, "key", au.key,
+			"refresh_token", sealedFingerprint(pending), "retry_in", au.due.Sub(now).Round(time.Millisecond), "err", err)
+		return
+	}
+	if au.pendingRefresh == pending {
+		au.pendingRefresh = ""
+	}
+	au.due = moment
+	r.log.Info("the rotated refresh token kept in memory is written", "app", au.comp.name, "key", au.key,
+		"refresh_token", sealedFingerprint(pending))
 }
 
 // removeAuthorizerLocked is removeAuthorizer for a caller holding au.run.
@@ -710,4 +772,90 @@ func (r *Refresher) redeem(ctx context.Context, c *component, appid string) erro
 		"refresh_token", sealedFingerprint(tok.RefreshToken), "duration", time.Since(start).Round(time.Millisecond))
 	r.Tick()
 	return err
+}
+
+// authorizerByKey returns the authorizer stored under key
+// (<component>.<authorizer_appid>), if any.
+func (r *Refresher) authorizerByKey(key string) *authorizer {
+	comp, id, ok := strings.Cut(key, ".")
+	if !ok || strings.Contains(id, ".") {
+		return nil
+	}
+	c := r.componentOf(comp)
+	if c == nil {
+		return nil
+	}
+	return c.get(id)
+}
+
+// usable returns the record au holds and whether it can be handed out at
+// now.
+func (au *authorizer) usable(now time.Time) (*contract.Record, uint64, bool) {
+	au.mu.Lock()
+	defer au.mu.Unlock()
+	return au.rec, au.rev, au.rec != nil && au.rec.ExpiresAt.After(now) && !au.removed
+}
+
+// handleAuthorizer answers a parsed token.refresh request for an
+// authorizer's key, as for an app: the record held if it answers stale,
+// otherwise after one refresh (serialised per authorizer: requests that
+// waited find the new token at a newer revision). A token refused by a
+// business API (stale = its revision) is replaced at most once per
+// passive_min_interval.
+func (r *Refresher) handleAuthorizer(q *refreshReq, au *authorizer, stale *uint64, source string) {
+	label := au.comp.name // metrics: per component, never per authorizer
+	if rec, rev, ok := au.usable(r.now()); ok && answers(rev, stale) {
+		r.replyOK(q, label, reply(rec, rev))
+		return
+	}
+	if !r.reqs.acquire() {
+		r.replyOverloaded(q, label)
+		return
+	}
+	go func() {
+		defer r.reqs.release()
+		defer r.recovered(q)
+		r.reqs.at(stageSlow, q)
+		if r.lease == nil || !r.lease.Held() {
+			r.replyError(q, label, ErrNotLeader)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+		defer cancel()
+		done := make(chan error, 1)
+		r.wg.Add(1)
+		go func() {
+			// The refresh runs to its end under refreshCtx, whoever waits.
+			defer r.wg.Done()
+			done <- r.refreshAuthorizerFor(withRequester(r.refreshCtx, requesterOf(nats.Header(q.Headers()))), au, source, stale)
+		}()
+		select {
+		case <-ctx.Done():
+			r.replyError(q, label, ctx.Err())
+			return
+		case err := <-done:
+			if err != nil {
+				r.replyError(q, label, err)
+				return
+			}
+		}
+		rec, rev, ok := au.usable(r.now())
+		if !ok {
+			r.replyError(q, label, &RequestError{Code: contract.CodeUnavailable, Message: "no valid token stored for " + au.key})
+			return
+		}
+		r.replyOK(q, label, reply(rec, rev))
+	}()
+}
+
+// takeForced reports whether a request may replace au's valid token now:
+// the last forced replacement began at least minGap ago.
+func (au *authorizer) takeForced(now time.Time, minGap time.Duration) bool {
+	au.mu.Lock()
+	defer au.mu.Unlock()
+	if !au.lastForced.IsZero() && now.Sub(au.lastForced) < minGap {
+		return false
+	}
+	au.lastForced = now
+	return true
 }

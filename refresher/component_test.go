@@ -6,10 +6,12 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -641,5 +643,76 @@ func TestComponentKeyRotation(t *testing.T) {
 	id, err := seal.SealedKeyID(ent.Value())
 	if err != nil || id != seal.KeyID(newKey) || id == oldID {
 		t.Fatalf("a ticket stored after the rotation is sealed under key %s (%v), want the new %s", id, err, seal.KeyID(newKey))
+	}
+}
+
+// TestComponentAuthorizerPassiveRefresh: token.refresh.<component>.<authorizer>
+// is served like an app's: an empty request gets the stored record; 200
+// concurrent requests naming the stored revision as stale cost one
+// api_authorizer_token call and all get the new token; a second storm
+// inside passive_min_interval gets the current record and costs nothing.
+func TestComponentAuthorizerPassiveRefresh(t *testing.T) {
+	w := newCompWorld(t, wechatsim.Options{ExpiresIn: time.Hour})
+	w.cfg.PassiveMinInterval = new(time.Duration)
+	*w.cfg.PassiveMinInterval = time.Hour
+	_, cb := w.start()
+	ctx := context.Background()
+	if err := w.e.Sim.PushVerifyTicket(ctx, compAppID, cb); err != nil {
+		t.Fatal(err)
+	}
+	w.waitToken(compName, 10*time.Second, nil)
+	const authz = "wxauthz09"
+	key := compName + "." + authz
+	if _, err := w.e.Sim.Authorize(ctx, compAppID, authz, cb); err != nil {
+		t.Fatal(err)
+	}
+	first, rev := w.waitToken(key, 5*time.Second, nil)
+
+	ask := func(body string) (contract.RefreshReply, error) {
+		m, err := w.e.NC.Request(contract.RefreshSubject(key), []byte(body), 10*time.Second)
+		if err != nil {
+			return contract.RefreshReply{}, err
+		}
+		if code := m.Header.Get(contract.ErrorCodeHeader); code != "" {
+			return contract.RefreshReply{}, fmt.Errorf("%s %s", code, m.Header.Get(contract.ErrorHeader))
+		}
+		var rep contract.RefreshReply
+		return rep, json.Unmarshal(m.Data, &rep)
+	}
+	calls := w.e.Sim.AuthorizerTokenCalls(compAppID, authz)
+	if rep, err := ask(""); err != nil || rep.Revision != rev || rep.AccessToken != first.AccessToken {
+		t.Fatalf("empty request: %+v %v, want revision %d", rep.Revision, err, rev)
+	}
+	storm := func() []contract.RefreshReply {
+		body := fmt.Sprintf(`{"stale_revision":%d}`, rev)
+		reps := make([]contract.RefreshReply, 200)
+		errs := make([]error, 200)
+		var wg sync.WaitGroup
+		for i := range reps {
+			wg.Add(1)
+			go func() { defer wg.Done(); reps[i], errs[i] = ask(body) }()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Fatalf("storm request: %v", err)
+			}
+		}
+		return reps
+	}
+	for _, rep := range storm() {
+		if rep.Revision <= rev || rep.AccessToken == first.AccessToken {
+			t.Fatalf("a reply kept the rejected token (revision %d, stale %d, same token %v)", rep.Revision, rev, rep.AccessToken == first.AccessToken)
+		}
+	}
+	if got := w.e.Sim.AuthorizerTokenCalls(compAppID, authz) - calls; got != 1 {
+		t.Errorf("200 requests for one stale revision cost %d api_authorizer_token calls, want 1", got)
+	}
+	// The new token rejected again at once: inside passive_min_interval
+	// the current record answers, no call.
+	_, rev = w.waitToken(key, 5*time.Second, func(r contract.Record) bool { return r.AccessToken != first.AccessToken })
+	storm()
+	if got := w.e.Sim.AuthorizerTokenCalls(compAppID, authz) - calls; got != 1 {
+		t.Errorf("a second storm inside passive_min_interval made %d more calls, want 0", got-1)
 	}
 }

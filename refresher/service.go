@@ -281,13 +281,14 @@ func (r *Refresher) handle(req micro.Request, send func(*nats.Msg) error) {
 		return
 	}
 	if a == nil && tk == nil {
+		if au := r.authorizerByKey(name); au != nil {
+			r.handleAuthorizer(q, au, stale, sourceOf(q))
+			return
+		}
 		r.replyError(q, label, unknownApp(name))
 		return
 	}
-	source := contract.SourcePassive
-	if q.Headers().Get(contract.SourceHeader) == contract.SourceManual {
-		source = contract.SourceManual
-	}
+	source := sourceOf(q)
 	if tk != nil {
 		r.handleTicket(q, tk, stale, source)
 		return
@@ -595,4 +596,13 @@ func (r *Refresher) passiveMinFor(a *app) time.Duration {
 
 func reply(rec *contract.Record, rev uint64) contract.RefreshReply {
 	return contract.RefreshReply{Record: *rec, Revision: rev}
+}
+
+// sourceOf is the source a token.refresh request's write is recorded
+// with: manual with header Tokenkeeper-Source: manual, else passive.
+func sourceOf(q *refreshReq) string {
+	if q.Headers().Get(contract.SourceHeader) == contract.SourceManual {
+		return contract.SourceManual
+	}
+	return contract.SourcePassive
 }

@@ -187,6 +187,18 @@ func (c *Client) run() {
 		case o := <-c.ops:
 			c.apply(o)
 			close(o.done)
+			// Every add or remove already waiting is applied before the
+			// rebuild: Sources taken at once share one (a rebuild per
+			// Source made taking 1000 of them take a minute).
+			for more := true; more; {
+				select {
+				case o := <-c.ops:
+					c.apply(o)
+					close(o.done)
+				default:
+					more = false
+				}
+			}
 			if keys := c.keys(); !slices.Equal(keys, followed) {
 				stop()
 				followed = keys

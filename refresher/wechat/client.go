@@ -82,6 +82,9 @@ type request struct {
 	// feishu: the answer is Feishu's {"code","msg",…}, which Feishu also
 	// sends with HTTP 4xx statuses.
 	feishu bool
+	// maxBody, if larger than the client's limit, is this request's
+	// (an answer that is long by design: a page of authorizers).
+	maxBody int64
 }
 
 // feishuBody is the JSON request body of Feishu's tenant_access_token.
@@ -340,7 +343,7 @@ func (c *Client) roundTrip(ctx context.Context, r request, sc scrubber) ([]byte,
 		return nil, "", sc.transportError(r.method, r.redactedURL, err)
 	}
 	defer resp.Body.Close()
-	maxBody := cmp.Or(c.maxBody, DefaultMaxBody)
+	maxBody := max(cmp.Or(c.maxBody, DefaultMaxBody), r.maxBody)
 	if resp.StatusCode != http.StatusOK {
 		if r.feishu && resp.StatusCode >= 400 && resp.StatusCode < 500 {
 			// Feishu answers errors as {"code","msg"} with a 4xx status.

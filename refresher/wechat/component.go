@@ -170,6 +170,12 @@ func (c *Client) AuthorizerAccessToken(ctx context.Context, base, componentToken
 // accepts.
 const MaxAuthorizerListPage = 500
 
+// authorizerListMaxBody is the largest answer of api_get_authorizer_list
+// read (unless the client's limit is larger): 1 KiB per entry of a full
+// page. An entry (appid, refresh token, auth_time) is about 130 bytes,
+// so a full page is over DefaultMaxBody.
+const authorizerListMaxBody = MaxAuthorizerListPage << 10
+
 // AuthorizerListPage reads one page of the component's authorizers: POST
 // {base}/cgi-bin/component/api_get_authorizer_list?component_access_token=…
 // with {"component_appid","offset","count"}.
@@ -198,6 +204,10 @@ func (c *Client) AuthorizerListPage(ctx context.Context, base, componentToken, c
 // componentCall makes the attempts of one component endpoint call.
 func (c *Client) componentCall(ctx context.Context, base, path, componentToken string, body any, what string, sc scrubber, gate Gate,
 	parse func(data []byte, contentType string) error) error {
+	var limit int64
+	if path == authorizerListPath {
+		limit = authorizerListMaxBody
+	}
 	if base == "" {
 		base = c.baseFor(KindClassic)
 	}
@@ -217,7 +227,7 @@ func (c *Client) componentCall(ctx context.Context, base, path, componentToken s
 	if err != nil {
 		return newFetchError(sc, "fetch "+what+": encoding the request body", ErrInvalidArgument)
 	}
-	req := request{method: http.MethodPost, url: u.String(), redactedURL: red, body: data}
+	req := request{method: http.MethodPost, url: u.String(), redactedURL: red, body: data, maxBody: limit}
 	return c.run(ctx, what, what, u.Path, sc, gate, func(actx context.Context) error {
 		data, ct, err := c.roundTrip(actx, req, sc)
 		if err != nil {

@@ -1,0 +1,5 @@
+//go:build !race
+
+package refresher_test
+
+const raceEnabled = false
