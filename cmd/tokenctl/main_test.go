@@ -230,8 +230,11 @@ func TestStatusListsAppsAndLeader(t *testing.T) {
 	testutil.WaitFor(t, 10*time.Second, func() bool {
 		r = tokenctl(t, "--nats", e.URL, "status")
 		return r.code == 0 && strings.Contains(r.stdout, "leader: ") && !strings.Contains(r.stdout, "leader: none") &&
-			strings.Contains(r.stdout, "NO TOKEN") && strings.Contains(r.stdout, "errcode 40001")
-	}, "status does not show a leader and the failing app: %s", &r)
+			strings.Contains(r.stdout, "NO TOKEN") && strings.Contains(r.stdout, "errcode 40001") &&
+			// The calls of the day come from the state bucket, written
+			// a moment after the token (off the refresh's path).
+			strings.Count(r.stdout, " 1/2000 ") >= 2
+	}, "status does not show a leader, the failing app and the day's calls: %s", &r)
 	_, after, _ := strings.Cut(r.stdout, "leader: ")
 	leader, _, _ = strings.Cut(after, " ")
 
