@@ -568,52 +568,68 @@ type funcInfo struct {
 	} `json:"funcscope_category"`
 }
 
-func (s *Sim) serveQueryAuth(w http.ResponseWriter, r *http.Request) {
+// componentTokenCall serves an endpoint that takes the
+// component_access_token (api_query_auth, api_authorizer_token,
+// api_get_authorizer_list): POST only, the JSON body read into a T
+// (errcode 47001 if it does not parse), the token checked against the
+// component the body names; then respond answers. ids returns the
+// component appid and the name the call is counted under.
+func componentTokenCall[T any](s *Sim, w http.ResponseWriter, r *http.Request, path string,
+	ids func(T) (appid, key string), respond func(c *componentApp, req T, now time.Time) answer) {
 	if !postOnly(w, r) {
 		return
 	}
-	var req queryAuthRequest
+	var req T
 	ok := readComponentBody(r, &req)
 	if !ok {
-		req = queryAuthRequest{}
+		var zero T
+		req = zero
 	}
-	s.tokenCall(w, r, PathQueryAuth, kindWeChat, AuthorizerKey(req.AppID, "api_query_auth"), func(now time.Time) answer {
+	appid, key := ids(req)
+	s.tokenCall(w, r, path, kindWeChat, key, func(now time.Time) answer {
 		if !ok {
 			return errAnswer(CodeDataFormat, "data format error")
 		}
-		c, bad := s.componentByToken(r, req.AppID, now)
+		c, bad := s.componentByToken(r, appid, now)
 		if bad != nil {
 			return *bad
 		}
-		c.queryCalls++
-		if req.Code == "" {
-			return errAnswer(CodeDataFormat, "data format error")
-		}
-		ac := c.codes[req.Code]
-		if ac == nil {
-			return errAnswer(CodeAuthCodeInvalid, "code is invalid")
-		}
-		delete(c.codes, req.Code) // a code works once, even if expired
-		if !now.Before(ac.expiresAt) {
-			return errAnswer(CodeAuthCodeExpired, "code is expired")
-		}
-		a := ac.authorizer
-		t := s.issueAuthorizerToken(a, now)
-		fi := make([]funcInfo, len(a.funcInfo))
-		for i, id := range a.funcInfo {
-			fi[i].Category.ID = id
-		}
-		type info struct {
-			AppID       string     `json:"authorizer_appid"`
-			AccessToken string     `json:"authorizer_access_token"`
-			ExpiresIn   int        `json:"expires_in"`
-			Refresh     string     `json:"authorizer_refresh_token"`
-			FuncInfo    []funcInfo `json:"func_info"`
-		}
-		return jsonAnswer(struct {
-			Info info `json:"authorization_info"`
-		}{info{a.appid, t.value, secondsAtLeast1(s.opts.ExpiresIn), a.refresh, fi}}, t.value)
+		return respond(c, req, now)
 	})
+}
+
+func (s *Sim) serveQueryAuth(w http.ResponseWriter, r *http.Request) {
+	componentTokenCall(s, w, r, PathQueryAuth, func(q queryAuthRequest) (string, string) { return q.AppID, AuthorizerKey(q.AppID, "api_query_auth") },
+		func(c *componentApp, req queryAuthRequest, now time.Time) answer {
+			c.queryCalls++
+			if req.Code == "" {
+				return errAnswer(CodeDataFormat, "data format error")
+			}
+			ac := c.codes[req.Code]
+			if ac == nil {
+				return errAnswer(CodeAuthCodeInvalid, "code is invalid")
+			}
+			delete(c.codes, req.Code) // a code works once, even if expired
+			if !now.Before(ac.expiresAt) {
+				return errAnswer(CodeAuthCodeExpired, "code is expired")
+			}
+			a := ac.authorizer
+			t := s.issueAuthorizerToken(a, now)
+			fi := make([]funcInfo, len(a.funcInfo))
+			for i, id := range a.funcInfo {
+				fi[i].Category.ID = id
+			}
+			type info struct {
+				AppID       string     `json:"authorizer_appid"`
+				AccessToken string     `json:"authorizer_access_token"`
+				ExpiresIn   int        `json:"expires_in"`
+				Refresh     string     `json:"authorizer_refresh_token"`
+				FuncInfo    []funcInfo `json:"func_info"`
+			}
+			return jsonAnswer(struct {
+				Info info `json:"authorization_info"`
+			}{info{a.appid, t.value, secondsAtLeast1(s.opts.ExpiresIn), a.refresh, fi}}, t.value)
+		})
 }
 
 type authorizerTokenRequest struct {
@@ -623,45 +639,31 @@ type authorizerTokenRequest struct {
 }
 
 func (s *Sim) serveAuthorizerToken(w http.ResponseWriter, r *http.Request) {
-	if !postOnly(w, r) {
-		return
-	}
-	var req authorizerTokenRequest
-	ok := readComponentBody(r, &req)
-	if !ok {
-		req = authorizerTokenRequest{}
-	}
-	s.tokenCall(w, r, PathAuthorizerToken, kindWeChat, AuthorizerKey(req.AppID, req.Authorizer), func(now time.Time) answer {
-		if !ok {
-			return errAnswer(CodeDataFormat, "data format error")
-		}
-		c, bad := s.componentByToken(r, req.AppID, now)
-		if bad != nil {
-			return *bad
-		}
-		a := c.authorizers[req.Authorizer]
-		if a != nil {
-			a.tokenCalls++
-		}
-		switch {
-		case req.Authorizer == "" || req.Refresh == "":
-			return errAnswer(CodeDataFormat, "data format error")
-		case a == nil || !a.refreshOK(req.Refresh, now):
-			return errAnswer(CodeRefreshTokenInvalid, "refresh_token is invalid")
-		}
-		t := s.issueAuthorizerToken(a, now)
-		if s.opts.RotateRefreshTokens {
-			// The superseded one keeps working for the grace (so a caller
-			// that lost the answer can still recover); an older one stops.
-			a.prevRefresh, a.prevUntil = a.refresh, now.Add(s.opts.RefreshTokenGrace)
-			a.refresh = s.newRefreshToken()
-		}
-		return jsonAnswer(struct {
-			AccessToken string `json:"authorizer_access_token"`
-			ExpiresIn   int    `json:"expires_in"`
-			Refresh     string `json:"authorizer_refresh_token"`
-		}{t.value, secondsAtLeast1(s.opts.ExpiresIn), a.refresh}, t.value)
-	})
+	componentTokenCall(s, w, r, PathAuthorizerToken, func(q authorizerTokenRequest) (string, string) { return q.AppID, AuthorizerKey(q.AppID, q.Authorizer) },
+		func(c *componentApp, req authorizerTokenRequest, now time.Time) answer {
+			a := c.authorizers[req.Authorizer]
+			if a != nil {
+				a.tokenCalls++
+			}
+			switch {
+			case req.Authorizer == "" || req.Refresh == "":
+				return errAnswer(CodeDataFormat, "data format error")
+			case a == nil || !a.refreshOK(req.Refresh, now):
+				return errAnswer(CodeRefreshTokenInvalid, "refresh_token is invalid")
+			}
+			t := s.issueAuthorizerToken(a, now)
+			if s.opts.RotateRefreshTokens {
+				// The superseded one keeps working for the grace (so a caller
+				// that lost the answer can still recover); an older one stops.
+				a.prevRefresh, a.prevUntil = a.refresh, now.Add(s.opts.RefreshTokenGrace)
+				a.refresh = s.newRefreshToken()
+			}
+			return jsonAnswer(struct {
+				AccessToken string `json:"authorizer_access_token"`
+				ExpiresIn   int    `json:"expires_in"`
+				Refresh     string `json:"authorizer_refresh_token"`
+			}{t.value, secondsAtLeast1(s.opts.ExpiresIn), a.refresh}, t.value)
+		})
 }
 
 type authorizerListRequest struct {
@@ -671,41 +673,29 @@ type authorizerListRequest struct {
 }
 
 func (s *Sim) serveAuthorizerList(w http.ResponseWriter, r *http.Request) {
-	if !postOnly(w, r) {
-		return
-	}
-	var req authorizerListRequest
-	ok := readComponentBody(r, &req)
-	if !ok {
-		req = authorizerListRequest{}
-	}
-	s.tokenCall(w, r, PathAuthorizerList, kindWeChat, AuthorizerKey(req.AppID, "api_get_authorizer_list"), func(now time.Time) answer {
-		if !ok {
-			return errAnswer(CodeDataFormat, "data format error")
-		}
-		c, bad := s.componentByToken(r, req.AppID, now)
-		if bad != nil {
-			return *bad
-		}
-		c.listCalls++
-		if req.Offset < 0 || req.Count < 1 || req.Count > maxAuthorizerListCount {
-			return errAnswer(CodeInvalidArgs, "invalid args")
-		}
-		type entry struct {
-			AppID    string `json:"authorizer_appid"`
-			Refresh  string `json:"refresh_token"`
-			AuthTime int64  `json:"auth_time"`
-		}
-		list := []entry{}
-		for i := req.Offset; i < len(c.active) && i < req.Offset+req.Count; i++ {
-			a := c.active[i]
-			list = append(list, entry{a.appid, a.refresh, a.authTime.Unix()})
-		}
-		return jsonAnswer(struct {
-			Total int     `json:"total_count"`
-			List  []entry `json:"list"`
-		}{len(c.active), list}, "")
-	})
+	componentTokenCall(s, w, r, PathAuthorizerList, func(q authorizerListRequest) (string, string) {
+		return q.AppID, AuthorizerKey(q.AppID, "api_get_authorizer_list")
+	},
+		func(c *componentApp, req authorizerListRequest, now time.Time) answer {
+			c.listCalls++
+			if req.Offset < 0 || req.Count < 1 || req.Count > maxAuthorizerListCount {
+				return errAnswer(CodeInvalidArgs, "invalid args")
+			}
+			type entry struct {
+				AppID    string `json:"authorizer_appid"`
+				Refresh  string `json:"refresh_token"`
+				AuthTime int64  `json:"auth_time"`
+			}
+			list := []entry{}
+			for i := req.Offset; i < len(c.active) && i < req.Offset+req.Count; i++ {
+				a := c.active[i]
+				list = append(list, entry{a.appid, a.refresh, a.authTime.Unix()})
+			}
+			return jsonAnswer(struct {
+				Total int     `json:"total_count"`
+				List  []entry `json:"list"`
+			}{len(c.active), list}, "")
+		})
 }
 
 // errUnknownComponent is returned by the push driver for a component that
