@@ -87,6 +87,18 @@ func (w *compWorld) start(opts ...refresher.Option) (*harness.Replica, string) {
 	return rep, srv.URL + refresher.CallbackPathPrefix + compName
 }
 
+// startWithTicket is start, then a verify ticket pushed to the callback
+// and the component token fetched with it.
+func (w *compWorld) startWithTicket(opts ...refresher.Option) (*harness.Replica, string) {
+	w.t.Helper()
+	rep, cb := w.start(opts...)
+	if err := w.e.Sim.PushVerifyTicket(context.Background(), compAppID, cb); err != nil {
+		w.t.Fatal(err)
+	}
+	w.waitToken(compName, 10*time.Second, nil)
+	return rep, cb
+}
+
 // secret opens the secrets record under key into v; it returns the
 // revision (0: none).
 func (w *compWorld) secret(key string, v any) uint64 {
@@ -281,12 +293,8 @@ func TestComponentTicketNotStoredNoSuccess(t *testing.T) {
 // replica that finds valid stored tokens makes no upstream call at all.
 func TestComponentRestartUsesStoredTicket(t *testing.T) {
 	w := newCompWorld(t, wechatsim.Options{})
-	r1, cb := w.start()
+	r1, cb := w.startWithTicket()
 	ctx := context.Background()
-	if err := w.e.Sim.PushVerifyTicket(ctx, compAppID, cb); err != nil {
-		t.Fatal(err)
-	}
-	w.waitToken(compName, 10*time.Second, nil)
 	if _, err := w.e.Sim.Authorize(ctx, compAppID, "wxauthz01", cb); err != nil {
 		t.Fatal(err)
 	}
@@ -357,12 +365,8 @@ func mustJSON(t *testing.T, v any) []byte {
 // (watchers see it) and keeps a tombstone with the last refresh token.
 func TestComponentAuthorizerLifecycle(t *testing.T) {
 	w := newCompWorld(t, wechatsim.Options{ExpiresIn: 6 * time.Second, RotateRefreshTokens: true})
-	rep, cb := w.start()
+	rep, cb := w.startWithTicket()
 	ctx := context.Background()
-	if err := w.e.Sim.PushVerifyTicket(ctx, compAppID, cb); err != nil {
-		t.Fatal(err)
-	}
-	w.waitToken(compName, 10*time.Second, nil)
 
 	const authz = "wxauthz02"
 	key := compName + "." + authz
@@ -467,12 +471,8 @@ func TestComponentAuthorizerLifecycle(t *testing.T) {
 // missing from the store is recovered from api_get_authorizer_list.
 func TestComponentReconcileRecovers(t *testing.T) {
 	w := newCompWorld(t, wechatsim.Options{})
-	rep, cb := w.start()
+	rep, _ := w.startWithTicket()
 	ctx := context.Background()
-	if err := w.e.Sim.PushVerifyTicket(ctx, compAppID, cb); err != nil {
-		t.Fatal(err)
-	}
-	w.waitToken(compName, 10*time.Second, nil)
 	testutil.WaitFor(t, 5*time.Second, rep.R.Leader, "not leading")
 	// The record is in the bucket a moment before the leader holds it.
 	testutil.WaitFor(t, 5*time.Second, func() bool {
@@ -599,12 +599,8 @@ func envelopeEncrypt(body []byte) string {
 // rotation — and new values are sealed under the new key.
 func TestComponentKeyRotation(t *testing.T) {
 	w := newCompWorld(t, wechatsim.Options{})
-	r1, cb := w.start()
+	r1, _ := w.startWithTicket()
 	ctx := context.Background()
-	if err := w.e.Sim.PushVerifyTicket(ctx, compAppID, cb); err != nil {
-		t.Fatal(err)
-	}
-	w.waitToken(compName, 10*time.Second, nil)
 	if err := r1.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -655,12 +651,8 @@ func TestComponentAuthorizerPassiveRefresh(t *testing.T) {
 	w := newCompWorld(t, wechatsim.Options{ExpiresIn: time.Hour})
 	w.cfg.PassiveMinInterval = new(time.Duration)
 	*w.cfg.PassiveMinInterval = time.Hour
-	_, cb := w.start()
+	_, cb := w.startWithTicket()
 	ctx := context.Background()
-	if err := w.e.Sim.PushVerifyTicket(ctx, compAppID, cb); err != nil {
-		t.Fatal(err)
-	}
-	w.waitToken(compName, 10*time.Second, nil)
 	const authz = "wxauthz09"
 	key := compName + "." + authz
 	if _, err := w.e.Sim.Authorize(ctx, compAppID, authz, cb); err != nil {
