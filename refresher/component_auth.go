@@ -264,15 +264,7 @@ func (r *Refresher) authorizerSecretChanged(c *component, appid string, s *autho
 func (r *Refresher) removeAuthorizer(ctx context.Context, c *component, au *authorizer, why string) {
 	au.run.Lock()
 	defer au.run.Unlock()
-	au.mu.Lock()
-	au.removed = true
-	c.unschedule(&au.slot)
-	au.mu.Unlock()
-	c.mu.Lock()
-	if c.auths[au.appid] == au {
-		delete(c.auths, au.appid)
-	}
-	c.mu.Unlock()
+	c.forget(au)
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := r.kv.Delete(ctx, au.key); err != nil {
@@ -498,6 +490,13 @@ func (r *Refresher) flushPendingRefresh(ctx context.Context, au *authorizer, now
 
 // removeAuthorizerLocked is removeAuthorizer for a caller holding au.run.
 func (r *Refresher) removeAuthorizerLocked(ctx context.Context, c *component, au *authorizer) {
+	c.forget(au)
+	_ = r.kv.Delete(ctx, au.key)
+}
+
+// forget marks au removed, takes it out of c's due heap and drops it
+// from c's authorizers.
+func (c *component) forget(au *authorizer) {
 	au.mu.Lock()
 	au.removed = true
 	c.unschedule(&au.slot)
@@ -507,7 +506,6 @@ func (r *Refresher) removeAuthorizerLocked(ctx context.Context, c *component, au
 		delete(c.auths, au.appid)
 	}
 	c.mu.Unlock()
-	_ = r.kv.Delete(ctx, au.key)
 }
 
 // storeAuthorizerToken writes an authorizer's token record over rev and
