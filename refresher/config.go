@@ -381,12 +381,7 @@ func (c *Config) Validate() error {
 	for _, err := range natsconf.Problems(c.NATS.ValidateKeys()) {
 		add("%v", err)
 	}
-	if !contract.ValidAppName(c.Bucket) {
-		add("bucket: %q is not a valid bucket name (1-64 of A-Z a-z 0-9 _ -)", c.Bucket)
-	}
-	if c.Replicas < 1 || c.Replicas > 5 {
-		add("replicas: %d is out of range (1 to 5)", c.Replicas)
-	}
+	c.bucketProblems(add)
 	if _, err := CronParser.Parse(c.Schedule); err != nil {
 		add("schedule: %q does not parse: %v", c.Schedule, err)
 	}
@@ -404,14 +399,7 @@ func (c *Config) Validate() error {
 	if err := c.RefreshPolicy().Validate(); err != nil {
 		add("refresh: %v", err)
 	}
-	switch c.Log.Format {
-	case "text", "json":
-	default:
-		add("log.format: %q is not text or json", c.Log.Format)
-	}
-	if _, err := parseLevel(c.Log.Level); err != nil {
-		add("log.level: %v", err)
-	}
+	c.logProblems(add)
 	if len(c.Apps) == 0 {
 		add("apps: no apps configured")
 	}
@@ -598,3 +586,26 @@ func (a *AppConfig) ticketProblems() []string {
 // refresher/ticket.go); while it was false a config that asked for
 // tickets was refused, not silently ignored.
 const ticketsFetched = true
+
+// logProblems reports what is wrong with the log: section (Validate and
+// the follower's validation share it).
+func (c *Config) logProblems(add func(format string, args ...any)) {
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		add("log.format: %q is not text or json", c.Log.Format)
+	}
+	if _, err := parseLevel(c.Log.Level); err != nil {
+		add("log.level: %v", err)
+	}
+}
+
+// bucketProblems reports what is wrong with bucket: and replicas:.
+func (c *Config) bucketProblems(add func(format string, args ...any)) {
+	if !contract.ValidAppName(c.Bucket) {
+		add("bucket: %q is not a valid bucket name (1-64 of A-Z a-z 0-9 _ -)", c.Bucket)
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		add("replicas: %d is out of range (1 to 5)", c.Replicas)
+	}
+}

@@ -112,20 +112,8 @@ func (c *Config) validateFollow() error {
 	if c.Follow.MaxLag < 0 {
 		add("follow.max_lag: %s is negative", c.Follow.MaxLag)
 	}
-	if !contract.ValidAppName(c.Bucket) {
-		add("bucket: %q is not a valid bucket name (1-64 of A-Z a-z 0-9 _ -)", c.Bucket)
-	}
-	if c.Replicas < 1 || c.Replicas > 5 {
-		add("replicas: %d is out of range (1 to 5)", c.Replicas)
-	}
-	switch c.Log.Format {
-	case "text", "json":
-	default:
-		add("log.format: %q is not text or json", c.Log.Format)
-	}
-	if _, err := parseLevel(c.Log.Level); err != nil {
-		add("log.level: %v", err)
-	}
+	c.bucketProblems(add)
+	c.logProblems(add)
 	seen := map[string]int{}
 	for i := range c.Apps {
 		a := &c.Apps[i]
