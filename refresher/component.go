@@ -54,6 +54,11 @@ const AlertRefreshTokenNotStored = "refresh_token_not_stored"
 type component struct {
 	name    string
 	crypter *wxcrypt.Crypter
+	// app is the component's configured app (its token, its config);
+	// ticketTypes its authorizer_tickets. Both are fixed: Reload refuses
+	// to change a component's authorizer_tickets.
+	app         *app
+	ticketTypes []string
 
 	mu    sync.Mutex
 	auths map[string]*authorizer // by authorizer appid
@@ -105,7 +110,7 @@ func (r *Refresher) addComponent(ac AppConfig) (*component, error) {
 		return nil, fmt.Errorf("refresher: app %s: callback: %w", ac.Name, err)
 	}
 	c := &component{name: ac.Name, crypter: cr, auths: map[string]*authorizer{}, codes: map[string]*pendingCode{},
-		lim: limiterFor(ac.MaxCallsPerSecond)}
+		lim: limiterFor(ac.MaxCallsPerSecond), app: r.apps[ac.Name], ticketTypes: ac.AuthorizerTickets}
 	c.wake = func(at time.Time) {
 		if at.UnixNano() < r.timerAt.Load() {
 			r.Tick()
@@ -294,11 +299,22 @@ func (r *Refresher) loadComponents(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		// The authorizers' token records, with one ordered consumer.
-		err = r.eachToken(ctx, c.name+".*", func(e jetstream.KeyValueEntry) {
-			_, id, _ := strings.Cut(e.Key(), ".")
-			if au := c.get(id); au != nil {
+		// The authorizers' token and ticket records, with one ordered
+		// consumer.
+		filter := c.name + ".*"
+		if len(c.ticketTypes) > 0 {
+			filter = c.name + ".>"
+		}
+		err = r.eachToken(ctx, filter, func(e jetstream.KeyValueEntry) {
+			_, rest, _ := strings.Cut(e.Key(), ".")
+			id, typ, isTicket := strings.Cut(rest, ".")
+			au := c.get(id)
+			switch {
+			case au == nil:
+			case !isTicket:
 				au.adopt(r.parseRecord(e.Key(), e.Revision(), e.Value()), e.Revision())
+			case au.ticket(typ) != nil:
+				au.ticket(typ).adopt(r.parseTicket(e.Key(), e.Revision(), e.Value()), e.Revision())
 			}
 		})
 		if err != nil {
@@ -372,7 +388,7 @@ func (r *Refresher) planSlot(c *component, s *slot, now time.Time) bool {
 			au.mu.Unlock()
 			return false
 		}
-		if due := au.next(); due.After(now) {
+		if due := au.dueMoment(); due.After(now) {
 			c.schedule(s, due)
 			au.mu.Unlock()
 			return false

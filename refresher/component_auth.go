@@ -45,6 +45,46 @@ type authorizer struct {
 	slot slot
 	// lastForced is when a passive request last replaced a valid token.
 	lastForced time.Time
+	// tickets are the component's authorizer_tickets of this authorizer
+	// (fixed at creation).
+	tickets []*ticket
+}
+
+// ticket returns au's ticket of type typ (nil if the component keeps
+// none of that type).
+func (au *authorizer) ticket(typ string) *ticket {
+	for _, t := range au.tickets {
+		if t.typ == typ {
+			return t
+		}
+	}
+	return nil
+}
+
+// dueMoment is when au is next due: its token's moment, or a ticket's
+// if earlier — tickets count once au holds a token to fetch them with.
+// The caller holds au.mu (lock order: au.mu, then a ticket's mu).
+func (au *authorizer) dueMoment() time.Time {
+	m := au.next()
+	if au.rec == nil || au.removed {
+		return m
+	}
+	for _, t := range au.tickets {
+		t.mu.Lock()
+		if d := t.next(); d.Before(m) {
+			m = d
+		}
+		t.mu.Unlock()
+	}
+	return m
+}
+
+// touch moves au's place in its component's due heap to its current
+// moment (after one of its tickets changed).
+func (au *authorizer) touch() {
+	au.mu.Lock()
+	au.reschedule()
+	au.mu.Unlock()
 }
 
 // pendingCode is an authorization code stored but not yet redeemed.
@@ -72,6 +112,10 @@ func (c *component) ensure(r *Refresher, appid string) *authorizer {
 	}
 	au := &authorizer{comp: c, appid: appid, key: contract.Key(c.name, appid), policy: &r.policy}
 	au.slot = slot{idx: -1, au: au}
+	for _, typ := range c.ticketTypes {
+		au.tickets = append(au.tickets, &ticket{key: contract.Key(c.name, appid, typ), typ: typ,
+			parent: c.app, au: au, policy: &r.policy})
+	}
 	c.auths[appid] = au
 	c.mu.Unlock()
 	au.mu.Lock()
@@ -86,7 +130,7 @@ func (au *authorizer) reschedule() {
 	if au.running || au.removed {
 		return
 	}
-	au.comp.schedule(&au.slot, au.next())
+	au.comp.schedule(&au.slot, au.dueMoment())
 }
 
 // get returns the authorizer appid of c (nil if none).
@@ -193,7 +237,7 @@ func authorizerPolicy(au *authorizer) *Policy {
 func (au *authorizer) dueAt() (time.Time, bool) {
 	au.mu.Lock()
 	defer au.mu.Unlock()
-	return au.next(), au.running || au.removed
+	return au.dueMoment(), au.running || au.removed
 }
 
 func (au *authorizer) current() (*contract.Record, uint64) {
@@ -267,11 +311,11 @@ func (r *Refresher) removeAuthorizer(ctx context.Context, c *component, au *auth
 	c.forget(au)
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := r.kv.Delete(ctx, au.key); err != nil {
-		r.log.Error("deleting an unauthorized authorizer's token failed", "key", au.key, "err", err)
+	if err := r.deleteAuthorizerKeys(ctx, au); err != nil {
+		r.log.Error("deleting an unauthorized authorizer's token or tickets failed", "key", au.key, "err", err)
 		return
 	}
-	r.log.Info("authorizer unauthorized: refreshing stopped, token key deleted; the tombstone and the last refresh token stay in the secrets bucket",
+	r.log.Info("authorizer unauthorized: refreshing stopped, token and ticket keys deleted; the tombstone and the last refresh token stay in the secrets bucket",
 		"app", c.name, "key", au.key, "authorizer_appid", au.appid, "why", why)
 }
 
@@ -299,6 +343,7 @@ func (r *Refresher) startAuthorizer(au *authorizer) bool {
 	r.enqueue(func() {
 		if r.refreshCtx.Err() == nil {
 			_ = r.refreshAuthorizer(r.refreshCtx, au, source)
+			r.refreshAuthorizerTickets(r.refreshCtx, au)
 		}
 		au.mu.Lock()
 		au.running = false
@@ -307,6 +352,31 @@ func (r *Refresher) startAuthorizer(au *authorizer) bool {
 		r.jobDone(c)
 	})
 	return true
+}
+
+// refreshAuthorizerTickets refreshes au's tickets that are due, each
+// with au's current token (refreshTicket: a valid stored one that is not
+// due is kept; a failure is paced per ticket).
+func (r *Refresher) refreshAuthorizerTickets(ctx context.Context, au *authorizer) {
+	for _, t := range au.tickets {
+		au.mu.Lock()
+		skip := au.removed || au.rec == nil
+		au.mu.Unlock()
+		if skip {
+			return
+		}
+		due, _ := t.dueAt()
+		if due.After(r.now()) {
+			continue
+		}
+		source := contract.SourceScheduled
+		if rec, _ := t.current(); rec == nil {
+			source = contract.SourceStartup
+		}
+		if _, _, err := r.refreshTicket(ctx, t, source, nil); errors.Is(err, ErrNotLeader) || ctx.Err() != nil {
+			return
+		}
+	}
 }
 
 // componentToken returns the component's valid token, or errNoToken.
@@ -338,13 +408,21 @@ func (r *Refresher) componentToken(ctx context.Context, c *component) (contract.
 // stored (revision-checked) before the token. 61023 marks the authorizer
 // "needs re-authorization" and keeps its refresh token.
 func (r *Refresher) refreshAuthorizer(ctx context.Context, au *authorizer, source string) error {
-	return r.refreshAuthorizerFor(ctx, au, source, nil)
+	return r.refreshAuthorizerAs(ctx, au, source, nil, false)
 }
 
 // refreshAuthorizerFor is refreshAuthorizer for a passive request: with
 // stale set, a valid token at another revision than *stale answers it
-// (no call), a valid one at revision *stale is replaced.
+// (no call), a valid one at revision *stale is replaced at most once per
+// passive_min_interval.
 func (r *Refresher) refreshAuthorizerFor(ctx context.Context, au *authorizer, source string, stale *uint64) error {
+	return r.refreshAuthorizerAs(ctx, au, source, stale, false)
+}
+
+// refreshAuthorizerAs is refreshAuthorizerFor; rejected says WeChat
+// itself refused the token at revision *stale (a ticket fetch answered
+// 40001), which replaces it regardless of passive_min_interval.
+func (r *Refresher) refreshAuthorizerAs(ctx context.Context, au *authorizer, source string, stale *uint64, rejected bool) error {
 	au.run.Lock()
 	defer au.run.Unlock()
 	start := time.Now()
@@ -366,7 +444,7 @@ func (r *Refresher) refreshAuthorizerFor(ctx context.Context, au *authorizer, so
 		// answers. It is: replaced at most once per passive_min_interval
 		// (requests waiting on au.run for the same revision find the new
 		// one; inside the interval the current record answers).
-		if rev != *stale || !au.takeForced(now, time.Duration(r.passiveMin.Load())) {
+		if rev != *stale || !rejected && !au.takeForced(now, time.Duration(r.passiveMin.Load())) {
 			return nil
 		}
 	}
@@ -491,7 +569,23 @@ func (r *Refresher) flushPendingRefresh(ctx context.Context, au *authorizer, now
 // removeAuthorizerLocked is removeAuthorizer for a caller holding au.run.
 func (r *Refresher) removeAuthorizerLocked(ctx context.Context, c *component, au *authorizer) {
 	c.forget(au)
-	_ = r.kv.Delete(ctx, au.key)
+	_ = r.deleteAuthorizerKeys(ctx, au)
+}
+
+// deleteAuthorizerKeys deletes au's ticket keys and its token key
+// (watchers see each delete); the first error is returned, the other
+// deletes are still made.
+func (r *Refresher) deleteAuthorizerKeys(ctx context.Context, au *authorizer) error {
+	var first error
+	for _, t := range au.tickets {
+		if err := r.kv.Delete(ctx, t.key); err != nil && first == nil {
+			first = err
+		}
+	}
+	if err := r.kv.Delete(ctx, au.key); err != nil && first == nil {
+		first = err
+	}
+	return first
 }
 
 // forget marks au removed, takes it out of c's due heap and drops it

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/internal/seal"
 	"github.com/tokenkeeper/tokenkeeper/internal/wxcrypt"
 )
@@ -114,9 +115,15 @@ func (a *AppConfig) componentProblems() []string {
 			p = append(p, "callback.aes_key_env: missing (the variable holding the EncodingAESKey)")
 		}
 	}
+	seen := map[string]bool{}
 	for i, t := range a.AuthorizerTickets {
-		// Accepting them would be a lie: nothing fetches them yet.
-		p = append(p, fmt.Sprintf("authorizer_tickets[%d]: %q: this version does not fetch authorizer tickets yet; remove the key", i, t))
+		switch {
+		case t != contract.TicketJSAPI && t != contract.TicketWXCard:
+			p = append(p, fmt.Sprintf("authorizer_tickets[%d]: %q is not a ticket of an authorizer (want %q or %q)", i, truncate(t, 32), contract.TicketJSAPI, contract.TicketWXCard))
+		case seen[t]:
+			p = append(p, fmt.Sprintf("authorizer_tickets[%d]: %q is listed twice", i, t))
+		}
+		seen[t] = true
 	}
 	return p
 }
@@ -198,14 +205,15 @@ var errNoSecrets = errors.New("refresher: no secrets bucket (no wechat-component
 // up at start.
 func (r *Refresher) componentsUnchanged(cfg *Config) error {
 	type cb struct {
-		appid string
-		cb    callbackSecrets
+		appid   string
+		cb      callbackSecrets
+		tickets string
 	}
 	of := func(c *Config) map[string]cb {
 		m := map[string]cb{}
 		for _, a := range c.Apps {
 			if a.Kind == KindWeChatComponent {
-				m[a.Name] = cb{a.AppID, a.cb}
+				m[a.Name] = cb{a.AppID, a.cb, strings.Join(a.AuthorizerTickets, ",")}
 			}
 		}
 		return m
@@ -219,7 +227,7 @@ func (r *Refresher) componentsUnchanged(cfg *Config) error {
 		same = same && old[name] == v
 	}
 	if !same {
-		return &ConfigError{Problems: []string{"apps: adding, removing or changing the appid or callback of a wechat-component needs a restart; nothing was changed"}}
+		return &ConfigError{Problems: []string{"apps: adding, removing or changing the appid, callback or authorizer_tickets of a wechat-component needs a restart; nothing was changed"}}
 	}
 	return nil
 }

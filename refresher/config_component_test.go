@@ -31,10 +31,14 @@ apps:
     appid: wxcomp
     secret_env: CS
     callback: {token_env: CBT, aes_key_env: CBA}
+    authorizer_tickets: [jsapi, wx_card]
 `
 	cfg, err := refresher.ParseConfig([]byte(good))
 	if err != nil {
 		t.Fatalf("valid component config refused: %v", err)
+	}
+	if got := strings.Join(cfg.Apps[0].AuthorizerTickets, ","); got != "jsapi,wx_card" {
+		t.Fatalf("authorizer_tickets parsed as %q", got)
 	}
 	if cfg.Callback.Listen != "127.0.0.1:0" || cfg.Apps[0].Callback.TokenEnv != "CBT" {
 		t.Fatalf("parsed %+v", cfg.Callback)
@@ -47,7 +51,7 @@ apps:
   - name: c1
     kind: wechat-component
     secret_env: CS
-    authorizer_tickets: [jsapi]
+    authorizer_tickets: [jsapi, agent_config, jsapi]
     max_calls_per_second: -1
   - name: c2
     kind: wechat-component
@@ -70,7 +74,8 @@ apps:
 		`apps[0] (c1).appid: missing`,
 		`apps[0] (c1).callback.token_env: missing`,
 		`apps[0] (c1).callback.aes_key_env: missing`,
-		`apps[0] (c1).authorizer_tickets[0]: "jsapi": this version does not fetch authorizer tickets yet`,
+		`apps[0] (c1).authorizer_tickets[1]: "agent_config" is not a ticket of an authorizer`,
+		`apps[0] (c1).authorizer_tickets[2]: "jsapi" is listed twice`,
 		`apps[1] (c2).callback: `,
 		`apps[2] (mp).callback: not a key of kind wechat`,
 		`apps[2] (mp).authorizer_tickets: not a key of kind wechat`,

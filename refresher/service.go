@@ -273,7 +273,7 @@ func (r *Refresher) handle(req micro.Request, send func(*nats.Msg) error) {
 	if a != nil {
 		label = a.name
 	} else if tk != nil {
-		label = tk.key
+		label = r.metricLabel(tk.key)
 	}
 	stale, err := ParseRefreshRequest(q.Data())
 	if err != nil {

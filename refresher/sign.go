@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -166,24 +167,17 @@ func (r *Refresher) sign(req micro.Request, send func(*nats.Msg) error) {
 		r.signError(q, label, err)
 		return
 	}
-	switch {
-	case rest != "":
-		r.signError(q, label, &RequestError{Code: contract.CodeNotFound, Message: fmt.Sprintf(
-			"nothing signs for %q: token.sign.<app> takes a configured app; token.sign.<component>.<authorizer> (Open Platform) is not served yet",
-			truncate(key, 3*contract.MaxAppName))})
-		return
-	case a == nil:
+	if a == nil {
 		r.signError(q, label, unknownApp(name))
 		return
 	}
-	t := r.ticketByKey(contract.Key(name, sr.Ticket))
-	if t == nil {
-		r.signError(q, label, &RequestError{Code: contract.CodeNotFound, Message: fmt.Sprintf(
-			"app %s keeps no %s ticket (add it to the app's tickets in the refresher's config)", name, sr.Ticket)})
+	t, err := r.signedTicket(a, key, rest, sr)
+	if err != nil {
+		r.signError(q, label, err)
 		return
 	}
 	if rec, _, ok := t.usable(r.now()); ok {
-		r.signOK(q, label, a.config(), sr, rec)
+		r.signOK(q, label, t, sr, rec)
 		return
 	}
 	if !r.reqs.acquire() {
@@ -202,7 +196,7 @@ func (r *Refresher) sign(req micro.Request, send func(*nats.Msg) error) {
 			r.signError(q, label, err)
 			return
 		}
-		r.signOK(q, label, a.config(), sr, rec)
+		r.signOK(q, label, t, sr, rec)
 	}()
 }
 
@@ -235,8 +229,44 @@ func (r *Refresher) signTicket(ctx context.Context, t *ticket) (*contract.Ticket
 		Message: fmt.Sprintf("no valid %s ticket is stored yet (the refresher fetches it); retry later", t.key)}
 }
 
-// signOK answers q with the signature of sr's URL over rec.
-func (r *Refresher) signOK(q *refreshReq, label string, cfg AppConfig, sr contract.SignRequest, rec *contract.TicketRecord) {
+// signedTicket returns the ticket a token.sign request for key signs
+// with: the app's (token.sign.<app>) or an authorizer's of a component
+// (token.sign.<component>.<authorizer_appid>); a 404 naming what is
+// missing otherwise.
+func (r *Refresher) signedTicket(a *app, key, rest string, sr contract.SignRequest) (*ticket, error) {
+	cfg := a.config()
+	if rest == "" {
+		if cfg.Kind == KindWeChatComponent {
+			return nil, &RequestError{Code: contract.CodeNotFound, Message: fmt.Sprintf(
+				"component %s signs for its authorizers: use token.sign.%s.<authorizer_appid>", a.name, a.name)}
+		}
+		if t := r.ticketByKey(contract.Key(a.name, sr.Ticket)); t != nil {
+			return t, nil
+		}
+		return nil, &RequestError{Code: contract.CodeNotFound, Message: fmt.Sprintf(
+			"app %s keeps no %s ticket (add it to the app's tickets in the refresher's config)", a.name, sr.Ticket)}
+	}
+	if cfg.Kind != KindWeChatComponent || strings.Contains(rest, ".") {
+		return nil, &RequestError{Code: contract.CodeNotFound, Message: fmt.Sprintf(
+			"nothing signs for %q: token.sign takes a configured app, or <component>.<authorizer_appid> of a wechat-component",
+			truncate(key, 3*contract.MaxAppName))}
+	}
+	if !slices.Contains(cfg.AuthorizerTickets, sr.Ticket) {
+		return nil, &RequestError{Code: contract.CodeNotFound, Message: fmt.Sprintf(
+			"component %s keeps no %s ticket for its authorizers (add it to the component's authorizer_tickets in the refresher's config)", a.name, sr.Ticket)}
+	}
+	if t := r.ticketByKey(contract.Key(key, sr.Ticket)); t != nil {
+		return t, nil
+	}
+	return nil, &RequestError{Code: contract.CodeNotFound, Message: fmt.Sprintf(
+		"component %s has no authorizer %s (not authorized, or unauthorized)", a.name, truncate(rest, contract.MaxAppName))}
+}
+
+// signOK answers q with the signature of sr's URL over rec, the record
+// of t: appId is the app's appid (the corpid for WeCom), an authorizer's
+// appid for an authorizer's ticket.
+func (r *Refresher) signOK(q *refreshReq, label string, t *ticket, sr contract.SignRequest, rec *contract.TicketRecord) {
+	cfg := t.parent.config()
 	nonce, err := newNonce()
 	if err != nil {
 		r.signError(q, label, &RequestError{Code: contract.CodeInternal, Message: "cannot draw a nonce; retry later"})
@@ -247,6 +277,9 @@ func (r *Refresher) signOK(q *refreshReq, label string, cfg AppConfig, sr contra
 		Signature: contract.JSSDKSignature(rec.Ticket, nonce, ts, sr.URL)}
 	if cfg.CorpID != "" {
 		rep.AppID = cfg.CorpID
+	}
+	if t.au != nil {
+		rep.AppID = t.au.appid
 	}
 	if sr.Ticket == contract.TicketAgentConfig {
 		rep.AgentID = int64(cfg.AgentID)

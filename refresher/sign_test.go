@@ -153,7 +153,7 @@ func TestSignNeverWithExpiredTicket(t *testing.T) {
 }
 
 // TestSignHostileRequests: bad bodies, bad URLs, unknown apps, tickets not
-// configured, the reserved Open Platform form and non-UTF-8 subjects get
+// configured, a ticket key, an unknown component and non-UTF-8 subjects get
 // well-formed 400/404 error replies, cost no upstream call, count under a
 // configured app or "(unknown)" only, and the replica goes on signing.
 func TestSignHostileRequests(t *testing.T) {
@@ -191,8 +191,8 @@ func TestSignHostileRequests(t *testing.T) {
 		{mp, `{"url":"https://shop.example/","ticket":"agent_config"}`, 404, "no agent_config ticket"},
 		{contract.SignSubject("plain"), `{"url":"https://shop.example/"}`, 404, "no jsapi ticket"},
 		{contract.SignSubject("nope"), `{"url":"https://shop.example/"}`, 404, "unknown app"},
-		{contract.SignSubject("mp.jsapi"), `{"url":"https://shop.example/"}`, 404, "not served yet"},
-		{contract.SignSubject("comp.wxauthorizer"), `{"url":"https://shop.example/"}`, 404, "Open Platform"},
+		{contract.SignSubject("mp.jsapi"), `{"url":"https://shop.example/"}`, 404, "token.sign takes a configured app"},
+		{contract.SignSubject("comp.wxauthorizer"), `{"url":"https://shop.example/"}`, 404, "unknown app"},
 		{contract.SignSubject("a.b.c.d"), `{"url":"https://shop.example/"}`, 400, "invalid key"},
 		{"token.sign.\xff\xfe", `{"url":"https://shop.example/"}`, 400, "invalid key"},
 		{"token.sign.mp\x00x", `{"url":"https://shop.example/"}`, 400, "invalid key"},

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,12 +16,17 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/refresher/wechat"
 )
 
-// ticket is the refresher's state of one configured ticket of an app
-// (v2): the record under key <app>.<type>, fetched with the app's token.
+// ticket is the refresher's state of one configured ticket (v2): of an
+// app, the record under <app>.<type> fetched with the app's token; of an
+// authorizer of a component (authorizer_tickets), the record under
+// <component>.<authorizer_appid>.<type> fetched with the authorizer's
+// token. An app's tickets are planned by planTickets, an authorizer's by
+// its component's due heap (component_sched.go) together with its token.
 type ticket struct {
-	key    string // <app>.<typ>: the KV key
-	typ    string // contract.TicketJSAPI or contract.TicketWXCard
-	parent *app
+	key    string      // <app>.<typ> or <component>.<authorizer_appid>.<typ>: the KV key
+	typ    string      // contract.TicketJSAPI, TicketWXCard or TicketAgentConfig
+	parent *app        // the configured app: the app, or the authorizer's component
+	au     *authorizer // the authorizer whose token fetches it; nil for an app's ticket
 	policy *Policy
 
 	// run serialises the refreshes of the key: one upstream fetch at a
@@ -40,6 +46,24 @@ type ticket struct {
 
 func newTicket(a *app, typ string) *ticket {
 	return &ticket{key: contract.Key(a.name, typ), typ: typ, parent: a, policy: a.policy}
+}
+
+// token returns the access token t is fetched with and whether it can be
+// used at now: the app's, or the authorizer's.
+func (t *ticket) token(now time.Time) (*contract.Record, uint64, bool) {
+	if t.au != nil {
+		return t.au.usable(now)
+	}
+	return t.parent.usable(now)
+}
+
+// owner is the key of the token t is fetched with: the app's name or the
+// authorizer's key.
+func (t *ticket) owner() string {
+	if t.au != nil {
+		return t.au.key
+	}
+	return t.parent.name
 }
 
 // syncTickets makes a's tickets those of its config, keeping the state of
@@ -73,10 +97,22 @@ func (a *app) ticketList() []*ticket {
 	return append([]*ticket(nil), a.tickets...)
 }
 
-// ticketByKey returns the configured ticket stored under key, if any.
+// ticketByKey returns the configured ticket stored under key, if any: an
+// app's (<app>.<ticket>) or an authorizer's
+// (<component>.<authorizer_appid>.<ticket>).
 func (r *Refresher) ticketByKey(key string) *ticket {
 	name, rest, err := contract.ParseKey(key)
 	if err != nil || rest == "" {
+		return nil
+	}
+	if id, typ, ok := strings.Cut(rest, "."); ok {
+		c := r.componentOf(name)
+		if c == nil {
+			return nil
+		}
+		if au := c.get(id); au != nil {
+			return au.ticket(typ)
+		}
 		return nil
 	}
 	r.mu.Lock()
@@ -112,8 +148,19 @@ func (t *ticket) current() (*contract.TicketRecord, uint64) {
 }
 
 // adopt takes a record read from the bucket if it is newer than the one
-// held (or the first seen) and schedules the next refresh from it.
+// held (or the first seen) and schedules the next refresh from it (an
+// authorizer's ticket: the authorizer's place in its component's heap).
 func (t *ticket) adopt(rec *contract.TicketRecord, rev uint64) bool {
+	changed := t.take(rec, rev)
+	if changed && t.au != nil {
+		t.au.touch()
+	}
+	return changed
+}
+
+// take is adopt without the authorizer's rescheduling (lock order: an
+// authorizer's mu before its tickets' mu).
+func (t *ticket) take(rec *contract.TicketRecord, rev uint64) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if rev <= t.rev && !(rev == 0 && t.rev == 0) {
@@ -123,6 +170,11 @@ func (t *ticket) adopt(rec *contract.TicketRecord, rev uint64) bool {
 		return false
 	}
 	changed := t.rec == nil || rec == nil || t.rec.Ticket != rec.Ticket
+	if rec != nil && rec.Key == t.key {
+		// One copy of the strings every record of the key repeats (at
+		// 100 000 authorizers, megabytes).
+		rec.App, rec.Key, rec.TicketType = t.parent.name, t.key, t.typ
+	}
 	t.rec, t.rev = rec, rev
 	if rec == nil {
 		t.due = time.Time{}
@@ -269,6 +321,11 @@ func (r *Refresher) parseTicket(key string, rev uint64, val []byte) *contract.Ti
 func (r *Refresher) refreshTicket(ctx context.Context, t *ticket, source string, stale *uint64) (contract.TicketRecord, uint64, error) {
 	t.run.Lock()
 	defer t.run.Unlock()
+	if t.au != nil {
+		// Its end (a new ticket, a failure) moves the authorizer's place
+		// in the due heap.
+		defer t.au.touch()
+	}
 	start := time.Now()
 	rec, rev, err := r.readTicket(ctx, t.key)
 	if err != nil {
@@ -300,7 +357,7 @@ func (r *Refresher) refreshTicket(ctx context.Context, t *ticket, source string,
 	if err := r.checkTicketHour(t, source, now); err != nil {
 		return r.ticketFailed(t, source, err, start)
 	}
-	tok, tokRev, ok := a.usable(now)
+	tok, tokRev, ok := t.token(now)
 	if !ok {
 		return r.ticketFailed(t, source, errNoToken, start)
 	}
@@ -308,9 +365,9 @@ func (r *Refresher) refreshTicket(ctx context.Context, t *ticket, source string,
 	if errors.Is(err, wechat.ErrTokenRejected) {
 		// Upstream itself says the token is bad: refresh it first, then
 		// the ticket, once.
-		r.log.Warn("ticket fetch rejected the app's token; refreshing the token first",
-			"key", t.key, "app", a.name, "revision", tokRev, "token", contract.Fingerprint(tok.AccessToken), "err", err)
-		ntok, terr := r.refreshRejectedToken(ctx, a, tokRev)
+		r.log.Warn("ticket fetch rejected the token it was fetched with; refreshing the token first",
+			"key", t.key, "app", a.name, "token_key", t.owner(), "revision", tokRev, "token", contract.Fingerprint(tok.AccessToken), "err", err)
+		ntok, terr := r.refreshRejectedFor(ctx, t, tokRev)
 		if terr != nil {
 			return r.ticketFailed(t, source, fmt.Errorf("%w; refreshing the token: %w", err, terr), start)
 		}
@@ -349,7 +406,11 @@ func (r *Refresher) storeTicket(ctx context.Context, t *ticket, nrec contract.Ti
 	t.stored(nrec, nrev)
 	r.publishEvent(t.key, contract.Event{App: a.name, Key: t.key, Revision: nrev,
 		ExpiresAt: nrec.ExpiresAt, FetchedAt: nrec.FetchedAt, Source: source})
-	r.obs.Refreshed(t.key, source, nrec.ExpiresAt)
+	if t.au == nil {
+		// An authorizer's ticket has no series of its own (metrics are
+		// per component).
+		r.obs.Refreshed(t.key, source, nrec.ExpiresAt)
+	}
 	how := "ticket refreshed"
 	if !fetched {
 		how = "ticket copied from another app of the corp"
@@ -380,15 +441,41 @@ func (r *Refresher) fetchTicket(ctx context.Context, t *ticket, accessToken, sou
 	gate := r.leaseGate(&fetched)
 	begin := time.Now()
 	cfg := t.parent.config()
+	kind := cfg.Kind
+	if t.au != nil {
+		// An authorizer is an Official Account or Mini Program: WeChat's
+		// ticket endpoint, paced by the component's limit.
+		kind = KindWeChat
+		gate = withLimit(t.au.comp, gate)
+	}
 	var at attempts
-	tk, err := r.clientFor(cfg).FetchTicketOf(at.observe(ctx), cfg.Kind, cfg.APIBase, accessToken, t.typ, gate)
-	r.obs.UpstreamCall(t.key, time.Since(begin), err)
+	tk, err := r.clientFor(cfg).FetchTicketOf(at.observe(ctx), kind, cfg.APIBase, accessToken, t.typ, gate)
+	r.obs.UpstreamCall(r.metricLabel(t.key), time.Since(begin), err)
 	r.auditCall(ctx, t.parent.name, t.key, cfg.Kind, source, at, contract.Fingerprint(tk.Value))
 	if !fetched.IsZero() {
 		t.countCall(r.now())
 		r.countTicketCall(t, r.now())
 	}
 	return tk, fetched, err
+}
+
+// refreshRejectedFor refreshes the token t is fetched with after the
+// ticket endpoint rejected it at revision stale, and returns the new
+// valid token: the app's (refreshRejectedToken) or the authorizer's (one
+// refresh at a time per authorizer; a request that waited finds the new
+// token), regardless of passive_min_interval.
+func (r *Refresher) refreshRejectedFor(ctx context.Context, t *ticket, stale uint64) (contract.Record, error) {
+	if t.au == nil {
+		return r.refreshRejectedToken(ctx, t.parent, stale)
+	}
+	if err := r.refreshAuthorizerAs(ctx, t.au, contract.SourcePassive, &stale, true); err != nil {
+		return contract.Record{}, err
+	}
+	rec, rev, ok := t.au.usable(r.now())
+	if !ok || rev == stale {
+		return contract.Record{}, errNoToken
+	}
+	return *rec, nil
 }
 
 // refreshRejectedToken refreshes a's token after upstream rejected the
@@ -434,7 +521,7 @@ func (r *Refresher) ticketFailed(t *ticket, source string, err error, start time
 	}
 	now := r.now()
 	retry := t.failure(err, now)
-	r.obs.RefreshFailed(t.key, source, err)
+	r.obs.RefreshFailed(r.metricLabel(t.key), source, err)
 	attrs := []any{"key", t.key, "app", t.parent.name, "source", source, "err", err,
 		"retry_in", retry.Sub(now).Round(time.Millisecond), "duration", time.Since(start).Round(time.Millisecond)}
 	var we *wechat.Error
@@ -519,14 +606,15 @@ type TicketReply struct {
 // handleTicket answers a parsed token.refresh request for ticket t: from
 // the record held if it answers, otherwise from a goroutine of its own.
 func (r *Refresher) handleTicket(q *refreshReq, t *ticket, stale *uint64, source string) {
+	label := r.metricLabel(t.key) // an authorizer's ticket counts under its component
 	if source == contract.SourcePassive && r.lease != nil && r.lease.Held() {
 		if rec, rev, ok := t.usable(r.now()); ok && answers(rev, stale) {
-			r.replyOK(q, t.key, TicketReply{*rec, rev})
+			r.replyOK(q, label, TicketReply{*rec, rev})
 			return
 		}
 	}
 	if !r.reqs.acquire() {
-		r.replyOverloaded(q, t.key)
+		r.replyOverloaded(q, label)
 		return
 	}
 	go func() {
@@ -537,10 +625,10 @@ func (r *Refresher) handleTicket(q *refreshReq, t *ticket, stale *uint64, source
 		defer cancel()
 		rep, err := r.refreshTicketAs(withRequester(ctx, requesterOf(nats.Header(q.Headers()))), t, stale, source)
 		if err != nil {
-			r.replyError(q, t.key, err)
+			r.replyError(q, label, err)
 			return
 		}
-		r.replyOK(q, t.key, rep)
+		r.replyOK(q, label, rep)
 	}()
 }
 
@@ -601,7 +689,7 @@ func (r *Refresher) refreshTicketAs(ctx context.Context, t *ticket, stale *uint6
 	}
 	if res.err != nil {
 		if errors.Is(res.err, errNoToken) {
-			return TicketReply{}, &RequestError{Code: contract.CodeUnavailable, Message: "no token stored yet for " + t.parent.name, Err: res.err}
+			return TicketReply{}, &RequestError{Code: contract.CodeUnavailable, Message: "no token stored yet for " + t.owner(), Err: res.err}
 		}
 		return TicketReply{}, res.err
 	}
