@@ -18,6 +18,10 @@ type ComponentSummary struct {
 	// WeChat refused (61023): the merchant must authorize again.
 	NeedsReauthorization []string `json:"needs_reauthorization,omitempty"`
 	PendingCodes         int      `json:"pending_codes,omitempty"`
+	// TicketsValid and TicketsFailing count the authorizers' tickets
+	// (authorizer_tickets) that are valid, and that are failing.
+	TicketsValid   int `json:"tickets_valid,omitempty"`
+	TicketsFailing int `json:"tickets_failing,omitempty"`
 	// VerifyTicketAt is the CreateTime of the newest verify ticket seen.
 	VerifyTicketAt time.Time        `json:"verify_ticket_at,omitzero"`
 	LastReconcile  *ReconcileReport `json:"last_reconcile,omitempty"`
@@ -38,6 +42,8 @@ type AuthorizerStatus struct {
 	LastError            string    `json:"last_error,omitempty"`
 	Failures             int       `json:"failures,omitempty"`
 	CallsToday           int       `json:"calls_today"`
+	// Tickets are the authorizer's authorizer_tickets.
+	Tickets []TicketStatus `json:"tickets,omitempty"`
 }
 
 func (au *authorizer) status(now time.Time) AuthorizerStatus {
@@ -50,6 +56,9 @@ func (au *authorizer) status(now time.Time) AuthorizerStatus {
 	if au.rec != nil {
 		s.Source, s.FetchedAt, s.ExpiresAt = au.rec.Source, au.rec.FetchedAt, au.rec.ExpiresAt
 		s.Valid = au.rec.ExpiresAt.After(now)
+	}
+	for _, t := range au.tickets {
+		s.Tickets = append(s.Tickets, t.status(now))
 	}
 	return s
 }
@@ -85,6 +94,14 @@ func (r *Refresher) componentSummary(c *component, now time.Time) *ComponentSumm
 		}
 		if st.NeedsReauthorization {
 			s.NeedsReauthorization = append(s.NeedsReauthorization, st.AuthorizerAppID)
+		}
+		for _, ts := range st.Tickets {
+			if ts.Valid {
+				s.TicketsValid++
+			}
+			if ts.Failures > 0 {
+				s.TicketsFailing++
+			}
 		}
 	}
 	slices.Sort(s.NeedsReauthorization)
