@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
+	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
 )
 
@@ -328,5 +331,218 @@ func TestComponentAuthorizerTicketsStartup(t *testing.T) {
 	calls := log.since(mark, append([]string{wechatsim.PathGetTicket}, componentPaths...)...)
 	if len(calls) != 1 || calls[0].path != wechatsim.PathGetTicket || calls[0].appid != stale {
 		t.Fatalf("upstream calls after the start: %v; want exactly the stale ticket's getticket", calls)
+	}
+}
+
+// TestComponentAuthorizerTicketsTwoFailovers: 40 authorizers with jsapi
+// tickets living 6 s (12 s under -race), three replicas; services sign as
+// the authorizers all along (token.sign answered by any replica) while the
+// leader is killed and later the next leader stopped. Every signature is
+// accepted by the emulator's check, no sign request fails, and every
+// ticket issued is stored — but for answers in flight at the kill, which
+// no process can store.
+func TestComponentAuthorizerTicketsTwoFailovers(t *testing.T) {
+	const n = 40
+	life := 6 * time.Second
+	if raceEnabled {
+		life = 12 * time.Second
+	}
+	var callMu sync.Mutex
+	issued := map[string][]issuance{} // by authorizer appid
+	simOpts := wechatsim.Options{ExpiresIn: life, Grace: 3 * time.Second, OnCall: func(c wechatsim.Call) {
+		if c.Path != wechatsim.PathGetTicket || c.Status != http.StatusOK || c.Errcode != 0 || c.Token == "" {
+			return
+		}
+		now := time.Now()
+		callMu.Lock()
+		issued[c.AppID] = append(issued[c.AppID], issuance{fp: c.Token, start: now.Add(-c.Duration), end: now})
+		callMu.Unlock()
+	}}
+	w, _ := newCompWorldWith(t, harness.Options{Sim: simOpts})
+	w.authorizerTickets(contract.TicketJSAPI)
+	w.cfg.Policy.At = 0.5
+	reps := []*harness.Replica{w.e.Start(w.cfg)}
+	testutil.WaitFor(t, 10*time.Second, reps[0].R.Leader, "replica 1 does not lead")
+	reps = append(reps, w.e.Start(w.cfg), w.e.Start(w.cfg))
+	w.openKVs()
+	ctx := context.Background()
+	if err := w.e.Sim.PushVerifyTicket(ctx, compAppID, callbackURL(t, reps[0], compName)); err != nil {
+		t.Fatal(err)
+	}
+	w.waitToken(compName, 10*time.Second, nil)
+
+	var storeMu sync.Mutex
+	stored := map[string]map[string]bool{} // authorizer → ticket fingerprints
+	nStored := 0
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	watcher, err := w.tokKV.Watch(wctx, compName+".*."+contract.TicketJSAPI, jetstream.IgnoreDeletes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for e := range watcher.Updates() {
+			if e == nil {
+				continue
+			}
+			var rec contract.TicketRecord
+			if json.Unmarshal(e.Value(), &rec) != nil {
+				continue
+			}
+			_, rest, _ := strings.Cut(rec.Key, ".")
+			authz, _, _ := strings.Cut(rest, ".")
+			storeMu.Lock()
+			if stored[authz] == nil {
+				stored[authz] = map[string]bool{}
+			}
+			if fp := contract.Fingerprint(rec.Ticket); !stored[authz][fp] {
+				stored[authz][fp] = true
+				nStored++
+			}
+			storeMu.Unlock()
+		}
+	}()
+	storedCount := func() (keys, tickets int) {
+		storeMu.Lock()
+		defer storeMu.Unlock()
+		return len(stored), nStored
+	}
+
+	authz := make([]string, n)
+	cb := callbackURL(t, reps[1], compName) // a follower answers the pushes
+	for i := range authz {
+		authz[i] = fmt.Sprintf("wxtkfo%04d", i)
+		if _, err := w.e.Sim.Authorize(ctx, compAppID, authz[i], cb); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.WaitFor(t, 30*time.Second, func() bool { k, _ := storedCount(); return k == n }, "not every authorizer got a ticket")
+
+	// Services sign as the authorizers all along.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var signed, rejected, failed atomic.Int64
+	for wk := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(5 * time.Millisecond)
+			defer tick.Stop()
+			for i := wk; ; i = (i + 2) % n {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+				url := "https://shop.example/p/" + authz[i]
+				body, _ := json.Marshal(contract.SignRequest{URL: url})
+				m, err := w.e.NC.Request(contract.SignSubject(contract.Key(compName, authz[i])), body, 5*time.Second)
+				if err == nil && m.Header.Get(contract.ErrorCodeHeader) != "" {
+					err = fmt.Errorf("%s %s", m.Header.Get(contract.ErrorCodeHeader), m.Header.Get(contract.ErrorHeader))
+				}
+				var sr contract.SignReply
+				if err == nil {
+					err = json.Unmarshal(m.Data, &sr)
+				}
+				if err != nil {
+					if failed.Add(1) <= 5 {
+						t.Logf("sign as %s: %v", authz[i], err)
+					}
+					continue
+				}
+				signed.Add(1)
+				if w.e.Sim.CheckSignature(authz[i], url, sr.NonceStr, sr.Timestamp, sr.Signature) != nil {
+					if rejected.Add(1) <= 5 {
+						t.Logf("signature as %s rejected by the emulator", authz[i])
+					}
+				}
+			}
+		}()
+	}
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		wg.Wait()
+	}()
+
+	round := func(what string) {
+		t.Helper()
+		_, from := storedCount()
+		testutil.WaitFor(t, 40*time.Second, func() bool { _, s := storedCount(); return s >= from+n }, "no full round of ticket refreshes %s", what)
+	}
+	leader := func() *harness.Replica {
+		t.Helper()
+		var who *harness.Replica
+		testutil.WaitFor(t, 15*time.Second, func() bool { k, l := leaders(reps); who = l; return k == 1 }, "no single leader")
+		return who
+	}
+	round("before the failovers")
+	type span struct{ from, to time.Time }
+	var kills []span
+	l := leader()
+	k0 := time.Now()
+	l.Kill()
+	kills = append(kills, span{k0, time.Now()})
+	reps = slicesDelete(reps, l)
+	round("after the kill")
+	l = leader()
+	if err := l.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	reps = slicesDelete(reps, l)
+	round("after the stop")
+	close(stop)
+	wg.Wait()
+	if err := reps[0].Stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	inKill := func(is issuance) bool {
+		for _, k := range kills {
+			if is.start.Before(k.to) && is.end.After(k.from.Add(-time.Second)) {
+				return true
+			}
+		}
+		return false
+	}
+	var missing []string
+	lostAtKill, total := 0, 0
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		callMu.Lock()
+		defer callMu.Unlock()
+		storeMu.Lock()
+		defer storeMu.Unlock()
+		missing, lostAtKill, total = nil, 0, 0
+		for a, list := range issued {
+			for _, is := range list {
+				total++
+				switch {
+				case stored[a][is.fp]:
+				case inKill(is):
+					lostAtKill++
+				default:
+					missing = append(missing, a)
+				}
+			}
+		}
+		return len(missing) == 0
+	}, "tickets issued but never stored (not in flight at the kill)")
+	sum := 0
+	for _, a := range authz {
+		sum += w.e.Sim.TicketsIssued(a, contract.TicketJSAPI)
+	}
+	if sum != total {
+		t.Fatalf("the emulator issued %d authorizer tickets, its call log shows %d", sum, total)
+	}
+	t.Logf("%d authorizer tickets issued, %d stored, %d lost in flight at the kill; %d signatures, %d rejected, %d failed",
+		total, total-lostAtKill, lostAtKill, signed.Load(), rejected.Load(), failed.Load())
+	if rejected.Load() != 0 || failed.Load() != 0 {
+		t.Errorf("%d signatures rejected upstream, %d sign requests failed", rejected.Load(), failed.Load())
+	}
+	if signed.Load() < int64(n) {
+		t.Errorf("only %d signatures made", signed.Load())
 	}
 }
