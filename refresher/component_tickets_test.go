@@ -165,6 +165,27 @@ func TestComponentAuthorizerTickets(t *testing.T) {
 		}
 	}
 
+	// Every ticket call is in the audit trail under the ticket's key,
+	// without the ticket.
+	recs, raw := readAudit(t, w.e.JS)
+	audited := 0
+	for _, ar := range recs {
+		if ar.Key == jsKey {
+			audited++
+			if ar.Endpoint != wechatsim.PathGetTicket {
+				t.Errorf("audit endpoint of %s: %q", jsKey, ar.Endpoint)
+			}
+		}
+	}
+	if audited < len(seen) {
+		t.Errorf("%d audit records of %s for %d tickets stored", audited, jsKey, len(seen))
+	}
+	for tk := range seen {
+		if strings.Contains(strings.Join(raw, "\n"), tk) {
+			t.Fatal("a ticket appears in the audit trail")
+		}
+	}
+
 	// Unauthorized: a1's ticket keys are deleted, a2's stay.
 	if err := w.e.Sim.Unauthorize(ctx, compAppID, a1, cb); err != nil {
 		t.Fatal(err)
