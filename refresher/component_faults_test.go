@@ -592,6 +592,125 @@ type issuance struct {
 	start, end time.Time
 }
 
+// issueBook accounts the credentials upstream issued (by the emulator's
+// call log) against those stored (by a watch of the bucket), per owner
+// (an authorizer appid).
+type issueBook struct {
+	mu      sync.Mutex
+	issued  map[string][]issuance
+	stored  map[string]map[string]bool // owner → fingerprints
+	nStored int
+}
+
+func newIssueBook() *issueBook {
+	return &issueBook{issued: map[string][]issuance{}, stored: map[string]map[string]bool{}}
+}
+
+// issue records an answer carrying fingerprint fp for owner, answered now
+// after d.
+func (b *issueBook) issue(owner, fp string, d time.Duration) {
+	now := time.Now()
+	b.mu.Lock()
+	b.issued[owner] = append(b.issued[owner], issuance{fp: fp, start: now.Add(-d), end: now})
+	b.mu.Unlock()
+}
+
+// store records a stored credential of owner.
+func (b *issueBook) store(owner, fp string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.stored[owner] == nil {
+		b.stored[owner] = map[string]bool{}
+	}
+	if !b.stored[owner][fp] {
+		b.stored[owner][fp] = true
+		b.nStored++
+	}
+}
+
+// counts returns how many owners have a stored credential and how many
+// credentials are stored.
+func (b *issueBook) counts() (owners, stored int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.stored), b.nStored
+}
+
+// span is the time a replica took to die.
+type span struct{ from, to time.Time }
+
+// settle waits until every credential issued is stored, but for those
+// in flight at a kill (or answered within a second before it and not yet
+// written: the process died with the answer); it returns the total issued
+// and how many were lost at the kills.
+func (b *issueBook) settle(t *testing.T, kills []span) (total, lostAtKill int) {
+	t.Helper()
+	inKill := func(is issuance) bool {
+		for _, k := range kills {
+			if is.start.Before(k.to) && is.end.After(k.from.Add(-time.Second)) {
+				return true
+			}
+		}
+		return false
+	}
+	var missing []string
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		missing, lostAtKill, total = nil, 0, 0
+		for a, list := range b.issued {
+			for _, is := range list {
+				total++
+				switch {
+				case b.stored[a][is.fp]:
+				case inKill(is):
+					lostAtKill++
+				default:
+					missing = append(missing, a)
+				}
+			}
+		}
+		return len(missing) == 0
+	}, "credentials issued but never stored (not in flight at a kill)")
+	return total, lostAtKill
+}
+
+// twoFailovers waits for a full round of n stored credentials, kills the
+// leader of *reps and waits for another round, stops the next leader
+// (SIGTERM) and waits for a third; *reps keeps the survivor. It returns
+// the kill's span.
+func twoFailovers(t *testing.T, reps *[]*harness.Replica, b *issueBook, n int, roundWait time.Duration) []span {
+	t.Helper()
+	round := func(what string) {
+		t.Helper()
+		_, from := b.counts()
+		testutil.WaitFor(t, roundWait, func() bool { _, s := b.counts(); return s >= from+n }, "no full round of refreshes %s", what)
+	}
+	leader := func() *harness.Replica {
+		t.Helper()
+		var who *harness.Replica
+		testutil.WaitFor(t, 15*time.Second, func() bool { k, l := leaders(*reps); who = l; return k == 1 }, "no single leader")
+		return who
+	}
+	begin := time.Now()
+	round("before the failovers")
+	l := leader()
+	k0 := time.Now()
+	l.Kill()
+	kills := []span{{k0, time.Now()}}
+	*reps = slicesDelete(*reps, l)
+	t.Logf("killed the leader at +%s", time.Since(begin).Round(time.Millisecond))
+	round("after the kill")
+	l = leader()
+	if err := l.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	*reps = slicesDelete(*reps, l)
+	t.Logf("stopped the next leader at +%s", time.Since(begin).Round(time.Millisecond))
+	round("after the stop")
+	return kills
+}
+
 // TestComponentThousandAuthorizersTwoFailovers: 1000 authorizers (set up
 // in the emulator and recovered by reconciliation) whose tokens live 6 s
 // (12 s under -race) are refreshed by three replicas while business calls with each
@@ -611,17 +730,13 @@ func TestComponentThousandAuthorizersTwoFailovers(t *testing.T) {
 		// 6 s (a capacity limit, not a fault; without -race 6 s passes).
 		life = 12 * time.Second
 	}
-	var callMu sync.Mutex
-	issued := map[string][]issuance{} // by authorizer appid
+	book := newIssueBook() // by authorizer appid
 	simOpts := wechatsim.Options{ExpiresIn: life, Grace: 3 * time.Second, OnCall: func(c wechatsim.Call) {
 		if c.Path != wechatsim.PathAuthorizerToken || c.Status != http.StatusOK || c.Errcode != 0 || c.Token == "" {
 			return
 		}
-		now := time.Now()
 		_, authz, _ := strings.Cut(c.AppID, "/")
-		callMu.Lock()
-		issued[authz] = append(issued[authz], issuance{fp: c.Token, start: now.Add(-c.Duration), end: now})
-		callMu.Unlock()
+		book.issue(authz, c.Token, c.Duration)
 	}}
 	w, _ := newCompWorldWith(t, harness.Options{Sim: simOpts})
 	w.cfg.Policy.At = 0.5 // refresh at half the lifetime: 3 s of margin for a failover (lease_ttl 2 s)
@@ -639,9 +754,6 @@ func TestComponentThousandAuthorizersTwoFailovers(t *testing.T) {
 	w.waitToken(compName, 10*time.Second, nil)
 
 	// Every token stored for an authorizer, from the start.
-	var storeMu sync.Mutex
-	stored := map[string]map[string]bool{} // authorizer → fingerprints
-	nStored := 0
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	watcher, err := w.tokKV.Watch(wctx, compName+".*", jetstream.IgnoreDeletes())
@@ -657,22 +769,9 @@ func TestComponentThousandAuthorizersTwoFailovers(t *testing.T) {
 			if json.Unmarshal(e.Value(), &rec) != nil || rec.AuthorizerAppID == "" {
 				continue
 			}
-			storeMu.Lock()
-			if stored[rec.AuthorizerAppID] == nil {
-				stored[rec.AuthorizerAppID] = map[string]bool{}
-			}
-			if fp := contract.Fingerprint(rec.AccessToken); !stored[rec.AuthorizerAppID][fp] {
-				stored[rec.AuthorizerAppID][fp] = true
-				nStored++
-			}
-			storeMu.Unlock()
+			book.store(rec.AuthorizerAppID, contract.Fingerprint(rec.AccessToken))
 		}
 	}()
-	storedCount := func() (keys, tokens int) {
-		storeMu.Lock()
-		defer storeMu.Unlock()
-		return len(stored), nStored
-	}
 
 	authz := make([]string, n)
 	for i := range authz {
@@ -691,7 +790,7 @@ func TestComponentThousandAuthorizersTwoFailovers(t *testing.T) {
 	if len(rp.Recovered) != n {
 		t.Fatalf("reconcile recovered %d of %d", len(rp.Recovered), n)
 	}
-	testutil.WaitFor(t, 60*time.Second, func() bool { k, _ := storedCount(); return k == n }, "not every authorizer got a token")
+	testutil.WaitFor(t, 60*time.Second, func() bool { k, _ := book.counts(); return k == n }, "not every authorizer got a token")
 	t.Logf("%d authorizers recovered and holding tokens in %s", n, time.Since(begin).Round(time.Millisecond))
 
 	// The business side: one Client, a Source per authorizer.
@@ -759,74 +858,14 @@ func TestComponentThousandAuthorizersTwoFailovers(t *testing.T) {
 	defer func() { close(stop); wg.Wait() }()
 
 	// A full round of refreshes, then each failover followed by another.
-	round := func(what string) {
-		t.Helper()
-		_, from := storedCount()
-		testutil.WaitFor(t, 30*time.Second, func() bool { _, s := storedCount(); return s >= from+n }, "no full round of refreshes %s", what)
-	}
-	leader := func() *harness.Replica {
-		t.Helper()
-		var who *harness.Replica
-		testutil.WaitFor(t, 15*time.Second, func() bool { k, l := leaders(reps); who = l; return k == 1 }, "no single leader")
-		return who
-	}
-	round("before the failovers")
-	type span struct{ from, to time.Time }
-	var kills []span
-	l := leader()
-	k0 := time.Now()
-	l.Kill()
-	kills = append(kills, span{k0, time.Now()})
-	reps = slicesDelete(reps, l)
-	t.Logf("killed the leader at +%s", time.Since(begin).Round(time.Millisecond))
-	round("after the kill")
-	l = leader()
-	if err := l.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	reps = slicesDelete(reps, l)
-	t.Logf("stopped the next leader at +%s", time.Since(begin).Round(time.Millisecond))
-	round("after the stop")
+	kills := twoFailovers(t, &reps, book, n, 30*time.Second)
 	close(stop)
 	wg.Wait()
 	stop = make(chan struct{})
 	if err := reps[0].Stop(); err != nil { // waits for every refresh it started
 		t.Fatal(err)
 	}
-
-	// issued = stored, but for answers lost with the killed process.
-	inKill := func(is issuance) bool {
-		for _, k := range kills {
-			// In flight at the kill, or answered within a second before
-			// it and not yet written: the process died with the answer.
-			if is.start.Before(k.to) && is.end.After(k.from.Add(-time.Second)) {
-				return true
-			}
-		}
-		return false
-	}
-	var missing []string
-	lostAtKill, total := 0, 0
-	testutil.WaitFor(t, 10*time.Second, func() bool {
-		callMu.Lock()
-		defer callMu.Unlock()
-		storeMu.Lock()
-		defer storeMu.Unlock()
-		missing, lostAtKill, total = nil, 0, 0
-		for a, list := range issued {
-			for _, is := range list {
-				total++
-				switch {
-				case stored[a][is.fp]:
-				case inKill(is):
-					lostAtKill++
-				default:
-					missing = append(missing, a)
-				}
-			}
-		}
-		return len(missing) == 0
-	}, "tokens issued but never stored (not in flight at the kill)")
+	total, lostAtKill := book.settle(t, kills)
 	sum := 0
 	for _, a := range authz {
 		sum += w.e.Sim.AuthorizerTokensIssued(compAppID, a)

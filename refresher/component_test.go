@@ -660,17 +660,7 @@ func TestComponentAuthorizerPassiveRefresh(t *testing.T) {
 	}
 	first, rev := w.waitToken(key, 5*time.Second, nil)
 
-	ask := func(body string) (contract.RefreshReply, error) {
-		m, err := w.e.NC.Request(contract.RefreshSubject(key), []byte(body), 10*time.Second)
-		if err != nil {
-			return contract.RefreshReply{}, err
-		}
-		if code := m.Header.Get(contract.ErrorCodeHeader); code != "" {
-			return contract.RefreshReply{}, fmt.Errorf("%s %s", code, m.Header.Get(contract.ErrorHeader))
-		}
-		var rep contract.RefreshReply
-		return rep, json.Unmarshal(m.Data, &rep)
-	}
+	ask := func(body string) (contract.RefreshReply, error) { return askRefresh[contract.RefreshReply](w, key, body) }
 	calls := w.e.Sim.AuthorizerTokenCalls(compAppID, authz)
 	if rep, err := ask(""); err != nil || rep.Revision != rev || rep.AccessToken != first.AccessToken {
 		t.Fatalf("empty request: %+v %v, want revision %d", rep.Revision, err, rev)

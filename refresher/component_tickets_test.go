@@ -35,6 +35,20 @@ func (w *compWorld) authorizerTickets(types ...string) {
 	}
 }
 
+// askRefresh sends a token.refresh request for key with body and decodes
+// the reply into T, or returns the error reply's code and message.
+func askRefresh[T any](w *compWorld, key, body string) (T, error) {
+	var rep T
+	m, err := w.e.NC.Request(contract.RefreshSubject(key), []byte(body), 10*time.Second)
+	if err != nil {
+		return rep, err
+	}
+	if code := m.Header.Get(contract.ErrorCodeHeader); code != "" {
+		return rep, fmt.Errorf("%s %s", code, m.Header.Get(contract.ErrorHeader))
+	}
+	return rep, json.Unmarshal(m.Data, &rep)
+}
+
 // signAs asks token.sign.<key> for url and returns the reply or the
 // error code and message of an error reply.
 func (w *compWorld) signAs(key, url, ticket string) (contract.SignReply, error) {
@@ -224,17 +238,7 @@ func TestComponentAuthorizerTicketPassiveAndRejected(t *testing.T) {
 	}
 	first, rev := waitTicket(t, w.e, 5*time.Second, key, func(contract.TicketRecord, uint64) bool { return true })
 
-	ask := func(body string) (refresher.TicketReply, error) {
-		m, err := w.e.NC.Request(contract.RefreshSubject(key), []byte(body), 10*time.Second)
-		if err != nil {
-			return refresher.TicketReply{}, err
-		}
-		if code := m.Header.Get(contract.ErrorCodeHeader); code != "" {
-			return refresher.TicketReply{}, fmt.Errorf("%s %s", code, m.Header.Get(contract.ErrorHeader))
-		}
-		var rep refresher.TicketReply
-		return rep, json.Unmarshal(m.Data, &rep)
-	}
+	ask := func(body string) (refresher.TicketReply, error) { return askRefresh[refresher.TicketReply](w, key, body) }
 	calls := w.e.Sim.TicketCalls(authz)
 	if r, err := ask(""); err != nil || r.Revision != rev || r.Ticket != first.Ticket {
 		t.Fatalf("empty request: revision %d %v, want %d", r.Revision, err, rev)
@@ -368,16 +372,11 @@ func TestComponentAuthorizerTicketsTwoFailovers(t *testing.T) {
 	if raceEnabled {
 		life = 12 * time.Second
 	}
-	var callMu sync.Mutex
-	issued := map[string][]issuance{} // by authorizer appid
+	book := newIssueBook() // tickets by authorizer appid
 	simOpts := wechatsim.Options{ExpiresIn: life, Grace: 3 * time.Second, OnCall: func(c wechatsim.Call) {
-		if c.Path != wechatsim.PathGetTicket || c.Status != http.StatusOK || c.Errcode != 0 || c.Token == "" {
-			return
+		if c.Path == wechatsim.PathGetTicket && c.Status == http.StatusOK && c.Errcode == 0 && c.Token != "" {
+			book.issue(c.AppID, c.Token, c.Duration)
 		}
-		now := time.Now()
-		callMu.Lock()
-		issued[c.AppID] = append(issued[c.AppID], issuance{fp: c.Token, start: now.Add(-c.Duration), end: now})
-		callMu.Unlock()
 	}}
 	w, _ := newCompWorldWith(t, harness.Options{Sim: simOpts})
 	w.authorizerTickets(contract.TicketJSAPI)
@@ -392,9 +391,6 @@ func TestComponentAuthorizerTicketsTwoFailovers(t *testing.T) {
 	}
 	w.waitToken(compName, 10*time.Second, nil)
 
-	var storeMu sync.Mutex
-	stored := map[string]map[string]bool{} // authorizer → ticket fingerprints
-	nStored := 0
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	watcher, err := w.tokKV.Watch(wctx, compName+".*."+contract.TicketJSAPI, jetstream.IgnoreDeletes())
@@ -412,22 +408,9 @@ func TestComponentAuthorizerTicketsTwoFailovers(t *testing.T) {
 			}
 			_, rest, _ := strings.Cut(rec.Key, ".")
 			authz, _, _ := strings.Cut(rest, ".")
-			storeMu.Lock()
-			if stored[authz] == nil {
-				stored[authz] = map[string]bool{}
-			}
-			if fp := contract.Fingerprint(rec.Ticket); !stored[authz][fp] {
-				stored[authz][fp] = true
-				nStored++
-			}
-			storeMu.Unlock()
+			book.store(authz, contract.Fingerprint(rec.Ticket))
 		}
 	}()
-	storedCount := func() (keys, tickets int) {
-		storeMu.Lock()
-		defer storeMu.Unlock()
-		return len(stored), nStored
-	}
 
 	authz := make([]string, n)
 	cb := callbackURL(t, reps[1], compName) // a follower answers the pushes
@@ -437,7 +420,7 @@ func TestComponentAuthorizerTicketsTwoFailovers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	testutil.WaitFor(t, 30*time.Second, func() bool { k, _ := storedCount(); return k == n }, "not every authorizer got a ticket")
+	testutil.WaitFor(t, 30*time.Second, func() bool { k, _ := book.counts(); return k == n }, "not every authorizer got a ticket")
 
 	// Services sign as the authorizers all along.
 	stop := make(chan struct{})
@@ -489,68 +472,13 @@ func TestComponentAuthorizerTicketsTwoFailovers(t *testing.T) {
 		wg.Wait()
 	}()
 
-	round := func(what string) {
-		t.Helper()
-		_, from := storedCount()
-		testutil.WaitFor(t, 40*time.Second, func() bool { _, s := storedCount(); return s >= from+n }, "no full round of ticket refreshes %s", what)
-	}
-	leader := func() *harness.Replica {
-		t.Helper()
-		var who *harness.Replica
-		testutil.WaitFor(t, 15*time.Second, func() bool { k, l := leaders(reps); who = l; return k == 1 }, "no single leader")
-		return who
-	}
-	round("before the failovers")
-	type span struct{ from, to time.Time }
-	var kills []span
-	l := leader()
-	k0 := time.Now()
-	l.Kill()
-	kills = append(kills, span{k0, time.Now()})
-	reps = slicesDelete(reps, l)
-	round("after the kill")
-	l = leader()
-	if err := l.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	reps = slicesDelete(reps, l)
-	round("after the stop")
+	kills := twoFailovers(t, &reps, book, n, 40*time.Second)
 	close(stop)
 	wg.Wait()
 	if err := reps[0].Stop(); err != nil {
 		t.Fatal(err)
 	}
-
-	inKill := func(is issuance) bool {
-		for _, k := range kills {
-			if is.start.Before(k.to) && is.end.After(k.from.Add(-time.Second)) {
-				return true
-			}
-		}
-		return false
-	}
-	var missing []string
-	lostAtKill, total := 0, 0
-	testutil.WaitFor(t, 10*time.Second, func() bool {
-		callMu.Lock()
-		defer callMu.Unlock()
-		storeMu.Lock()
-		defer storeMu.Unlock()
-		missing, lostAtKill, total = nil, 0, 0
-		for a, list := range issued {
-			for _, is := range list {
-				total++
-				switch {
-				case stored[a][is.fp]:
-				case inKill(is):
-					lostAtKill++
-				default:
-					missing = append(missing, a)
-				}
-			}
-		}
-		return len(missing) == 0
-	}, "tickets issued but never stored (not in flight at the kill)")
+	total, lostAtKill := book.settle(t, kills)
 	sum := 0
 	for _, a := range authz {
 		sum += w.e.Sim.TicketsIssued(a, contract.TicketJSAPI)
