@@ -660,7 +660,9 @@ func TestComponentAuthorizerPassiveRefresh(t *testing.T) {
 	}
 	first, rev := w.waitToken(key, 5*time.Second, nil)
 
-	ask := func(body string) (contract.RefreshReply, error) { return askRefresh[contract.RefreshReply](w, key, body) }
+	ask := func(body string) (contract.RefreshReply, error) {
+		return askRefresh[contract.RefreshReply](w, key, body)
+	}
 	calls := w.e.Sim.AuthorizerTokenCalls(compAppID, authz)
 	if rep, err := ask(""); err != nil || rep.Revision != rev || rep.AccessToken != first.AccessToken {
 		t.Fatalf("empty request: %+v %v, want revision %d", rep.Revision, err, rev)

@@ -238,7 +238,9 @@ func TestComponentAuthorizerTicketPassiveAndRejected(t *testing.T) {
 	}
 	first, rev := waitTicket(t, w.e, 5*time.Second, key, func(contract.TicketRecord, uint64) bool { return true })
 
-	ask := func(body string) (refresher.TicketReply, error) { return askRefresh[refresher.TicketReply](w, key, body) }
+	ask := func(body string) (refresher.TicketReply, error) {
+		return askRefresh[refresher.TicketReply](w, key, body)
+	}
 	calls := w.e.Sim.TicketCalls(authz)
 	if r, err := ask(""); err != nil || r.Revision != rev || r.Ticket != first.Ticket {
 		t.Fatalf("empty request: revision %d %v, want %d", r.Revision, err, rev)
