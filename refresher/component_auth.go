@@ -187,6 +187,20 @@ func (c *component) dropCode(appid string) {
 	}
 }
 
+// redeeming reports whether an authorization code of appid is being
+// redeemed now: the redemption stores the authorizer's token.
+func (c *component) redeeming(appid string) bool {
+	c.mu.Lock()
+	pc := c.codes[appid]
+	c.mu.Unlock()
+	if pc == nil {
+		return false
+	}
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	return pc.running
+}
+
 func (c *component) codeList() []*pendingCode {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -439,6 +453,14 @@ func (r *Refresher) refreshAuthorizerAs(ctx context.Context, au *authorizer, sou
 	}
 	au.adopt(rec, rev)
 	now := r.now()
+	if rec == nil && c.redeeming(au.appid) {
+		// The authorization code is being redeemed: api_query_auth's
+		// token is about to be stored. A call now would supersede it.
+		au.mu.Lock()
+		au.due = now.Add(au.policy.RetryMin)
+		au.mu.Unlock()
+		return nil
+	}
 	if rec != nil && rec.ExpiresAt.After(now) && stale != nil {
 		// The request's token is not the stored one: the stored one
 		// answers. It is: replaced at most once per passive_min_interval
@@ -847,7 +869,11 @@ func (r *Refresher) redeem(ctx context.Context, c *component, appid string) erro
 	au.removed, au.needsReauth, au.pendingRefresh = false, false, ""
 	au.mu.Unlock()
 	rec, rev, err := r.readAuthorizerToken(ctx, au.key)
-	if err == nil {
+	if err == nil && rec != nil && rec.FetchedAt.After(fetched) {
+		// A refresh stored a token fetched after this redemption's
+		// (updateauthorized of a known authorizer): it is the newest.
+		au.adopt(rec, rev)
+	} else if err == nil {
 		au.adopt(rec, rev)
 		nrec := contract.Record{App: c.name, Key: au.key, AppID: cfg.AppID, AuthorizerAppID: appid, Kind: KindWeChatComponent,
 			AccessToken: tok.AccessToken, FetchedAt: fetched, ExpiresAt: fetched.Add(capLifetime(tok.ExpiresIn)), Source: contract.SourceManual}

@@ -700,3 +700,35 @@ func TestComponentAuthorizerPassiveRefresh(t *testing.T) {
 		t.Errorf("a second storm inside passive_min_interval made %d more calls, want 0", got-1)
 	}
 }
+
+// TestComponentAuthorizeStoresTheNewestToken: an authorization push is
+// redeemed with api_query_auth and that token is stored — no
+// api_authorizer_token call races the redemption (which would supersede
+// the redeemed token, or be overwritten by it: the stored token would be
+// one WeChat no longer honours after its grace). Repeated to catch the
+// interleaving.
+func TestComponentAuthorizeStoresTheNewestToken(t *testing.T) {
+	w := newCompWorld(t, wechatsim.Options{ExpiresIn: time.Hour})
+	w.authorizerTickets(contract.TicketJSAPI)
+	_, cb := w.startWithTicket()
+	ctx := context.Background()
+	for i := range 10 {
+		authz := fmt.Sprintf("wxnewest%02d", i)
+		key := compName + "." + authz
+		if _, err := w.e.Sim.Authorize(ctx, compAppID, authz, cb); err != nil {
+			t.Fatal(err)
+		}
+		rec, _ := w.waitToken(key, 5*time.Second, nil)
+		// The ticket is fetched after the token: once it is stored, the
+		// job that would have raced is over.
+		waitTicket(t, w.e, 5*time.Second, contract.Key(key, contract.TicketJSAPI), func(contract.TicketRecord, uint64) bool { return true })
+		if n := w.e.Sim.AuthorizerTokenCalls(compAppID, authz); n != 0 {
+			t.Errorf("%s: %d api_authorizer_token calls right after the authorization, want 0", authz, n)
+		}
+		cur, _ := w.waitToken(key, time.Second, nil)
+		if last := w.e.Sim.LastAuthorizerToken(compAppID, authz); cur.AccessToken != last {
+			t.Errorf("%s: the stored token (%s, first stored %s) is not the last one WeChat issued (%s)", authz,
+				contract.Fingerprint(cur.AccessToken), contract.Fingerprint(rec.AccessToken), contract.Fingerprint(last))
+		}
+	}
+}
