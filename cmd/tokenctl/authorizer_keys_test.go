@@ -37,7 +37,10 @@ func TestAuthorizerKeys(t *testing.T) {
 	rec, rev := e.WaitTicket(10*time.Second, tkey, nil)
 	testutil.WaitFor(t, 10*time.Second, rep.R.Leader, "the refresher does not lead")
 	nats := []string{"--nats", e.URL}
-	run := func(args ...string) result { t.Helper(); return tokenctl(t, append(append([]string(nil), nats...), args...)...) }
+	run := func(args ...string) result {
+		t.Helper()
+		return tokenctl(t, append(append([]string(nil), nats...), args...)...)
+	}
 
 	r := run("get", tkey)
 	for _, want := range []string{"app:          " + azComp + "\n", "key:          " + tkey + "\n", "ticket_type:  jsapi\n",
