@@ -6,6 +6,7 @@
 //	GET  /v1/tokens/{key}           the record as stored (v1 token or v2 ticket record)
 //	POST /v1/tokens/{key}/refresh   {"stale_revision":N} -> the token.refresh reply
 //	POST /v1/sign/{app}             {"url":"https://…"}  -> the token.sign reply (JS-SDK config)
+//	POST /v1/sign/{component}.{authorizer_appid}  the same, as an authorizer of an Open Platform component
 //
 // Every request carries "Authorization: Bearer <token>". Clients are
 // configured by name, the SHA-256 of their token (compared in constant
@@ -23,7 +24,10 @@
 // (mp-main.jsapi) but not mp-main itself. A "*" elsewhere matches one
 // segment: "*.jsapi" is every app's jsapi ticket. Signing with ticket T
 // (default jsapi) for {app} needs read access to the key {app}.T, the
-// ticket that signs.
+// ticket that signs; for {component}.{authorizer_appid}, to
+// {component}.{authorizer_appid}.T: "comp.*.jsapi" lets a client sign for
+// every authorizer of component comp without reading their tokens. A
+// ticket key or a key of three segments in /v1/sign/ is a 400.
 //
 // Every request is logged (log/slog) with the client's name, the key,
 // the status and the revision; never a bearer token, an access token or

@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -12,6 +13,8 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/gateway"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
+	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
+	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
 )
 
 // TestGetReturnsRecordAsStored: a client allowed the key reads the token
@@ -292,5 +295,68 @@ func TestSetClients(t *testing.T) {
 	mustStatus(t, "new client", w.do(t, "GET", "/v1/tokens/mp", tokNew, ""), 200)
 	if w.logs.Contains(tokNew) {
 		t.Errorf("the new client's token is in the log")
+	}
+}
+
+// TestSignAsAuthorizer: POST /v1/sign/{component}.{authorizer} signs as
+// the authorizer (appId the authorizer's, a signature WeChat's check
+// accepts for it) for a client allowed to read the authorizer's ticket —
+// "comp.*.jsapi" is enough, and reads no authorizer token —; other
+// clients get 403; a ticket key or three segments are a 400; the
+// component itself and an unknown authorizer are the refresher's 404s.
+func TestSignAsAuthorizer(t *testing.T) {
+	const tokComp = "bearer-comp-0123456789-must-never-be-logged"
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	comp, ring := e.Component("comp", "wxcomponent01")
+	comp.AuthorizerTickets = []string{contract.TicketJSAPI}
+	cfg := e.Config(comp)
+	cfg.WithKeyring(ring)
+	_, cb := e.StartComponent(cfg, "comp")
+	const a1, a2 = "wxauthorizer0001", "wxauthorizer0002"
+	for _, a := range []string{a1, a2} {
+		if _, err := e.Sim.Authorize(context.Background(), "wxcomponent01", a, cb); err != nil {
+			t.Fatalf("authorize %s: %v", a, err)
+		}
+	}
+	e.WaitTicket(10*time.Second, "comp."+a1+".jsapi", nil)
+	w := serveGateway(t, e, func(c *gateway.Config) {
+		c.Clients = append(c.Clients, gateway.ClientConfig{Name: "comp-pages", TokenSHA256: hash(tokComp),
+			Keys: []string{"comp.*.jsapi"}, RatePerSecond: 1000, Burst: 1000})
+	})
+	w.keys = []string{"comp", "comp." + a1, "comp." + a1 + ".jsapi", "comp." + a2, "comp." + a2 + ".jsapi"}
+	w.more = []string{tokComp, harness.Secret("wxcomponent01")}
+
+	const page = "https://shop.example/pay?x=1"
+	for _, c := range []struct{ tok, authorizer string }{{tokComp, a1}, {tokAll, a2}} {
+		r := w.do(t, "POST", "/v1/sign/comp."+c.authorizer, c.tok, `{"url":"`+page+`#frag"}`)
+		mustStatus(t, "sign as "+c.authorizer, r, 200)
+		var reply contract.SignReply
+		if err := json.Unmarshal(r.body, &reply); err != nil || reply.AppID != c.authorizer {
+			t.Fatalf("sign as %s: %s (%v), want appId %s", c.authorizer, r.body, err, c.authorizer)
+		}
+		if err := w.e.Sim.CheckSignature(c.authorizer, page, reply.NonceStr, reply.Timestamp, reply.Signature); err != nil {
+			t.Fatalf("sign as %s: WeChat's check refuses %+v: %v", c.authorizer, reply, err)
+		}
+	}
+	// comp-pages signs but reads no token; it reads the tickets.
+	mustStatus(t, "comp-pages reads an authorizer token", w.do(t, "GET", "/v1/tokens/comp."+a1, tokComp, ""), 403)
+	mustStatus(t, "comp-pages reads an authorizer ticket", w.do(t, "GET", "/v1/tokens/comp."+a1+".jsapi", tokComp, ""), 200)
+
+	for _, c := range []struct {
+		what, path, tok string
+		status          int
+		says            string
+	}{
+		{"shop signs for an authorizer", "/v1/sign/comp." + a1, tokShop, 403, "may not sign with key comp." + a1 + ".jsapi"},
+		{"a ticket key", "/v1/sign/comp." + a1 + ".jsapi", tokAll, 400, "not the key"},
+		{"an app's ticket key", "/v1/sign/comp.jsapi", tokAll, 400, "not the key"},
+		{"the component itself", "/v1/sign/comp", tokAll, 404, "signs for its authorizers"},
+		{"an unknown authorizer", "/v1/sign/comp.wxnobody", tokAll, 404, "has no authorizer"},
+	} {
+		r := w.do(t, "POST", c.path, c.tok, `{"url":"`+page+`"}`)
+		mustStatus(t, c.what, r, c.status)
+		if d := r.errBody(t); !strings.Contains(d.Message, c.says) {
+			t.Errorf("%s: message %q, want it to say %q", c.what, d.Message, c.says)
+		}
 	}
 }

@@ -117,7 +117,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 	}
 	switch {
 	case o.endpoint == "":
-		fail(http.StatusNotFound, "no such endpoint %s (see GET /v1/tokens/{key}, POST /v1/tokens/{key}/refresh, POST /v1/sign/{app})", strconv.Quote(clip(path)))
+		fail(http.StatusNotFound, "no such endpoint %s (see GET /v1/tokens/{key}, POST /v1/tokens/{key}/refresh, POST /v1/sign/{app} or /v1/sign/{component}.{authorizer_appid})", strconv.Quote(clip(path)))
 		return
 	case r.Method != method:
 		w.Header().Set("Allow", method)
@@ -153,6 +153,10 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 	case endpointSign:
 		body, ok := readBody(w, r, fail)
 		if !ok {
+			return
+		}
+		if first, rest, _ := contract.ParseKey(o.key); strings.Contains(rest, ".") || contract.ValidTicketType(rest) {
+			fail(http.StatusBadRequest, "sign takes an app or {component}.{authorizer_appid}, not the key %s (POST /v1/sign/%s; the body's \"ticket\" chooses the ticket)", o.key, first)
 			return
 		}
 		req, ticket, err := parseSign(body)

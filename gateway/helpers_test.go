@@ -57,12 +57,22 @@ type world struct {
 	base string // http(s)://127.0.0.1:port
 	hc   *http.Client
 	logs *harness.SyncBuffer // the gateway's log
+	keys []string            // more keys whose records checkLogs looks for
+	more []string            // more secrets checkLogs looks for
 }
 
 // setup starts the world. tune may change the gateway config (TLS).
 func setup(t *testing.T, tune func(*gateway.Config), opts ...gateway.Option) *world {
 	t.Helper()
 	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	startApps(t, e)
+	return serveGateway(t, e, tune, opts...)
+}
+
+// startApps starts the refresher of the usual world: apps mp (with its
+// jsapi ticket) and other.
+func startApps(t *testing.T, e *harness.Env) {
+	t.Helper()
 	mp := e.App("mp")
 	mp.Tickets = []string{contract.TicketJSAPI}
 	e.Start(e.Config(mp, e.App("other")))
@@ -77,7 +87,13 @@ func setup(t *testing.T, tune func(*gateway.Config), opts ...gateway.Option) *wo
 		_, err = kv.Get(context.Background(), "mp.jsapi")
 		return err == nil
 	}, "no mp.jsapi ticket stored")
+}
 
+// serveGateway runs a gateway in front of e's refresher; its log is
+// checked for secrets when the test ends (checkLogs, also for the
+// records stored under keys).
+func serveGateway(t *testing.T, e *harness.Env, tune func(*gateway.Config), opts ...gateway.Option) *world {
+	t.Helper()
 	w := &world{e: e, logs: &harness.SyncBuffer{}, hc: &http.Client{Timeout: 30 * time.Second}}
 	cfg := gateway.Config{Listen: "127.0.0.1:0", Clients: testClients()}
 	if tune != nil {
@@ -119,8 +135,8 @@ func setup(t *testing.T, tune func(*gateway.Config), opts ...gateway.Option) *wo
 // appears in the gateway's or the refresher's log.
 func (w *world) checkLogs(t *testing.T) {
 	t.Helper()
-	secrets := []string{tokShop, tokAll, tokNarrow, tokFlood, harness.Secret("wxmp"), harness.Secret("wxother")}
-	for _, key := range []string{"mp", "other", "mp.jsapi"} {
+	secrets := append([]string{tokShop, tokAll, tokNarrow, tokFlood, harness.Secret("wxmp"), harness.Secret("wxother")}, w.more...)
+	for _, key := range append([]string{"mp", "other", "mp.jsapi"}, w.keys...) {
 		if v, ok := w.stored(t, key); ok {
 			var rec struct {
 				AccessToken string `json:"access_token"`

@@ -44,7 +44,8 @@ var (
 
 	// ErrInvalidArgument is wrapped by the error NewSource returns for an
 	// invalid app name, bucket name or option value, and by Transport's
-	// RoundTrip for a request it cannot send. No I/O is done then.
+	// RoundTrip for a request it cannot send (or with a Source of a
+	// ticket key, which holds no access token). No I/O is done then.
 	ErrInvalidArgument = errors.New("subscriber: invalid argument")
 )
 

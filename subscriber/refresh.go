@@ -199,9 +199,12 @@ func (s *Source) parseReply(rep *nats.Msg) (*Token, error) {
 	if re := errorOf(rep, ""); re != nil {
 		return nil, re
 	}
+	// A reply is the record plus "revision": for a ticket key, the
+	// ticket record.
 	var body struct {
-		contract.RefreshReply
-		Error *contract.ErrorDetail `json:"error"`
+		stored
+		Revision uint64                `json:"revision"`
+		Error    *contract.ErrorDetail `json:"error"`
 	}
 	if err := json.Unmarshal(rep.Data, &body); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadReply, err)
@@ -209,16 +212,16 @@ func (s *Source) parseReply(rep *nats.Msg) (*Token, error) {
 	if body.Error != nil {
 		return nil, &RequestError{Code: body.Error.Code, Message: body.Error.Message}
 	}
-	r := body.RefreshReply
+	r := &body.stored
 	switch {
-	case r.App != "" && r.App != s.app:
-		return nil, fmt.Errorf("%w: record of app %q, want %q", ErrBadReply, r.App, s.app)
-	case r.AccessToken == "":
-		return nil, fmt.Errorf("%w: no access_token", ErrBadReply)
-	case r.Revision == 0:
+	case r.storedKey() != "" && r.storedKey() != s.app:
+		return nil, fmt.Errorf("%w: record of key %q, want %q", ErrBadReply, r.storedKey(), s.app)
+	case r.credential() == "":
+		return nil, fmt.Errorf("%w: no access_token (nor ticket)", ErrBadReply)
+	case body.Revision == 0:
 		return nil, fmt.Errorf("%w: no revision", ErrBadReply)
 	}
-	return tokenOf(s.app, &r.Record, r.Revision), nil
+	return tokenOf(s.app, r, body.Revision), nil
 }
 
 // errorOf returns the micro error reply rep as a *RequestError of op

@@ -47,7 +47,9 @@ const MaxPeek = 64 << 10
 // Refresh. A request made while the Source's token is expired first asks
 // for a new one (Refresh) and fails if none comes.
 //
-// Use it only for hosts that should receive the token. Safe for
+// Use it only for hosts that should receive the token; a Source of a
+// ticket key (Token.TicketType set) is refused with ErrInvalidArgument,
+// since no business API takes a ticket for a token. Safe for
 // concurrent use, like the Source and Base it uses.
 type Transport struct {
 	// Source provides the token; required. A *Source, or a StaticSource
@@ -149,6 +151,11 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		closeBody(req)
 		return nil, fmt.Errorf("subscriber: no valid token: %w", err)
+	}
+	if tok.TicketType != "" {
+		closeBody(req)
+		return nil, fmt.Errorf("%w: %s holds a %s ticket, not an access token: use a Source of the app (or authorizer) in Transport",
+			ErrInvalidArgument, tok.App, tok.TicketType)
 	}
 	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -25,17 +26,22 @@ func SignWithTicket(typ string) SignOption {
 
 // Sign asks the refresher for a JS-SDK config signature of the page url
 // for app (token.sign.<app>): what the page passes to wx.config (or
-// wx.agentConfig with SignWithTicket(contract.TicketAgentConfig)). Any
+// wx.agentConfig with SignWithTicket(contract.TicketAgentConfig)). For an
+// authorizer of an Open Platform component, app is
+// <component>.<authorizer_appid> (token.sign.<component>.<authorizer_appid>):
+// the reply's AppID is then the authorizer's appid. Any
 // refresher replica answers, from the ticket it holds; the process
 // needs no read of the tokens bucket, only publish on token.sign.>.
 // The fragment of url (from '#') is not signed, as WeChat wants.
 //
 // "No responders", a timed-out attempt (WithRequestTimeout) and a 503
 // reply (no valid ticket stored yet, overloaded) are retried with backoff
-// until ctx ends. Errors: ErrInvalidArgument for an invalid app name or
-// URL (contract.CheckSignURL; nothing is sent); *RequestError for the
-// refresher's other error replies (400 bad request, 404 unknown app or
-// ticket not configured, 429 upstream calls paused); when ctx ends, an
+// until ctx ends. Errors: ErrInvalidArgument for an invalid app name
+// (neither an app nor <component>.<authorizer_appid>: a ticket key such
+// as <app>.jsapi, three segments) or URL (contract.CheckSignURL; nothing
+// is sent); *RequestError for the refresher's other error replies (400
+// bad request, 404 unknown app or authorizer, ticket not configured, a
+// component signed for as itself; 429 upstream calls paused); when ctx ends, an
 // error wrapping ctx.Err() and, if no refresher answered,
 // ErrNoResponders; ErrBadReply for a reply without a signature; ErrClosed
 // once the Client is closed. Safe for concurrent use.
@@ -49,8 +55,9 @@ func (c *Client) Sign(ctx context.Context, app, url string, opts ...SignOption) 
 	return sign(ctx, c.nc, c.cfg, app, url, opts)
 }
 
-// Sign is Client.Sign for the Source's app. It needs a Source of an app
-// (a key without a dot): ErrInvalidArgument otherwise.
+// Sign is Client.Sign for the Source's key. It needs a Source of an app
+// or of an authorizer (<component>.<authorizer_appid>): ErrInvalidArgument
+// for a Source of a ticket key.
 func (s *Source) Sign(ctx context.Context, url string, opts ...SignOption) (contract.SignReply, error) {
 	if s.state.Load().err == ErrClosed {
 		return contract.SignReply{}, ErrClosed
@@ -60,8 +67,8 @@ func (s *Source) Sign(ctx context.Context, url string, opts ...SignOption) (cont
 
 // sign sends token.sign.<app> requests until one is answered for good.
 func sign(ctx context.Context, nc *nats.Conn, cfg config, app, url string, opts []SignOption) (contract.SignReply, error) {
-	if _, rest, err := contract.ParseKey(app); err != nil || rest != "" {
-		return contract.SignReply{}, fmt.Errorf("%w: app %q is not a valid app name", ErrInvalidArgument, app)
+	if err := checkSignKey(app); err != nil {
+		return contract.SignReply{}, err
 	}
 	req := contract.SignRequest{URL: url}
 	for _, o := range opts {
@@ -122,4 +129,21 @@ func signOnce(ctx context.Context, nc *nats.Conn, timeout time.Duration, subject
 		return contract.SignReply{}, fmt.Errorf("%w: %s: no signature, nonceStr, timestamp or appId", ErrBadReply, subject)
 	}
 	return rep, nil
+}
+
+// checkSignKey says what is wrong with key as the key of a token.sign
+// request: it must be an app name or <component>.<authorizer_appid>. A
+// second segment that is a ticket type makes a ticket key (<app>.jsapi),
+// which signs nothing: the ticket is chosen with SignWithTicket.
+func checkSignKey(key string) error {
+	app, rest, err := contract.ParseKey(key)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: %q is not an app name or <component>.<authorizer_appid>", ErrInvalidArgument, key)
+	case strings.Contains(rest, "."):
+		return fmt.Errorf("%w: %q has three segments: sign with an app name or <component>.<authorizer_appid>", ErrInvalidArgument, key)
+	case contract.ValidTicketType(rest):
+		return fmt.Errorf("%w: %q is a ticket key: sign with %q (SignWithTicket chooses the ticket)", ErrInvalidArgument, key, app)
+	}
+	return nil
 }

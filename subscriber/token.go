@@ -8,8 +8,9 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/contract"
 )
 
-// Token is an immutable snapshot of an app's record in the tokens bucket:
-// the access token, the KV revision it was stored at, and its lifetime.
+// Token is an immutable snapshot of a record in the tokens bucket: the
+// access token (or, for a ticket key, the ticket), the KV revision it was
+// stored at, and its lifetime.
 // A *Token handed out by a Source is never modified; share it freely
 // between goroutines.
 //
@@ -17,9 +18,12 @@ import (
 // a fingerprint, so that a token logged by accident does not leak. (It is
 // not protected against encoding/json: don't marshal it.)
 type Token struct {
-	// App is the app name (the KV key).
+	// App is the key the token was read under: an app name, or a v2 key
+	// (<app>.<ticket>, <component>.<authorizer_appid>,
+	// <component>.<authorizer_appid>.<ticket>).
 	App string
-	// AccessToken is the token to send upstream.
+	// AccessToken is the token to send upstream; for a ticket key (see
+	// TicketType), the ticket.
 	AccessToken string
 	// Revision is the KV revision of the record. Revisions of one bucket
 	// only grow (they start over only if the bucket is deleted and created
@@ -39,6 +43,11 @@ type Token struct {
 	// KindOAuth2); empty for records written before v2 (WeChat's).
 	// Transport places the token and recognises rejections by it.
 	Kind string
+	// TicketType is set when the key holds a ticket record
+	// (contract.TicketJSAPI, contract.TicketWXCard,
+	// contract.TicketAgentConfig): AccessToken is then the ticket, which
+	// no business API takes (Transport refuses it).
+	TicketType string
 }
 
 // Valid reports whether t is a usable token now (by time.Now): non-nil,
@@ -80,12 +89,38 @@ func (t *Token) LogValue() slog.Value {
 	)
 }
 
+// stored is a record under any key of the tokens bucket: an access token
+// record (contract.Record) or a ticket record (contract.TicketRecord),
+// whose fields app, key, expires_at, fetched_at and source are the same.
+type stored struct {
+	contract.Record
+	TicketType string `json:"ticket_type"`
+	Ticket     string `json:"ticket"`
+}
+
+// credential returns the token, or the ticket of a ticket record.
+func (r *stored) credential() string {
+	if r.AccessToken == "" && r.TicketType != "" {
+		return r.Ticket
+	}
+	return r.AccessToken
+}
+
+// storedKey is the key the record says it is stored under: Key, or App
+// for a v1 record.
+func (r *stored) storedKey() string {
+	if r.Key != "" {
+		return r.Key
+	}
+	return r.App
+}
+
 // tokenOf makes a Token of a record stored (or replied) at rev under key
 // app.
-func tokenOf(app string, rec *contract.Record, rev uint64) *Token {
-	return &Token{
+func tokenOf(app string, rec *stored, rev uint64) *Token {
+	t := &Token{
 		App:         app,
-		AccessToken: rec.AccessToken,
+		AccessToken: rec.credential(),
 		Revision:    rev,
 		ExpiresAt:   rec.ExpiresAt,
 		FetchedAt:   rec.FetchedAt,
@@ -93,4 +128,8 @@ func tokenOf(app string, rec *contract.Record, rev uint64) *Token {
 		AppID:       rec.AppID,
 		Kind:        rec.Kind,
 	}
+	if rec.AccessToken == "" {
+		t.TicketType = rec.TicketType
+	}
+	return t
 }

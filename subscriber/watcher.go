@@ -8,7 +8,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/internal/follow"
 )
 
@@ -98,14 +97,15 @@ func (s *Source) entry(e jetstream.KeyValueEntry, from string, rebase bool) bool
 // current is the token held, for logs.
 func (s *Source) current() *Token { return s.state.Load().tok }
 
-// decode parses a stored record.
+// decode parses a stored record: an access token record, or a ticket
+// record (v2 ticket keys).
 func (s *Source) decode(val []byte, rev uint64) (*Token, error) {
-	var rec contract.Record
+	var rec stored
 	if err := json.Unmarshal(val, &rec); err != nil {
 		return nil, err
 	}
-	if rec.AccessToken == "" {
-		return nil, errors.New("record has no access_token")
+	if rec.credential() == "" {
+		return nil, errors.New("record has no access_token (nor ticket)")
 	}
 	return tokenOf(s.app, &rec, rev), nil
 }

@@ -175,7 +175,7 @@ func run(ctx context.Context, args []string) error {
 			case <-r.Ready():
 				printDemoHelp(cfg, conn.Server.ClientURL(), httpAddr)
 				showDemoComponent(ctx, r, demoSim, log)
-				showDemoSignature(ctx, conn.NC)
+				showDemoSignature(ctx, conn.NC, demoSim)
 			case <-ctx.Done():
 			}
 		}()
@@ -325,7 +325,8 @@ func demoConfig(listen string) (*refresher.Config, func(), *wechatsim.Sim, error
 			(refresher.AppConfig{Name: "demo-wecom", Kind: "wecom", CorpID: "wwdemo0000000003", AgentID: 1000002, APIBase: base,
 				Tickets: []string{"jsapi", "agent_config"}}).WithSecret("demo-secret-3"),
 			(refresher.AppConfig{Name: "demo-feishu", Kind: "feishu", AppID: "cli_demo00000004", APIBase: base}).WithSecret("demo-secret-4"),
-			(refresher.AppConfig{Name: "demo-comp", Kind: refresher.KindWeChatComponent, AppID: demoComponentAppID, APIBase: base}).
+			(refresher.AppConfig{Name: "demo-comp", Kind: refresher.KindWeChatComponent, AppID: demoComponentAppID, APIBase: base,
+				AuthorizerTickets: []string{"jsapi"}}).
 				WithSecret("demo-secret-5").WithCallbackSecrets(demoCallbackToken, aesKey),
 		},
 	}
@@ -377,7 +378,7 @@ func showDemoComponent(ctx context.Context, r *refresher.Refresher, sim *wechats
 		keys = append(keys, "demo-comp."+authz)
 	}
 	fmt.Fprintf(os.Stderr, "Open Platform: the emulator pushed a verify ticket and authorized 3 accounts to %s;\n"+
-		"demo-comp holds the component token, their tokens are under\n  %s\n\n", cb, strings.Join(keys, "\n  "))
+		"demo-comp holds the component token, their tokens are under\n  %s\n(and each one's jsapi ticket under KEY.jsapi)\n\n", cb, strings.Join(keys, "\n  "))
 }
 
 func printDemoHelp(cfg *refresher.Config, url, httpAddr string) {
@@ -386,9 +387,10 @@ tokenkeeper demo: embedded NATS at %s, the upstream emulator.
 Apps demo-mp (WeChat /cgi-bin/token, with its jsapi ticket), demo-mini
 (stable_token), demo-wecom (WeCom, with its jsapi and agent_config
 tickets), demo-feishu (Feishu) and demo-comp (an Open Platform component
-and its authorizers; its first token waits for the emulator's verify
-ticket push, a moment after start) get 30-second credentials, refreshed
-after about two thirds of their life (WeCom's at expiry).
+and its authorizers, each with its jsapi ticket; its first token waits
+for the emulator's verify ticket push, a moment after start) get
+30-second credentials, refreshed after about two thirds of their life
+(WeCom's at expiry).
 
 Look at them from another terminal:
   go run ./cmd/tokenctl --nats %s status
@@ -396,29 +398,46 @@ Look at them from another terminal:
   go run ./cmd/tokenctl --nats %s get demo-mp.jsapi
   go run ./cmd/tokenctl --nats %s refresh demo-mp
   go run ./cmd/tokenctl --nats %s sign demo-mp https://demo.example/page
+  go run ./cmd/tokenctl --nats %s sign demo-comp.wxdemoauthz00001 https://demo.example/page
+  go run ./cmd/tokenctl --nats %s authorizers show demo-comp wxdemoauthz00001
   go run ./cmd/tokenctl --nats %s audit
 or with the nats CLI:  nats --server %s kv get %s demo-mp
 Metrics and health:    curl http://%s/status   (/metrics /readyz /healthz)
 
 Ctrl-C stops it.
 
-`, url, url, url, url, url, url, url, url, cfg.Bucket, httpAddr)
+`, url, url, url, url, url, url, url, url, url, url, cfg.Bucket, httpAddr)
 }
 
+// demoSigners are the keys the demo signs for: an app, and an authorizer
+// of the demo component (token.sign.<component>.<authorizer_appid>).
+var demoSigners = []string{"demo-mp", "demo-comp.wxdemoauthz00001"}
+
 // showDemoSignature asks the demo's sign service for a JS-SDK signature
-// once demo-mp's jsapi ticket is stored, and prints it.
-func showDemoSignature(ctx context.Context, nc *nats.Conn) {
+// as each of demoSigners once its jsapi ticket is stored, and prints it
+// with the emulator's verdict (WeChat's JS-SDK check for the reply's
+// appId).
+func showDemoSignature(ctx context.Context, nc *nats.Conn, sim *wechatsim.Sim) {
 	const page = "https://demo.example/page"
 	body, _ := json.Marshal(contract.SignRequest{URL: page})
-	for i := 0; i < 40 && ctx.Err() == nil; i++ {
-		msg, err := nc.Request(contract.SignSubject("demo-mp"), body, 2*time.Second)
-		if err == nil && msg.Header.Get(contract.ErrorCodeHeader) == "" {
-			fmt.Fprintf(os.Stderr, "A JS-SDK signature of %s for wx.config (token.sign.demo-mp):\n  %s\n\n", page, msg.Data)
-			return
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(250 * time.Millisecond): // the ticket follows the token by a moment
+	for _, key := range demoSigners {
+		for i := 0; i < 40 && ctx.Err() == nil; i++ {
+			msg, err := nc.Request(contract.SignSubject(key), body, 2*time.Second)
+			if err == nil && msg.Header.Get(contract.ErrorCodeHeader) == "" {
+				verdict := "accepted by the emulator's JS-SDK check"
+				var rep contract.SignReply
+				if err := json.Unmarshal(msg.Data, &rep); err != nil {
+					verdict = "not a reply: " + err.Error()
+				} else if err := sim.CheckSignature(rep.AppID, page, rep.NonceStr, rep.Timestamp, rep.Signature); err != nil {
+					verdict = "REFUSED by the emulator's JS-SDK check: " + err.Error()
+				}
+				fmt.Fprintf(os.Stderr, "A JS-SDK signature of %s for wx.config (token.sign.%s), %s:\n  %s\n\n", page, key, verdict, msg.Data)
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(250 * time.Millisecond): // the ticket follows the token by a moment
+			}
 		}
 	}
 }

@@ -63,7 +63,8 @@ func TestDemo(t *testing.T) {
 	// The other kinds, demo-mp's jsapi ticket, the component's token and
 	// its authorizers'.
 	for _, key := range []string{"demo-wecom", "demo-feishu", "demo-mp.jsapi", "demo-wecom.jsapi", "demo-wecom.agent_config",
-		"demo-comp", "demo-comp.wxdemoauthz00001", "demo-comp.wxdemoauthz00003"} {
+		"demo-comp", "demo-comp.wxdemoauthz00001", "demo-comp.wxdemoauthz00003",
+		"demo-comp.wxdemoauthz00001.jsapi", "demo-comp.wxdemoauthz00003.jsapi"} {
 		testutil.WaitFor(t, 10*time.Second, func() bool {
 			kv, err := js.KeyValue(context.Background(), "tokens")
 			if err != nil {
@@ -83,6 +84,30 @@ func TestDemo(t *testing.T) {
 	if json.Unmarshal(msg.Data, &sig) != nil || sig.Signature == "" || sig.AppID != "wxdemo0000000001" {
 		t.Errorf("token.sign.demo-mp: %s", msg.Data)
 	}
+	// And as an authorizer of the component: appId the authorizer's,
+	// signed with the authorizer's ticket as stored (which may rotate
+	// meanwhile: then sign again).
+	const authz = "wxdemoauthz00001"
+	testutil.WaitFor(t, 20*time.Second, func() bool {
+		before, ok := storedTicket(t, js, "demo-comp."+authz+".jsapi")
+		msg, err := nc.Request(contract.SignSubject("demo-comp."+authz), body, 5*time.Second)
+		if err != nil || !ok || msg.Header.Get(contract.ErrorCodeHeader) != "" {
+			t.Logf("token.sign.demo-comp.%s: %v %q", authz, err, msg.Header.Get(contract.ErrorHeader))
+			return false
+		}
+		after, _ := storedTicket(t, js, "demo-comp."+authz+".jsapi")
+		var sig contract.SignReply
+		if json.Unmarshal(msg.Data, &sig) != nil || sig.AppID != authz {
+			t.Fatalf("token.sign.demo-comp.%s: %s, want appId %s", authz, msg.Data, authz)
+		}
+		if before != after {
+			return false // rotated while signing: try again
+		}
+		if want := contract.JSSDKSignature(before, sig.NonceStr, sig.Timestamp, "https://demo.example/page"); sig.Signature != want {
+			t.Fatalf("token.sign.demo-comp.%s: signature %s is not over the authorizer's stored ticket", authz, sig.Signature)
+		}
+		return true
+	}, "no signature as demo-comp.%s", authz)
 	// demo-mp is refreshed after about 20 s (2/3 of 30 s).
 	sub, err := nc.SubscribeSync(contract.UpdatedSubject("demo-mp"))
 	if err != nil {
@@ -109,4 +134,19 @@ func TestDemo(t *testing.T) {
 		break
 	}
 	t.Logf("demo refreshed demo-mp at revision %d", ev.Revision)
+}
+
+// storedTicket reads the ticket stored under key.
+func storedTicket(t *testing.T, js jetstream.JetStream, key string) (string, bool) {
+	t.Helper()
+	kv, err := js.KeyValue(context.Background(), "tokens")
+	if err != nil {
+		return "", false
+	}
+	e, err := kv.Get(context.Background(), key)
+	if err != nil {
+		return "", false
+	}
+	var rec contract.TicketRecord
+	return rec.Ticket, json.Unmarshal(e.Value(), &rec) == nil && rec.Ticket != ""
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
 )
@@ -34,7 +35,12 @@ refresher holds its key.
       refresh, and the fingerprint of its refresh token. Never a token.
   authorizers show COMPONENT AUTHORIZER
       The same for one authorizer, plus the history of its refresh token
-      (fingerprints, oldest first) from the secrets bucket's history.
+      (fingerprints, oldest first) from the secrets bucket's history, and
+      the tickets the refresher keeps for it (authorizer_tickets: keys
+      COMPONENT.AUTHORIZER.jsapi and .wx_card, read from the token bucket:
+      revision, source, expiry and fingerprint, never the ticket). With
+      --json the reply object gets "tickets":[{"key","ticket_type",
+      "revision","source","fetched_at","expires_at","fingerprint"}].
   authorizers import COMPONENT FILE [--overwrite] [--made-at TIME]
       Stores refresh tokens from FILE ("-": standard input): a JSON array
       [{"authorizer_appid": "...", "refresh_token": "..."}, ...] or CSV with
@@ -260,10 +266,16 @@ func (a *adminClient) show(ctx context.Context, appid string) error {
 	if err := a.request(ctx, contract.AuthorizersShow, contract.ShowRequest{AuthorizerAppID: appid}, &rep, 0); err != nil {
 		return err
 	}
+	tickets, terr := a.tickets(ctx, appid)
 	if a.c.g.json {
-		b, _ := json.Marshal(rep)
-		_, err := fmt.Fprintf(a.c.stdout, "%s\n", b)
-		return err
+		b, _ := json.Marshal(struct {
+			contract.ShowReply
+			Tickets []authorizerTicket `json:"tickets"`
+		}{rep, tickets})
+		if _, err := fmt.Fprintf(a.c.stdout, "%s\n", b); err != nil {
+			return err
+		}
+		return terr
 	}
 	i := rep.Info
 	tw := newTable(a.c.stdout)
@@ -291,7 +303,68 @@ func (a *adminClient) show(ctx context.Context, appid string) error {
 	for _, v := range rep.History {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", v.Revision, fmtTime(v.StoredAt), v.State, orDash(v.Source), orDash(v.RefreshToken))
 	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if terr != nil {
+		return terr
+	}
+	if len(tickets) == 0 {
+		_, err := fmt.Fprintln(a.c.stdout, "\ntickets: none stored (authorizer_tickets in the component's config)")
+		return err
+	}
+	fmt.Fprintln(a.c.stdout, "\ntickets:")
+	tw = newTable(a.c.stdout)
+	fmt.Fprintln(tw, "KEY\tREVISION\tSOURCE\tFETCHED_AT\tEXPIRES_IN\tTICKET")
+	for _, t := range tickets {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s (fingerprint)\n", t.Key, t.Revision, orDash(t.Source), fmtTime(t.FetchedAt), fmtTTL(t.ExpiresAt), t.Fingerprint)
+	}
 	return tw.Flush()
+}
+
+// authorizerTicket is one ticket record of an authorizer as show prints
+// it: never the ticket, its fingerprint.
+type authorizerTicket struct {
+	Key         string    `json:"key"`
+	TicketType  string    `json:"ticket_type"`
+	Revision    uint64    `json:"revision"`
+	Source      string    `json:"source,omitempty"`
+	FetchedAt   time.Time `json:"fetched_at,omitzero"`
+	ExpiresAt   time.Time `json:"expires_at,omitzero"`
+	Fingerprint string    `json:"fingerprint"`
+}
+
+// authorizerTicketTypes are the tickets a component may keep for its
+// authorizers (authorizer_tickets).
+var authorizerTicketTypes = []string{contract.TicketJSAPI, contract.TicketWXCard}
+
+// tickets reads the ticket records of authorizer appid from the token
+// bucket (none stored: an empty list).
+func (a *adminClient) tickets(ctx context.Context, appid string) ([]authorizerTicket, error) {
+	kv, err := a.c.openBucket(ctx, a.s)
+	if err != nil {
+		return nil, fmt.Errorf("tickets of %s: %w", appid, err)
+	}
+	out := []authorizerTicket{}
+	for _, typ := range authorizerTicketTypes {
+		key := contract.Key(a.comp, appid, typ)
+		rctx, cancel := a.c.withTimeout(ctx)
+		e, err := kv.Get(rctx, key)
+		cancel()
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, a.c.requestError(a.s, "read "+key, err)
+		}
+		rec, err := parseRecord(key, e.Revision(), e.Value())
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, authorizerTicket{Key: key, TicketType: typ, Revision: e.Revision(), Source: rec.Source,
+			FetchedAt: rec.FetchedAt, ExpiresAt: rec.ExpiresAt, Fingerprint: fingerprint(rec.secret())})
+	}
+	return out, nil
 }
 
 // importFile imports FILE in chunks and reports every row.

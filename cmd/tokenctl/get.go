@@ -18,7 +18,10 @@ var getCommand = &command{
 Reads KEY from the token bucket and prints the record. KEY is an app
 (its access token record) or APP.TICKET such as mp.jsapi (the ticket
 record v2 keeps, with key, ticket_type and ticket instead of
-access_token). The record: app, appid
+access_token); for an authorizer of an Open Platform component,
+COMPONENT.AUTHORIZER (its token record, with key and authorizer_appid;
+app and appid are the component's) or COMPONENT.AUTHORIZER.TICKET (its
+ticket record). The record: app, appid
 (the upstream app, in records written since v1.1), revision (the KV revision), source (startup, scheduled, passive or
 manual), fetched_at, expires_at, the time to expiry (negative and EXPIRED
 once expired), the token's fingerprint (first 8 hex digits of its
@@ -34,6 +37,7 @@ is a refresher running against this NATS?") or nothing is stored under KEY.
 Examples:
   tokenctl get mp-main
   tokenctl get mp-main.jsapi
+  tokenctl get comp.wx1234567890abcdef.jsapi
   tokenctl --nats nats://nats-1:4222 --creds ops.creds get mp-main --json`,
 	nargs:  1,
 	anyKey: true,

@@ -7,7 +7,7 @@
 //	tokenctl [global flags] get KEY
 //	tokenctl [global flags] watch KEY
 //	tokenctl [global flags] refresh KEY [--stale REV]
-//	tokenctl [global flags] sign APP URL [--ticket agent_config]
+//	tokenctl [global flags] sign APP|COMPONENT.AUTHORIZER URL [--ticket agent_config]
 //	tokenctl [global flags] status
 //	tokenctl [global flags] audit [KEY] [--since D] [--follow]
 //	tokenctl [global flags] authorizers list|show|import|export|reconcile COMPONENT [AUTHORIZER|FILE]
@@ -118,7 +118,7 @@ type command struct {
 	summary string
 	help    string // the long description, printed by CMD --help
 	nargs   int    // exact number of positional arguments
-	anyKey  bool   // the first argument is any key (APP, APP.TICKET), not only an app
+	anyKey  bool   // the first argument is any key (APP, APP.TICKET, COMPONENT.AUTHORIZER[.TICKET]), not only an app
 	optArgs bool   // the positional arguments are optional (0 to nargs)
 	flags   func(fs *flag.FlagSet) any
 	run     func(ctx context.Context, c *cli, args []string, flags any) error
@@ -223,7 +223,7 @@ func (c *cli) main(ctx context.Context, args []string) (int, error) {
 	if len(pos) > 0 {
 		if cmd.anyKey {
 			if _, _, err := contract.ParseKey(pos[0]); err != nil {
-				return 0, usagef("%q is not a key: an app name (1-64 characters of A-Z a-z 0-9 _ -), or APP.TICKET such as mp.jsapi", pos[0])
+				return 0, usagef("%q is not a key: an app name (1-64 characters of A-Z a-z 0-9 _ -), APP.TICKET such as mp.jsapi, or COMPONENT.AUTHORIZER[.TICKET]", pos[0])
 			}
 		} else if !contract.ValidAppName(pos[0]) {
 			return 0, usagef("%q is not an app name (1-64 characters of A-Z a-z 0-9 _ -)", pos[0])
@@ -349,9 +349,11 @@ func (c *cli) mainUsage(w io.Writer) {
 	fmt.Fprint(w, `tokenctl - operator tool for tokenkeeper
 
 tokenkeeper's refresher keeps one record per key (an app's access token,
-or an app's ticket under APP.TICKET such as mp.jsapi, and when it expires)
-in a JetStream KV bucket and serves token.refresh.<key> and
-token.sign.<app> requests. tokenctl reads and follows those records, asks
+an app's ticket under APP.TICKET such as mp.jsapi, an Open Platform
+authorizer's token under COMPONENT.AUTHORIZER and its tickets under
+COMPONENT.AUTHORIZER.TICKET, and when each expires) in a JetStream KV
+bucket and serves token.refresh.<key> and token.sign.<app> (or
+token.sign.<component>.<authorizer>) requests. tokenctl reads and follows those records, asks
 for new tokens and tickets and for JS-SDK signatures, and shows who leads.
 The wire contract is docs/protocol.md.
 

@@ -604,8 +604,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"status", "x"}, "status takes no arguments"},
 		{[]string{"get", "a.b.c.d"}, `"a.b.c.d" is not a key`},
 		{[]string{"get", "a..b"}, `"a..b" is not a key`},
-		{[]string{"sign", "a.b", "https://x/"}, `"a.b" is not an app name`},
-		{[]string{"sign", "a"}, "usage: tokenctl sign APP URL"},
+		{[]string{"sign", "a.jsapi", "https://x/"}, `"a.jsapi" is a ticket key, not an app name`},
+		{[]string{"sign", "a.b.c", "https://x/"}, `"a.b.c" has three segments`},
+		{[]string{"sign", "a"}, "usage: tokenctl sign APP|COMPONENT.AUTHORIZER URL"},
 		{[]string{"refresh", "mp", "--stale", "-1"}, "want a non-negative integer"},
 		{[]string{"--nope", "status"}, "flag provided but not defined: -nope"},
 		{[]string{"status", "--timeout", "0s"}, "--timeout must be positive"},
@@ -628,7 +629,7 @@ func TestHelp(t *testing.T) {
 	if r.code != 0 || r.stderr != "" {
 		t.Fatalf("--help: %s", r)
 	}
-	for _, want := range []string{"get KEY", "watch KEY", "refresh KEY [--stale REV]", "sign APP URL [--ticket agent_config]", "status", "-nats URL", "-creds FILE",
+	for _, want := range []string{"get KEY", "watch KEY", "refresh KEY [--stale REV]", "sign APP|COMPONENT.AUTHORIZER URL [--ticket agent_config]", "status", "-nats URL", "-creds FILE",
 		"-nkey FILE", "-user NAME", "-password PASSWORD", "-token TOKEN", "-tls-ca FILE", "-tls-cert FILE", "-tls-key FILE",
 		`-bucket BUCKET`, `(default "tokens")`, "-timeout DURATION", "(default 5s)", "-json", "NATS_URL", "TOKENCTL_PASSWORD", "Exit status"} {
 		if !strings.Contains(r.stdout, want) {

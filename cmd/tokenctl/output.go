@@ -55,7 +55,9 @@ func fingerprint(token string) string {
 }
 
 // storedRecord is a record of the bucket as tokenctl reads it: an app's
-// token record (v1) or a ticket record <app>.<ticket> (v2: key,
+// token record (v1), an authorizer's token record
+// <component>.<authorizer> (v2: key and authorizer_appid set) or a ticket
+// record <app>.<ticket>, <component>.<authorizer>.<ticket> (v2: key,
 // ticket_type and ticket set, no access_token).
 type storedRecord struct {
 	contract.Record
@@ -116,6 +118,9 @@ func printRecord(w io.Writer, raw []byte, rec storedRecord, rev uint64, asJSON b
 	}
 	if rec.AppID != "" {
 		fmt.Fprintf(tw, "appid:\t%s\n", rec.AppID)
+	}
+	if rec.AuthorizerAppID != "" {
+		fmt.Fprintf(tw, "authorizer_appid:\t%s\n", rec.AuthorizerAppID)
 	}
 	fmt.Fprintf(tw, "revision:\t%d\n", rev)
 	fmt.Fprintf(tw, "source:\t%s\n", rec.Source)

@@ -23,7 +23,9 @@ var refreshCommand = &command{
 Sends a token.refresh.KEY request to the refresher (the micro service
 "tokenkeeper", served by the leading replica) and prints the record of the
 reply, as get does. KEY is an app or APP.TICKET such as mp.jsapi (a
-ticket; the same rules apply, with the ticket's revision).
+ticket; the same rules apply, with the ticket's revision), or an Open
+Platform authorizer's COMPONENT.AUTHORIZER (its token) or
+COMPONENT.AUTHORIZER.TICKET (its ticket).
 
 Without --stale the body is empty: "give me a valid token". The refresher
 answers with the stored record if it has not expired, without calling the

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 
@@ -15,7 +16,7 @@ import (
 // signCommand is tokenctl sign.
 var signCommand = &command{
 	name:    "sign",
-	args:    "APP URL [--ticket agent_config]",
+	args:    "APP|COMPONENT.AUTHORIZER URL [--ticket agent_config]",
 	summary: "ask the refresher for the JS-SDK config (wx.config) signature of page URL",
 	help: `
 Sends a token.sign.APP request {"url": URL} to the refresher (the micro
@@ -26,18 +27,27 @@ ticket; the URL's #fragment is not signed. With --ticket agent_config the
 WeCom agent_config ticket signs (wx.agentConfig) and the reply carries
 "agentId" too.
 
+For an authorizer of an Open Platform component (a wechat-component with
+authorizer_tickets: [jsapi]) give COMPONENT.AUTHORIZER_APPID: the request
+goes to token.sign.COMPONENT.AUTHORIZER_APPID, the authorizer's jsapi
+ticket signs and "appId" is the authorizer's appid. A ticket key
+(APP.jsapi) or a key of three segments is a usage error.
+
 URL must be the absolute http(s) URL of the page, at most 4096 bytes.
 
 Fails (exit 1) on an error reply, printing its code and message:
-  400 bad request, 404 unknown app or ticket not configured, 429 upstream
-  calls paused, 503 no valid ticket stored yet
+  400 bad request, 404 unknown app, component or authorizer, ticket not
+  configured, a component signing as itself, 429 upstream calls paused,
+  503 no valid ticket stored yet
 and when no refresher serves the subject. With --json an error reply's
 JSON body is printed on stdout as well.
 
 Examples:
   tokenctl sign mp-main 'https://shop.example/item?id=7'
-  tokenctl sign wecom-app https://intranet.example/ --ticket agent_config`,
-	nargs: 2,
+  tokenctl sign wecom-app https://intranet.example/ --ticket agent_config
+  tokenctl sign comp.wx1234567890abcdef 'https://shop.example/pay'`,
+	nargs:  2,
+	anyKey: true,
 	flags: func(fs *flag.FlagSet) any {
 		f := &signFlags{}
 		fs.StringVar(&f.ticket, "ticket", "", "the `TICKET` that signs: jsapi (default) or agent_config")
@@ -55,6 +65,11 @@ type signFlags struct {
 func runSign(ctx context.Context, c *cli, args []string, flags any) error {
 	app, url := args[0], args[1]
 	f := flags.(*signFlags)
+	if first, rest, _ := contract.ParseKey(app); strings.Contains(rest, ".") {
+		return usagef("sign: %q has three segments: sign with an app name or COMPONENT.AUTHORIZER", app)
+	} else if contract.ValidTicketType(rest) {
+		return usagef("sign: %q is a ticket key, not an app name or COMPONENT.AUTHORIZER: sign with %s (--ticket chooses the ticket)", app, first)
+	}
 	if err := contract.CheckSignURL(url); err != nil {
 		return usagef("sign: %v", err)
 	}

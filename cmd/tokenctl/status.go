@@ -40,7 +40,10 @@ skipped, as a table:
 
 Each app's tickets (keys APP.TICKET such as mp.jsapi) are listed on the
 rows under it, indented, with the same columns (CALLS_TODAY and
-LAST_ERROR are the app's only: "-").
+LAST_ERROR are the app's only: "-"); so are a wechat-component's
+authorizers (COMPONENT.AUTHORIZER) and their tickets
+(COMPONENT.AUTHORIZER.TICKET), in key order ("tokenctl authorizers"
+has their detail).
 
 CALLS_TODAY and LAST_ERROR come from the refresher's state bucket
 BUCKET_state (one JSON object per app, written after every upstream call);

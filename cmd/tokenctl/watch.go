@@ -21,7 +21,8 @@ var watchCommand = &command{
 	args:    "KEY",
 	summary: "print every update of KEY's record until Ctrl-C (fingerprints only)",
 	help: `
-Follows KEY (an app, or APP.TICKET such as mp.jsapi) in the token bucket
+Follows KEY (an app, APP.TICKET such as mp.jsapi, or an Open Platform
+authorizer's COMPONENT.AUTHORIZER or COMPONENT.AUTHORIZER.TICKET) in the token bucket
 and prints one line per update, starting with the record stored now
 (APP below is KEY, and "token" the ticket's fingerprint for a ticket):
 
