@@ -40,8 +40,10 @@ import (
 //     tokens bucket, as an earlier refresher would have left them (ages
 //     spread over half a lifetime: none due for minutes).
 //  3. Start: cmd/refresher (or -inproc) starts; measured: exec → running
-//     (everything loaded), exec → /status shows N valid authorizers,
-//     upstream calls until then (target 0), startup CPU, peak RSS.
+//     (everything loaded), exec → /status shows N valid authorizers
+//     ("loaded"), and that while leading ("all valid"; the lease is taken
+//     after the load), upstream calls until then (target 0), startup CPU,
+//     peak RSS. /status is polled every -status-every.
 //  4. Steady state over -window: tokenbench marks -rate stored records a
 //     second as expired (the steady rate of N authorizers with 7200 s
 //     tokens refreshed at 2/3 of the lifetime: N/4800 a second), which
@@ -74,6 +76,7 @@ func runComponentScale(ctx context.Context, args []string, out io.Writer) error 
 	rssTarget := fs.Int64("rss-target-mib", 384, "RSS target in MiB")
 	inproc := fs.Bool("inproc", false, "run the refresher inside tokenbench (for -cpuprofile; CPU and RSS then include NATS and the emulator)")
 	heapFile := fs.String("heap-profile", "", "with -inproc: write a heap profile to this file at the end of the steady window")
+	statusEvery := fs.Duration("status-every", 100*time.Millisecond, "how often /status is polled during startup (each poll walks every authorizer)")
 	ticketsFlag := fs.String("tickets", "", "authorizer_tickets of the component, comma-separated (jsapi, wx_card): a stored ticket per authorizer and type")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -85,6 +88,9 @@ func runComponentScale(ctx context.Context, args []string, out io.Writer) error 
 	ticketTypes, err := authorizerTicketTypes(*ticketsFlag)
 	if err != nil {
 		return err
+	}
+	if *statusEvery <= 0 {
+		return fmt.Errorf("-status-every %s: want a positive duration", *statusEvery)
 	}
 	tmp, err := os.MkdirTemp("", "tokenbench-cscale-")
 	if err != nil {
@@ -115,7 +121,7 @@ func runComponentScale(ctx context.Context, args []string, out io.Writer) error 
 	if len(ticketTypes) > 0 {
 		callsCol, steadyCol = "upstream calls at start (component + getticket)", "upstream calls (component + getticket)"
 	}
-	t := newTable("authorizers", "seed", "exec → running", "exec → all valid", callsCol, "startup CPU", "peak RSS (VmHWM)",
+	t := newTable("authorizers", "seed", "exec → running", "exec → all loaded valid", "exec → all valid, leading", callsCol, "startup CPU", "peak RSS (VmHWM)",
 		"steady: due/s", steadyCol, "refreshes/s", "busiest second", "CPU per minute", "steady RSS", "SIGTERM → exit", "RSS ≤ target")
 	for _, n := range sizes {
 		rate := *rateFlag
@@ -123,7 +129,7 @@ func runComponentScale(ctx context.Context, args []string, out io.Writer) error 
 			rate = float64(n) / 4800
 		}
 		r, err := componentScaleOnce(ctx, componentScaleRun{bin: refBin, tmp: tmp, n: n, rate: rate, maxCalls: *maxCalls,
-			window: *window, startupLimit: *startupLimit, heapFile: *heapFile, tickets: ticketTypes})
+			window: *window, startupLimit: *startupLimit, heapFile: *heapFile, tickets: ticketTypes, statusEvery: *statusEvery})
 		if err != nil {
 			t.print(out)
 			return fmt.Errorf("n=%d: %w", n, err)
@@ -132,7 +138,7 @@ func runComponentScale(ctx context.Context, args []string, out io.Writer) error 
 		if len(ticketTypes) > 0 {
 			due = fmt.Sprintf("%.1f + %.1f", rate, rate*float64(len(ticketTypes)))
 		}
-		t.add(n, r.seed.Round(100*time.Millisecond), r.running.Round(10*time.Millisecond), r.allValid.Round(10*time.Millisecond), r.start.String(len(ticketTypes) > 0),
+		t.add(n, r.seed.Round(100*time.Millisecond), r.running.Round(10*time.Millisecond), r.loaded.Round(10*time.Millisecond), r.allValid.Round(10*time.Millisecond), r.start.String(len(ticketTypes) > 0),
 			fmt.Sprintf("%.1f s", r.startCPU.Seconds()), mib(r.peakRSS),
 			due, r.steady.String(len(ticketTypes) > 0), fmt.Sprintf("%.1f", float64(r.steady.total())/r.steadyFor.Seconds()),
 			r.busiest, fmt.Sprintf("%.2f s", r.cpuPerMinute.Seconds()), mib(r.steadyRSS),
@@ -171,15 +177,17 @@ type componentScaleRun struct {
 	window, startupLimit time.Duration
 	heapFile             string
 	tickets              []string // authorizer_tickets
+	statusEvery          time.Duration
 }
 
 type componentScaleResult struct {
-	seed, running, allValid, shutdown time.Duration
-	start, steady                     callCount
-	steadyFor                         time.Duration
-	busiest                           int
-	startCPU, cpuPerMinute            time.Duration
-	peakRSS, steadyRSS                int64
+	seed, running, shutdown time.Duration
+	loaded, allValid        time.Duration // every authorizer (and ticket) valid in /status; and leading
+	start, steady           callCount
+	steadyFor               time.Duration
+	busiest                 int
+	startCPU, cpuPerMinute  time.Duration
+	peakRSS, steadyRSS      int64
 }
 
 // callCount is a number of answered upstream calls: to the component
@@ -392,7 +400,11 @@ func componentScaleOnce(ctx context.Context, run componentScaleRun) (componentSc
 			res.peakRSS = max(res.peakRSS, s.hwm)
 		}
 		auth, valid, ticketsValid, leader, err := componentStatus(ctx, httpAddr)
-		if err == nil && leader && auth == n && valid == n && ticketsValid == n*len(run.tickets) {
+		all := err == nil && auth == n && valid == n && ticketsValid == n*len(run.tickets)
+		if all && res.loaded == 0 {
+			res.loaded = time.Since(start)
+		}
+		if all && leader {
 			break
 		}
 		if p.exited() {
@@ -401,7 +413,7 @@ func componentScaleOnce(ctx context.Context, run componentScaleRun) (componentSc
 		if time.Now().After(deadline) {
 			return res, fmt.Errorf("after %s: %d authorizers, %d valid, %d tickets valid (err %v)", startupLimit, auth, valid, ticketsValid, err)
 		}
-		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+		if err := sleepCtx(ctx, run.statusEvery); err != nil {
 			return res, err
 		}
 	}
