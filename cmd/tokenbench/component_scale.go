@@ -76,6 +76,7 @@ func runComponentScale(ctx context.Context, args []string, out io.Writer) error 
 	rssTarget := fs.Int64("rss-target-mib", 384, "RSS target in MiB")
 	inproc := fs.Bool("inproc", false, "run the refresher inside tokenbench (for -cpuprofile; CPU and RSS then include NATS and the emulator)")
 	heapFile := fs.String("heap-profile", "", "with -inproc: write a heap profile to this file at the end of the steady window")
+	memLimit := fs.String("gomemlimit", "", "GOMEMLIMIT of the refresher process (e.g. 300MiB; not with -inproc)")
 	statusEvery := fs.Duration("status-every", 100*time.Millisecond, "how often /status is polled during startup (each poll walks every authorizer)")
 	ticketsFlag := fs.String("tickets", "", "authorizer_tickets of the component, comma-separated (jsapi, wx_card): a stored ticket per authorizer and type")
 	if err := fs.Parse(args); err != nil {
@@ -88,6 +89,9 @@ func runComponentScale(ctx context.Context, args []string, out io.Writer) error 
 	ticketTypes, err := authorizerTicketTypes(*ticketsFlag)
 	if err != nil {
 		return err
+	}
+	if *memLimit != "" && *inproc {
+		return errors.New("-gomemlimit applies to the refresher process: not with -inproc")
 	}
 	if *statusEvery <= 0 {
 		return fmt.Errorf("-status-every %s: want a positive duration", *statusEvery)
@@ -108,6 +112,9 @@ func runComponentScale(ctx context.Context, args []string, out io.Writer) error 
 		limit = fmt.Sprintf("max_calls_per_second %d (the default)", refresher.DefaultMaxCallsPerSecond)
 	}
 	where := "cmd/refresher as a process"
+	if *memLimit != "" {
+		where += " with GOMEMLIMIT=" + *memLimit
+	}
 	if *inproc {
 		where = "the refresher in-process (CPU and RSS include NATS and the emulator)"
 	}
@@ -129,7 +136,7 @@ func runComponentScale(ctx context.Context, args []string, out io.Writer) error 
 			rate = float64(n) / 4800
 		}
 		r, err := componentScaleOnce(ctx, componentScaleRun{bin: refBin, tmp: tmp, n: n, rate: rate, maxCalls: *maxCalls,
-			window: *window, startupLimit: *startupLimit, heapFile: *heapFile, tickets: ticketTypes, statusEvery: *statusEvery})
+			window: *window, startupLimit: *startupLimit, heapFile: *heapFile, tickets: ticketTypes, statusEvery: *statusEvery, memLimit: *memLimit})
 		if err != nil {
 			t.print(out)
 			return fmt.Errorf("n=%d: %w", n, err)
@@ -178,6 +185,7 @@ type componentScaleRun struct {
 	heapFile             string
 	tickets              []string // authorizer_tickets
 	statusEvery          time.Duration
+	memLimit             string // GOMEMLIMIT of the refresher process ("": none)
 }
 
 type componentScaleResult struct {
@@ -383,6 +391,9 @@ func componentScaleOnce(ctx context.Context, run componentScaleRun) (componentSc
 		var envList []string
 		for k, v := range env {
 			envList = append(envList, k+"="+v)
+		}
+		if run.memLimit != "" {
+			envList = append(envList, "GOMEMLIMIT="+run.memLimit)
 		}
 		p, err = startProc(bin, cfgPath, "component-scale", envList)
 	}
