@@ -40,13 +40,23 @@ import (
 //     tokens bucket, as an earlier refresher would have left them (ages
 //     spread over half a lifetime: none due for minutes).
 //  3. Start: cmd/refresher (or -inproc) starts; measured: exec → running
-//     (everything loaded), exec → /status shows N valid authorizers,
-//     upstream calls until then (target 0), startup CPU, peak RSS.
+//     (everything loaded), exec → /status shows N valid authorizers
+//     ("loaded"), and that while leading ("all valid"; the lease is taken
+//     after the load), upstream calls until then (target 0), startup CPU,
+//     peak RSS. /status is polled every -status-every.
 //  4. Steady state over -window: tokenbench marks -rate stored records a
 //     second as expired (the steady rate of N authorizers with 7200 s
 //     tokens refreshed at 2/3 of the lifetime: N/4800 a second), which
 //     the refresher follows and refreshes: upstream calls, their busiest
 //     second, CPU per minute, RSS.
+//
+// With -tickets jsapi (authorizer_tickets of the component) each
+// authorizer also holds a ticket the emulator issued (BulkAuthorizerTickets)
+// and its stored record, aged like its token; "all valid" then also needs
+// every ticket valid, getticket calls are counted beside the component
+// calls (they pass the same rate limiter), and the steady state also makes
+// -rate ticket records a second due, of other authorizers than the tokens
+// (a token and its ticket have moments of their own).
 
 const (
 	benchComponent      = "comp"
@@ -66,12 +76,25 @@ func runComponentScale(ctx context.Context, args []string, out io.Writer) error 
 	rssTarget := fs.Int64("rss-target-mib", 384, "RSS target in MiB")
 	inproc := fs.Bool("inproc", false, "run the refresher inside tokenbench (for -cpuprofile; CPU and RSS then include NATS and the emulator)")
 	heapFile := fs.String("heap-profile", "", "with -inproc: write a heap profile to this file at the end of the steady window")
+	memLimit := fs.String("gomemlimit", "", "GOMEMLIMIT of the refresher process (e.g. 300MiB; not with -inproc)")
+	statusEvery := fs.Duration("status-every", 100*time.Millisecond, "how often /status is polled during startup (each poll walks every authorizer)")
+	ticketsFlag := fs.String("tickets", "", "authorizer_tickets of the component, comma-separated (jsapi, wx_card): a stored ticket per authorizer and type")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	sizes, err := positiveInts("-n", *nFlag)
 	if err != nil {
 		return err
+	}
+	ticketTypes, err := authorizerTicketTypes(*ticketsFlag)
+	if err != nil {
+		return err
+	}
+	if *memLimit != "" && *inproc {
+		return errors.New("-gomemlimit applies to the refresher process: not with -inproc")
+	}
+	if *statusEvery <= 0 {
+		return fmt.Errorf("-status-every %s: want a positive duration", *statusEvery)
 	}
 	tmp, err := os.MkdirTemp("", "tokenbench-cscale-")
 	if err != nil {
@@ -89,71 +112,154 @@ func runComponentScale(ctx context.Context, args []string, out io.Writer) error 
 		limit = fmt.Sprintf("max_calls_per_second %d (the default)", refresher.DefaultMaxCallsPerSecond)
 	}
 	where := "cmd/refresher as a process"
+	if *memLimit != "" {
+		where += " with GOMEMLIMIT=" + *memLimit
+	}
 	if *inproc {
 		where = "the refresher in-process (CPU and RSS include NATS and the emulator)"
 	}
+	stored := "stored tokens aged over half a lifetime; steady state over %s with -rate records made due a second"
+	if len(ticketTypes) > 0 {
+		stored = "authorizer_tickets " + strings.Join(ticketTypes, ", ") + "; stored tokens and tickets aged over half a lifetime; steady state over %s with -rate token records and -rate records of each ticket type made due a second"
+	}
 	header(out, "One refresher, one Open Platform component, N authorizers",
-		fmt.Sprintf("%s (schedule @every 30s, concurrency 16, %s, log info, http on), embedded nats-server and emulator (7200 s tokens) in tokenbench; stored tokens aged over half a lifetime; steady state over %s with -rate records made due a second", where, limit, *window))
-	t := newTable("authorizers", "seed", "exec → running", "exec → all valid", "upstream calls at start", "startup CPU", "peak RSS (VmHWM)",
-		"steady: due/s", "upstream calls", "busiest second", "CPU per minute", "steady RSS", "SIGTERM → exit", "RSS ≤ target")
+		fmt.Sprintf("%s (schedule @every 30s, concurrency 16, %s, log info, http on), embedded nats-server and emulator (7200 s tokens and tickets) in tokenbench; "+stored, where, limit, *window))
+	callsCol, steadyCol := "upstream calls at start", "upstream calls"
+	if len(ticketTypes) > 0 {
+		callsCol, steadyCol = "upstream calls at start (component + getticket)", "upstream calls (component + getticket)"
+	}
+	t := newTable("authorizers", "seed", "exec → running", "exec → all loaded valid", "exec → all valid, leading", callsCol, "startup CPU", "peak RSS (VmHWM)",
+		"steady: due/s", steadyCol, "refreshes/s", "busiest second", "CPU per minute", "steady RSS", "SIGTERM → exit", "RSS ≤ target")
 	for _, n := range sizes {
 		rate := *rateFlag
 		if rate < 0 {
 			rate = float64(n) / 4800
 		}
-		r, err := componentScaleOnce(ctx, refBin, tmp, n, rate, *maxCalls, *window, *startupLimit, *heapFile)
+		r, err := componentScaleOnce(ctx, componentScaleRun{bin: refBin, tmp: tmp, n: n, rate: rate, maxCalls: *maxCalls,
+			window: *window, startupLimit: *startupLimit, heapFile: *heapFile, tickets: ticketTypes, statusEvery: *statusEvery, memLimit: *memLimit})
 		if err != nil {
 			t.print(out)
 			return fmt.Errorf("n=%d: %w", n, err)
 		}
-		t.add(n, r.seed.Round(100*time.Millisecond), r.running.Round(10*time.Millisecond), r.allValid.Round(10*time.Millisecond), r.startCalls,
+		due := fmt.Sprintf("%.1f", rate)
+		if len(ticketTypes) > 0 {
+			due = fmt.Sprintf("%.1f + %.1f", rate, rate*float64(len(ticketTypes)))
+		}
+		t.add(n, r.seed.Round(100*time.Millisecond), r.running.Round(10*time.Millisecond), r.loaded.Round(10*time.Millisecond), r.allValid.Round(10*time.Millisecond), r.start.String(len(ticketTypes) > 0),
 			fmt.Sprintf("%.1f s", r.startCPU.Seconds()), mib(r.peakRSS),
-			fmt.Sprintf("%.1f", rate), r.steadyCalls, r.busiest, fmt.Sprintf("%.2f s", r.cpuPerMinute.Seconds()), mib(r.steadyRSS),
+			due, r.steady.String(len(ticketTypes) > 0), fmt.Sprintf("%.1f", float64(r.steady.total())/r.steadyFor.Seconds()),
+			r.busiest, fmt.Sprintf("%.2f s", r.cpuPerMinute.Seconds()), mib(r.steadyRSS),
 			r.shutdown.Round(time.Millisecond), verdict(r.peakRSS <= *rssTarget<<20))
 	}
 	t.print(out)
-	fmt.Fprintln(out, "\nCPU is user+system of the refresher process (NATS and the emulator run in tokenbench unless -inproc). \"upstream calls\" are the component endpoints' answered calls during the window; \"busiest second\" the most in any one-second window.")
+	fmt.Fprintln(out, "\nCPU is user+system of the refresher process (NATS and the emulator run in tokenbench unless -inproc). \"upstream calls\" are the component endpoints' answered calls during the window (with -tickets: component + getticket); \"refreshes/s\" those calls a second; \"busiest second\" the most in any one-second window (getticket included: it passes the component's rate limiter too).")
 	return nil
 }
 
-type componentScaleResult struct {
-	seed, running, allValid, shutdown time.Duration
-	startCalls, steadyCalls, busiest  int
-	startCPU, cpuPerMinute            time.Duration
-	peakRSS, steadyRSS                int64
+// authorizerTicketTypes parses -tickets: the ticket types a component may
+// keep per authorizer, no duplicates ("" is none).
+func authorizerTicketTypes(list string) ([]string, error) {
+	if strings.TrimSpace(list) == "" {
+		return nil, nil
+	}
+	var out []string
+	for _, typ := range strings.Split(list, ",") {
+		typ = strings.TrimSpace(typ)
+		if typ != contract.TicketJSAPI && typ != contract.TicketWXCard {
+			return nil, fmt.Errorf("-tickets: %q is not an authorizer ticket type (want %s or %s)", typ, contract.TicketJSAPI, contract.TicketWXCard)
+		}
+		if slices.Contains(out, typ) {
+			return nil, fmt.Errorf("-tickets: %s given twice", typ)
+		}
+		out = append(out, typ)
+	}
+	return out, nil
 }
 
-// callTimes records when the emulator answered each component call.
+// componentScaleRun is one run of component-scale.
+type componentScaleRun struct {
+	bin, tmp             string // bin "": in-process
+	n                    int
+	rate, maxCalls       float64
+	window, startupLimit time.Duration
+	heapFile             string
+	tickets              []string // authorizer_tickets
+	statusEvery          time.Duration
+	memLimit             string // GOMEMLIMIT of the refresher process ("": none)
+}
+
+type componentScaleResult struct {
+	seed, running, shutdown time.Duration
+	loaded, allValid        time.Duration // every authorizer (and ticket) valid in /status; and leading
+	start, steady           callCount
+	steadyFor               time.Duration
+	busiest                 int
+	startCPU, cpuPerMinute  time.Duration
+	peakRSS, steadyRSS      int64
+}
+
+// callCount is a number of answered upstream calls: to the component
+// endpoints, and to getticket.
+type callCount struct{ component, ticket int }
+
+func (c callCount) total() int { return c.component + c.ticket }
+
+// String is the total, or with tickets "total (component + getticket)".
+func (c callCount) String(tickets bool) string {
+	if !tickets {
+		return fmt.Sprint(c.component)
+	}
+	return fmt.Sprintf("%d (%d + %d)", c.total(), c.component, c.ticket)
+}
+
+// callTimes records when the emulator answered each component call and
+// each getticket call.
 type callTimes struct {
 	mu sync.Mutex
-	at []time.Time
+	at []callAt
+}
+
+type callAt struct {
+	at     time.Time
+	ticket bool
 }
 
 func (c *callTimes) on(call wechatsim.Call) {
+	if call.Fault != "" {
+		return
+	}
 	switch call.Path {
-	case wechatsim.PathComponentToken, wechatsim.PathQueryAuth, wechatsim.PathAuthorizerToken, wechatsim.PathAuthorizerList:
-		if call.Fault == "" {
-			c.mu.Lock()
-			c.at = append(c.at, time.Now())
-			c.mu.Unlock()
-		}
+	case wechatsim.PathComponentToken, wechatsim.PathQueryAuth, wechatsim.PathAuthorizerToken, wechatsim.PathAuthorizerList, wechatsim.PathGetTicket:
+		c.mu.Lock()
+		c.at = append(c.at, callAt{time.Now(), call.Path == wechatsim.PathGetTicket})
+		c.mu.Unlock()
 	}
 }
 
-func (c *callTimes) since(t0 time.Time) []time.Time {
+// since returns the moments of the calls answered from t0 on, in order,
+// and how many were component and getticket calls.
+func (c *callTimes) since(t0 time.Time) ([]time.Time, callCount) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []time.Time
-	for _, t := range c.at {
-		if !t.Before(t0) {
-			out = append(out, t)
+	var n callCount
+	for _, a := range c.at {
+		if a.at.Before(t0) {
+			continue
+		}
+		out = append(out, a.at)
+		if a.ticket {
+			n.ticket++
+		} else {
+			n.component++
 		}
 	}
 	slices.SortFunc(out, func(a, b time.Time) int { return a.Compare(b) })
-	return out
+	return out, n
 }
 
-func componentScaleOnce(ctx context.Context, bin, tmp string, n int, rate, maxCalls float64, window, startupLimit time.Duration, heapFile string) (componentScaleResult, error) {
+func componentScaleOnce(ctx context.Context, run componentScaleRun) (componentScaleResult, error) {
+	bin, tmp, n, rate, maxCalls, window, startupLimit, heapFile := run.bin, run.tmp, run.n, run.rate, run.maxCalls, run.window, run.startupLimit, run.heapFile
 	var res componentScaleResult
 	var calls callTimes
 	w, err := newWorld(wechatsim.Options{OnCall: calls.on})
@@ -188,6 +294,9 @@ func componentScaleOnce(ctx context.Context, bin, tmp string, n int, rate, maxCa
 		benchComponent, benchComponentAppID, w.simURL)
 	if maxCalls > 0 {
 		fmt.Fprintf(&b, "    max_calls_per_second: %v\n", maxCalls)
+	}
+	if len(run.tickets) > 0 {
+		fmt.Fprintf(&b, "    authorizer_tickets: [%s]\n", strings.Join(run.tickets, ", "))
 	}
 	cfgPath := filepath.Join(tmp, fmt.Sprintf("component-scale-%d.yaml", n))
 	if err := os.WriteFile(cfgPath, []byte(b.String()), 0o600); err != nil {
@@ -252,13 +361,24 @@ func componentScaleOnce(ctx context.Context, bin, tmp string, n int, rate, maxCa
 	if len(auths) != n {
 		return res, fmt.Errorf("BulkAuthorize gave %d authorizers", len(auths))
 	}
+	// The ones the steady state makes due: tokens of the first
+	// authorizers, tickets of the next ones.
+	made := int(rate*window.Seconds()*1.5) + 1
 	records := make(map[string]contract.Record, 0)
 	if err := seedAuthorizers(ctx, js, ring, auths, func(i int, rec contract.Record) {
-		if i < int(rate*window.Seconds()*1.5)+1 {
-			records[rec.Key] = rec // the ones the steady state makes due
+		if i < made {
+			records[rec.Key] = rec
 		}
 	}); err != nil {
 		return res, err
+	}
+	var tickets []contract.TicketRecord
+	for _, typ := range run.tickets {
+		all, err := seedAuthorizerTickets(ctx, js, w.sim, typ, auths)
+		if err != nil {
+			return res, err
+		}
+		tickets = append(tickets, all[min(made, n):min(2*made, n)]...)
 	}
 	res.seed = time.Since(t0)
 
@@ -271,6 +391,9 @@ func componentScaleOnce(ctx context.Context, bin, tmp string, n int, rate, maxCa
 		var envList []string
 		for k, v := range env {
 			envList = append(envList, k+"="+v)
+		}
+		if run.memLimit != "" {
+			envList = append(envList, "GOMEMLIMIT="+run.memLimit)
 		}
 		p, err = startProc(bin, cfgPath, "component-scale", envList)
 	}
@@ -287,22 +410,26 @@ func componentScaleOnce(ctx context.Context, bin, tmp string, n int, rate, maxCa
 		if s, err := readProc(p.pid()); err == nil {
 			res.peakRSS = max(res.peakRSS, s.hwm)
 		}
-		auth, valid, leader, err := componentStatus(ctx, httpAddr)
-		if err == nil && leader && auth == n && valid == n {
+		auth, valid, ticketsValid, leader, err := componentStatus(ctx, httpAddr)
+		all := err == nil && auth == n && valid == n && ticketsValid == n*len(run.tickets)
+		if all && res.loaded == 0 {
+			res.loaded = time.Since(start)
+		}
+		if all && leader {
 			break
 		}
 		if p.exited() {
 			return res, fmt.Errorf("refresher exited during startup:\n%s", p.out.tail())
 		}
 		if time.Now().After(deadline) {
-			return res, fmt.Errorf("after %s: %d authorizers, %d valid (err %v)", startupLimit, auth, valid, err)
+			return res, fmt.Errorf("after %s: %d authorizers, %d valid, %d tickets valid (err %v)", startupLimit, auth, valid, ticketsValid, err)
 		}
-		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+		if err := sleepCtx(ctx, run.statusEvery); err != nil {
 			return res, err
 		}
 	}
 	res.allValid = time.Since(start)
-	res.startCalls = len(calls.since(start))
+	_, res.start = calls.since(start)
 	s0, err := readProc(p.pid())
 	if err != nil {
 		return res, err
@@ -321,7 +448,7 @@ func componentScaleOnce(ctx context.Context, bin, tmp string, n int, rate, maxCa
 		keys = append(keys, k)
 	}
 	var rssSum, samples int64
-	made := 0
+	made, madeTickets := 0, 0
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	nextSample := steadyStart.Add(time.Second)
@@ -333,6 +460,16 @@ func componentScaleOnce(ctx context.Context, bin, tmp string, n int, rate, maxCa
 		}
 		for want := int(rate * time.Since(steadyStart).Seconds()); made < want && made < len(keys); made++ {
 			rec := records[keys[made]]
+			rec.FetchedAt, rec.ExpiresAt = time.Now().Add(-3*time.Hour).UTC(), time.Now().Add(-time.Hour).UTC()
+			val, _ := json.Marshal(rec)
+			if _, err := tokKV.Put(ctx, rec.Key, val); err != nil {
+				return res, err
+			}
+		}
+		for want := int(rate * float64(len(run.tickets)) * time.Since(steadyStart).Seconds()); madeTickets < want && madeTickets < len(tickets); madeTickets++ {
+			// An earlier ticket (another value), fetched 3 h ago.
+			rec := tickets[madeTickets]
+			rec.Ticket = "expired" + rec.Ticket[len("expired"):]
 			rec.FetchedAt, rec.ExpiresAt = time.Now().Add(-3*time.Hour).UTC(), time.Now().Add(-time.Hour).UTC()
 			val, _ := json.Marshal(rec)
 			if _, err := tokKV.Put(ctx, rec.Key, val); err != nil {
@@ -358,8 +495,9 @@ func componentScaleOnce(ctx context.Context, bin, tmp string, n int, rate, maxCa
 	if samples > 0 {
 		res.steadyRSS = rssSum / samples
 	}
-	steady := calls.since(steadyStart)
-	res.steadyCalls = len(steady)
+	var steady []time.Time
+	steady, res.steady = calls.since(steadyStart)
+	res.steadyFor = z.at.Sub(steadyStart)
 	res.busiest = busiestSecond(steady)
 	if bin == "" && heapFile != "" {
 		if f, err := os.Create(heapFile); err == nil {
@@ -442,6 +580,51 @@ func seedAuthorizers(ctx context.Context, js jetstream.JetStream, ring *seal.Key
 	return flush()
 }
 
+// seedAuthorizerTickets has the emulator issue each authorizer a ticket
+// of typ (no calls) and writes its record <component>.<appid>.<typ> into
+// the tokens bucket with asynchronous publishes, fetched a second after
+// the authorizer's token as seedAuthorizers ages it. It returns the
+// records in the order of auths.
+func seedAuthorizerTickets(ctx context.Context, js jetstream.JetStream, sim *wechatsim.Sim, typ string, auths []wechatsim.Authorization) ([]contract.TicketRecord, error) {
+	ids := make([]string, len(auths))
+	for i, a := range auths {
+		ids[i] = a.AuthorizerAppID
+	}
+	issued := sim.BulkAuthorizerTickets(benchComponentAppID, typ, ids)
+	if len(issued) != len(auths) {
+		return nil, fmt.Errorf("the emulator issued %d %s tickets for %d authorizers", len(issued), typ, len(auths))
+	}
+	now := time.Now().UTC()
+	const lifetime = 7200 * time.Second
+	tokSubj := "$KV." + contract.DefaultBucket + "."
+	out := make([]contract.TicketRecord, len(auths))
+	futures := make([]jetstream.PubAckFuture, 0, 2000)
+	for i, a := range auths {
+		age := time.Duration(float64(lifetime)*0.5*float64(i)/float64(len(auths))) - time.Second
+		key := contract.Key(benchComponent, a.AuthorizerAppID, typ)
+		out[i] = contract.TicketRecord{App: benchComponent, Key: key, TicketType: typ, Ticket: issued[i].Ticket,
+			FetchedAt: now.Add(-age), ExpiresAt: now.Add(-age + lifetime), Source: contract.SourceScheduled}
+		val, _ := json.Marshal(out[i])
+		f, err := js.PublishAsync(tokSubj+key, val)
+		if err != nil {
+			return nil, err
+		}
+		if futures = append(futures, f); len(futures) == cap(futures) || i == len(auths)-1 {
+			for _, f := range futures {
+				select {
+				case <-f.Ok():
+				case err := <-f.Err():
+					return nil, err
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+			}
+			futures = futures[:0]
+		}
+	}
+	return out, nil
+}
+
 // putSealed seals v under key into kv.
 func putSealed(ctx context.Context, kv jetstream.KeyValue, ring *seal.Keyring, key string, v any) error {
 	plain, err := json.Marshal(v)
@@ -457,26 +640,27 @@ func putSealed(ctx context.Context, kv jetstream.KeyValue, ring *seal.Keyring, k
 }
 
 // componentStatus reads the refresher's /status: the component's
-// authorizers, how many hold a valid token, and whether it leads.
-func componentStatus(ctx context.Context, addr string) (authorizers, valid int, leader bool, err error) {
+// authorizers, how many hold a valid token, how many of their tickets are
+// valid, and whether it leads.
+func componentStatus(ctx context.Context, addr string) (authorizers, valid, ticketsValid int, leader bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/status", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, 0, false, err
+		return 0, 0, 0, false, err
 	}
 	defer resp.Body.Close()
 	var rep refresher.StatusReport
 	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
-		return 0, 0, false, err
+		return 0, 0, 0, false, err
 	}
 	for _, s := range rep.Apps {
 		if s.Component != nil {
-			return s.Component.Authorizers, s.Component.Valid, rep.IsLeader, nil
+			return s.Component.Authorizers, s.Component.Valid, s.Component.TicketsValid, rep.IsLeader, nil
 		}
 	}
-	return 0, 0, rep.IsLeader, errors.New("no component in /status")
+	return 0, 0, 0, rep.IsLeader, errors.New("no component in /status")
 }
 
 // busiestSecond is the most calls within any one-second window.

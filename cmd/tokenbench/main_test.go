@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -61,5 +62,48 @@ func TestUnknownScenario(t *testing.T) {
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"nope"}, &out); err == nil || !strings.Contains(out.String(), "usage") {
 		t.Fatalf("want usage and an error, got %v:\n%s", err, out.String())
+	}
+}
+
+// component-scale -tickets jsapi, in-process and tiny: the stored tokens
+// and tickets make the start call nothing upstream, and the steady state
+// refreshes tickets (getticket counted beside the component calls). Bad
+// -tickets values are refused.
+func TestComponentScaleTickets(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	args := []string{"component-scale", "-inproc", "-n", "60", "-rate", "5", "-window", "4s", "-tickets", "jsapi"}
+	if err := run(ctx, args, &out); err != nil {
+		t.Fatalf("tokenbench %s: %v\n%s", strings.Join(args, " "), err, out.String())
+	}
+	s := out.String()
+	var row []string
+	for _, line := range strings.Split(s, "\n") {
+		if strings.HasPrefix(line, "| 60 ") {
+			row = strings.Split(line, "|")
+		}
+	}
+	if len(row) < 10 {
+		t.Fatalf("no row for 60 authorizers:\n%s", s)
+	}
+	start, steady := strings.TrimSpace(row[6]), strings.TrimSpace(row[10])
+	if start != "0 (0 + 0)" {
+		t.Fatalf("upstream calls at start = %q, want 0 (0 + 0):\n%s", start, s)
+	}
+	var total, comp, tick int
+	if _, err := fmt.Sscanf(steady, "%d (%d + %d)", &total, &comp, &tick); err != nil || comp == 0 || tick == 0 || total != comp+tick {
+		t.Fatalf("steady calls %q: want component and getticket calls (err %v):\n%s", steady, err, s)
+	}
+	t.Log("\n" + s)
+
+	for _, bad := range []string{"agent_config", "jsapi,jsapi", "nope"} {
+		out.Reset()
+		if err := run(ctx, []string{"component-scale", "-inproc", "-n", "1", "-tickets", bad}, &out); err == nil || !strings.Contains(err.Error(), "-tickets") {
+			t.Errorf("-tickets %s: err %v, want a -tickets error", bad, err)
+		}
 	}
 }

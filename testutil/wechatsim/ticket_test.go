@@ -4,8 +4,10 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"runtime"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
@@ -193,5 +195,94 @@ func TestCheckSignature(t *testing.T) {
 	}
 	if ok, bad := e.sim.SignatureChecks(); ok != 4 || bad != 7 {
 		t.Fatalf("SignatureChecks = %d ok, %d rejected; want 4, 7", ok, bad)
+	}
+}
+
+// BulkAuthorizerTickets issues authorizer tickets without calls: real
+// tickets (CheckTicket, CheckSignature), counted as issued, not as calls
+// or quota; a getticket with the authorizer's token supersedes them as
+// usual (the bulk one stays valid for the grace period). Bad input issues
+// nothing.
+func TestBulkAuthorizerTickets(t *testing.T) {
+	e := newCompEnv(t, wechatsim.Options{})
+	bulk := e.sim.BulkAuthorize(compID, 3, "wxbt")
+	ids := []string{bulk[0].AuthorizerAppID, bulk[1].AuthorizerAppID, bulk[2].AuthorizerAppID}
+	if got := e.sim.BulkAuthorizerTickets(compID, contract.TicketJSAPI, append(ids, "wxnosuch")); got != nil {
+		t.Fatalf("an unknown authorizer was accepted: %v", got)
+	}
+	for _, bad := range []struct{ comp, typ string }{{"wxnosuch", contract.TicketJSAPI}, {compID, contract.TicketAgentConfig}, {compID, ""}} {
+		if got := e.sim.BulkAuthorizerTickets(bad.comp, bad.typ, ids); got != nil {
+			t.Fatalf("BulkAuthorizerTickets(%q, %q) = %v, want nil", bad.comp, bad.typ, got)
+		}
+	}
+	if n := e.sim.TicketsIssued(ids[0], contract.TicketJSAPI); n != 0 {
+		t.Fatalf("refused input issued %d tickets", n)
+	}
+	tk := e.sim.BulkAuthorizerTickets(compID, contract.TicketJSAPI, ids)
+	if len(tk) != 3 {
+		t.Fatalf("got %d tickets", len(tk))
+	}
+	for i, id := range ids {
+		if tk[i].Ticket != e.sim.LastTicket(id, contract.TicketJSAPI) || !tk[i].ExpiresAt.Equal(e.clock.Now().Add(2*time.Hour)) {
+			t.Fatalf("ticket %d: %+v, last %q", i, tk[i], e.sim.LastTicket(id, contract.TicketJSAPI))
+		}
+		wantTicketCheck(t, e.sim, tk[i].Ticket, nil)
+		if e.sim.TicketsIssued(id, contract.TicketJSAPI) != 1 || e.sim.TicketCalls(id) != 0 || e.sim.TicketQuotaUsed(id) != 0 {
+			t.Fatalf("%s: issued %d, calls %d, quota %d; want 1, 0, 0", id, e.sim.TicketsIssued(id, contract.TicketJSAPI),
+				e.sim.TicketCalls(id), e.sim.TicketQuotaUsed(id))
+		}
+	}
+	const page, nonce, ts = "https://example.com/a", "n0nce", 1700000000
+	if err := e.sim.CheckSignature(ids[1], page, nonce, ts, contract.JSSDKSignature(tk[1].Ticket, nonce, ts, page)); err != nil {
+		t.Fatalf("a bulk ticket does not sign: %v", err)
+	}
+	if err := e.sim.CheckSignature(ids[0], page, nonce, ts, contract.JSSDKSignature(tk[1].Ticket, nonce, ts, page)); err == nil {
+		t.Fatal("another authorizer's ticket signed")
+	}
+	next := mustTicket(t, e.getTicket(bulk[0].AccessToken, contract.TicketJSAPI))
+	if next == tk[0].Ticket || e.sim.TicketCalls(ids[0]) != 1 || e.sim.TicketsIssued(ids[0], contract.TicketJSAPI) != 2 {
+		t.Fatal("getticket after the bulk ticket did not issue a new one")
+	}
+	wantTicketCheck(t, e.sim, tk[0].Ticket, nil)
+	e.clock.Advance(300 * time.Second)
+	wantTicketCheck(t, e.sim, tk[0].Ticket, wechatsim.ErrInvalidToken)
+	wantTicketCheck(t, e.sim, next, nil)
+}
+
+// The emulator's memory for 100 000 authorizers holding a jsapi ticket
+// each (what tokenbench component-scale -tickets jsapi sets up): measured
+// as live heap after a GC, bounded so that a leak per ticket fails.
+func TestBulkAuthorizerTicketsMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	e := newCompEnv(t, wechatsim.Options{})
+	const n = 100_000
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	h0 := heap()
+	bulk := e.sim.BulkAuthorize(compID, n, "wxm")
+	h1 := heap()
+	ids := make([]string, n)
+	for i, b := range bulk {
+		ids[i] = b.AuthorizerAppID
+	}
+	tk := e.sim.BulkAuthorizerTickets(compID, contract.TicketJSAPI, ids)
+	if len(tk) != n {
+		t.Fatalf("got %d tickets", len(tk))
+	}
+	h2 := heap()
+	runtime.KeepAlive(bulk)
+	runtime.KeepAlive(tk)
+	perAuth := float64(h1-h0) / n
+	perTicket := float64(h2-h1)/n - float64(unsafe.Sizeof(wechatsim.IssuedTicket{})+86) // less the test's own slice and values
+	t.Logf("emulator heap at %d authorizers: %.0f MB (%.0f B each, with the test's Authorization slice); their jsapi tickets: +%.0f MB (%.0f B each, the emulator's share)",
+		n, float64(h1-h0)/1e6, perAuth, float64(h2-h1)/1e6, perTicket)
+	if perTicket > 2048 {
+		t.Fatalf("%.0f B of emulator heap per authorizer ticket; want ≤ 2 KiB", perTicket)
 	}
 }
