@@ -59,6 +59,7 @@ type component struct {
 	// to change a component's authorizer_tickets.
 	app         *app
 	ticketTypes []string
+	appid       string // the component appid (fixed, like the callback)
 
 	mu    sync.Mutex
 	auths map[string]*authorizer // by authorizer appid
@@ -110,7 +111,7 @@ func (r *Refresher) addComponent(ac AppConfig) (*component, error) {
 		return nil, fmt.Errorf("refresher: app %s: callback: %w", ac.Name, err)
 	}
 	c := &component{name: ac.Name, crypter: cr, auths: map[string]*authorizer{}, codes: map[string]*pendingCode{},
-		lim: limiterFor(ac.MaxCallsPerSecond), app: r.apps[ac.Name], ticketTypes: ac.AuthorizerTickets}
+		lim: limiterFor(ac.MaxCallsPerSecond), app: r.apps[ac.Name], ticketTypes: ac.AuthorizerTickets, appid: ac.AppID}
 	c.wake = func(at time.Time) {
 		if at.UnixNano() < r.timerAt.Load() {
 			r.Tick()

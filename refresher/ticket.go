@@ -48,6 +48,17 @@ func newTicket(a *app, typ string) *ticket {
 	return &ticket{key: contract.Key(a.name, typ), typ: typ, parent: a, policy: a.policy}
 }
 
+// internSource returns the constant of a record's source, so that the
+// records held share one copy of it (a parsed record has its own).
+func internSource(s string) string {
+	for _, c := range []string{contract.SourceScheduled, contract.SourceStartup, contract.SourcePassive, contract.SourceManual} {
+		if s == c {
+			return c
+		}
+	}
+	return s
+}
+
 // token returns the access token t is fetched with and whether it can be
 // used at now: the app's, or the authorizer's.
 func (t *ticket) token(now time.Time) (*contract.Record, uint64, bool) {
@@ -173,7 +184,7 @@ func (t *ticket) take(rec *contract.TicketRecord, rev uint64) bool {
 	if rec != nil && rec.Key == t.key {
 		// One copy of the strings every record of the key repeats (at
 		// 100 000 authorizers, megabytes).
-		rec.App, rec.Key, rec.TicketType = t.parent.name, t.key, t.typ
+		rec.App, rec.Key, rec.TicketType, rec.Source = t.parent.name, t.key, t.typ, internSource(rec.Source)
 	}
 	t.rec, t.rev = rec, rev
 	if rec == nil {
