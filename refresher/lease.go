@@ -373,6 +373,12 @@ func (l *lease) observe(ctx context.Context) (seq uint64, claim bool) {
 		switch {
 		case m.Header.Get(markerReasonHeader) != "":
 			restart = !had || last != prev+1
+			// The server aging out a release marker we saw: nothing was
+			// written in between (the sequences are adjacent), so the
+			// lease is still released.
+			l.mu.Lock()
+			released = had && last == prev+1 && l.releasedAt == prev && prev != 0
+			l.mu.Unlock()
 		case m.Header.Get(kvOperationHeader) == "DEL":
 			released = true
 		}
@@ -387,6 +393,19 @@ func (l *lease) observe(ctx context.Context) (seq uint64, claim bool) {
 		l.releasedAt = last
 	}
 	return last, released || time.Since(l.obsAt) > l.ttl
+}
+
+// prime takes this process's first look at the lease before a long load
+// (100 000 authorizers take seconds), so that the wait for a lease nobody
+// renews — or the sight of a release — starts then, not after the load.
+// It never claims; a bucket never written is left for the first real look
+// (which claims it at once).
+func (l *lease) prime(ctx context.Context) {
+	if seq, claim := l.observe(ctx); claim && seq == 0 {
+		l.mu.Lock()
+		l.looked = false
+		l.mu.Unlock()
+	}
 }
 
 // tryAcquire takes the lease if this replica may claim it now (see

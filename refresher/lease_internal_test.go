@@ -202,3 +202,53 @@ func TestLeaseRenewalReplyLost(t *testing.T) {
 		t.Fatal("the fault was not injected")
 	}
 }
+
+// TestLeaseReleaseAgedOutStillReleased: a contender that saw a release
+// may claim at once even after the server aged the release marker out
+// (its MaxAge marker follows the release directly: nobody wrote in
+// between) — it does not wait a whole lease_ttl. The bucket's MaxAge is
+// cut to 1 s under a 10 s lease so that the wait, were it taken, would
+// still be running.
+func TestLeaseReleaseAgedOutStillReleased(t *testing.T) {
+	s := testutil.RunServer(t)
+	const ttl = 10 * time.Second
+	a := newTestLease(t, s.ClientURL(), "a", ttl)
+	b := newTestLease(t, s.ClientURL(), "b", ttl)
+	ctx := context.Background()
+	if !a.tryAcquire(ctx) {
+		t.Fatal("a could not take a free lease")
+	}
+	_, js := testutil.Connect(t, s.ClientURL())
+	st, err := js.Stream(ctx, "KV_t_lease")
+	if err != nil {
+		t.Fatal(err)
+	}
+	scfg := st.CachedInfo().Config
+	scfg.MaxAge, scfg.Duplicates = time.Second, time.Second
+	if _, err := js.UpdateStream(ctx, scfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, claim := b.observe(ctx); claim {
+		t.Fatal("b may claim a held lease")
+	}
+	a.Release(ctx)
+	rel, claim := b.observe(ctx)
+	if !claim {
+		t.Fatal("b may not claim over a release marker")
+	}
+	// The server ages the release marker out and leaves its own marker.
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		info, err := st.Info(ctx)
+		return err == nil && info.State.LastSeq == rel+1
+	}, "the server left no marker after the release aged out")
+	seq, claim := b.observe(ctx)
+	if seq != rel+1 || !claim {
+		t.Fatalf("after the release aged out: seq %d (release at %d), claim %v; want a claim at once", seq, rel, claim)
+	}
+	if !b.tryAcquire(ctx) || !b.Held() {
+		t.Fatal("b could not take the released lease")
+	}
+	if a.Held() {
+		t.Fatal("two holders")
+	}
+}

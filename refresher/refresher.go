@@ -175,6 +175,8 @@ func (r *Refresher) Run(ctx context.Context) error {
 	if err := r.provisionSecrets(ctx); err != nil {
 		return err
 	}
+	lease := newLease(r.nc, r.js, leaseKV, r.id, r.cfg.LeaseTTL, r.log, r.now, r.leadershipChanged)
+	lease.prime(ctx) // the wait for the lease runs during the load
 	if err := r.loadAll(ctx); err != nil {
 		return err
 	}
@@ -188,7 +190,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 	r.refreshCtx, r.cancelRefresh = context.WithCancel(context.WithoutCancel(ctx))
 	defer r.cancelRefresh()
 
-	r.lease = newLease(r.nc, r.js, leaseKV, r.id, r.cfg.LeaseTTL, r.log, r.now, r.leadershipChanged)
+	r.lease = lease
 	leaseCtx, stopLease := context.WithCancel(ctx)
 	defer stopLease()
 	var bg sync.WaitGroup
