@@ -271,10 +271,18 @@ func (f *Follower) emit(epoch uint64, e jetstream.KeyValueEntry, fromWatch bool)
 	if fromWatch && e.Revision() > f.pos {
 		f.pos = e.Revision()
 	}
-	if e.Revision() <= f.handed[e.Key()].rev {
+	key := e.Key()
+	prev, seen := f.handed[key]
+	if e.Revision() <= prev.rev {
 		return false
 	}
-	f.handed[e.Key()] = handed{rev: e.Revision(), op: e.Operation()}
+	if !seen {
+		// The key is a slice of the message's subject: a copy of its own
+		// keeps the map from holding every subject ever seen (at 100 000
+		// keys, megabytes).
+		key = strings.Clone(key)
+	}
+	f.handed[key] = handed{rev: e.Revision(), op: e.Operation()}
 	return f.sendLocked(Event{Kind: Entry, Entry: e, Polled: !fromWatch})
 }
 
