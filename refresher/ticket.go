@@ -42,6 +42,43 @@ type ticket struct {
 	lastForced time.Time
 	forcing    int       // forced refreshes running or waiting for one
 	hour       hourCount // upstream calls this hour (kinds with hourly limits)
+	// pending is a ticket fetched whose write failed: the newest one
+	// upstream issued (the fetch superseded the stored one), written by
+	// the next attempt instead of fetching again.
+	pending *contract.TicketRecord
+}
+
+// keepPending keeps rec, a fetched ticket not written; it reports whether
+// it is new (not the one kept already).
+func (t *ticket) keepPending(rec contract.TicketRecord) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	first := t.pending == nil || t.pending.Ticket != rec.Ticket
+	t.pending = &rec
+	t.due = time.Time{} // due at once: the failure's retry moment paces it
+	return first
+}
+
+// unstored returns the ticket fetched but not written, unless it has
+// expired or a record fetched no earlier is stored (stored; then it is
+// dropped).
+func (t *ticket) unstored(stored *contract.TicketRecord, now time.Time) *contract.TicketRecord {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.pending != nil && (!t.pending.ExpiresAt.After(now) || stored != nil && !stored.FetchedAt.Before(t.pending.FetchedAt)) {
+		t.pending = nil
+	}
+	if t.pending == nil {
+		return nil
+	}
+	p := *t.pending
+	return &p
+}
+
+func (t *ticket) dropPending() {
+	t.mu.Lock()
+	t.pending = nil
+	t.mu.Unlock()
 }
 
 func newTicket(a *app, typ string) *ticket {
@@ -344,6 +381,11 @@ func (r *Refresher) refreshTicket(ctx context.Context, t *ticket, source string,
 	}
 	t.adopt(rec, rev)
 	now := r.now()
+	if p := t.unstored(rec, now); p != nil {
+		// The ticket fetched last is the newest upstream issued: write
+		// it, never fetch over it.
+		return r.storeTicket(ctx, t, *p, rev, source, start, true)
+	}
 	if rec != nil && rec.ExpiresAt.After(now) {
 		switch {
 		case stale == nil && t.dueOf(rec).After(now),
@@ -409,11 +451,26 @@ func (r *Refresher) storeTicket(ctx context.Context, t *ticket, nrec contract.Ti
 	nrev, err := r.writeTicket(ctx, t, nrec, rev)
 	if err != nil {
 		if errors.Is(err, ErrSuperseded) {
+			t.dropPending()
 			cur, crev := t.current()
 			return derefTicket(cur), crev, nil
 		}
-		return r.ticketFailed(t, source, err, start)
+		if errors.Is(err, ErrNotLeader) || !fetched || !nrec.ExpiresAt.After(r.now()) {
+			// Fenced (the next leader fetches its own), a copy, or too
+			// late to serve: nothing to keep.
+			t.dropPending()
+			return r.ticketFailed(t, source, err, start)
+		}
+		if t.keepPending(nrec) {
+			r.obs.Alert(r.metricLabel(t.key), AlertTokenNotStored)
+			r.log.Error("ALERT token_not_stored: a ticket fetched from upstream could not be written to the bucket; "+
+				"it is kept in memory and only the write is retried (no new fetch while it is valid)",
+				"key", t.key, "app", a.name, "alert", AlertTokenNotStored, "ticket", contract.Fingerprint(nrec.Ticket),
+				"expires_at", nrec.ExpiresAt.Format(time.RFC3339), "err", err)
+		}
+		return r.ticketFailed(t, source, fmt.Errorf("%w: %w", ErrNotStored, err), start)
 	}
+	t.dropPending()
 	t.stored(nrec, nrev)
 	r.publishEvent(t.key, contract.Event{App: a.name, Key: t.key, Revision: nrev,
 		ExpiresAt: nrec.ExpiresAt, FetchedAt: nrec.FetchedAt, Source: source})

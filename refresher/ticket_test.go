@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
@@ -369,5 +371,64 @@ func TestTicketAddedByReload(t *testing.T) {
 	}
 	if n := e.Sim.Fetches(app.AppID); n != 1 {
 		t.Errorf("token fetches = %d, want 1", n)
+	}
+}
+
+// TestFailedTicketWriteKeepsFetchedTicket: a ticket fetched while the
+// bucket refuses writes is kept and only its write retried — no second
+// getticket call, which would supersede it as the fetch superseded the
+// stored one — and once writes work that very ticket is stored; the
+// alert token_not_stored is raised once, naming the ticket's key.
+func TestFailedTicketWriteKeepsFetchedTicket(t *testing.T) {
+	e := harness.New(t, harness.Options{Sim: wechatsim.Options{ExpiresIn: time.Hour}})
+	app := ticketApp(e, "mp", contract.TicketJSAPI)
+	cfg := e.Config(app)
+	cfg.Policy.Retry = 100 * time.Millisecond
+	reg := prometheus.NewRegistry()
+	rep := e.Start(cfg, refresher.WithObserver(refresher.NewMetrics(reg)))
+	_, rev := waitTicket(t, e, 10*time.Second, "mp.jsapi", func(contract.TicketRecord, uint64) bool { return true })
+	calls := e.Sim.TicketCalls(app.AppID)
+
+	ctx := context.Background()
+	st, err := e.JS.Stream(ctx, "KV_"+contract.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scfg := st.CachedInfo().Config
+	orig := scfg.MaxMsgSize
+	scfg.MaxMsgSize = 64
+	if _, err := e.JS.UpdateStream(ctx, scfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.R.RefreshTicketNow(ctx, "mp.jsapi"); err == nil {
+		t.Fatal("ticket refresh succeeded with a bucket that refuses writes")
+	}
+	fetched := e.Sim.LastTicket(app.AppID, contract.TicketJSAPI)
+	if !e.Logs.Contains("ALERT token_not_stored: a ticket") {
+		t.Error("no ALERT token_not_stored log line for the ticket")
+	}
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		return strings.Count(e.Logs.String(), "fetched token not stored yet") >= 3
+	}, "the ticket's write was not retried")
+	if n := e.Sim.TicketCalls(app.AppID) - calls; n != 1 {
+		t.Fatalf("%d ticket calls while the write failed, want 1", n)
+	}
+	if n := alertCount(t, reg, "mp.jsapi", refresher.AlertTokenNotStored); n != 1 {
+		t.Errorf("tokenkeeper_alerts_total{app=mp.jsapi,alert=token_not_stored} = %v, want 1", n)
+	}
+
+	scfg.MaxMsgSize = orig
+	if _, err := e.JS.UpdateStream(ctx, scfg); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := waitTicket(t, e, 10*time.Second, "mp.jsapi", func(_ contract.TicketRecord, v uint64) bool { return v > rev })
+	if rec.Ticket != fetched {
+		t.Error("the stored ticket is not the one fetched while writes failed")
+	}
+	if err := e.Sim.CheckTicket(rec.Ticket); err != nil {
+		t.Errorf("the stored ticket is not valid upstream: %v", err)
+	}
+	if n := e.Sim.TicketCalls(app.AppID) - calls; n != 1 {
+		t.Errorf("%d ticket calls in all, want 1", n)
 	}
 }
