@@ -396,6 +396,7 @@ func TestComponentSecretsNeverLeak(t *testing.T) {
 		t.Fatal("no token.updated event seen: the sweep of events tests nothing")
 	}
 	places["token.updated events"] = strings.Join(events, "\n")
+	nEvents := len(events)
 	evMu.Unlock()
 	places["the logs"] = w.e.Logs.String()
 	mrec := httptest.NewRecorder()
@@ -417,7 +418,7 @@ func TestComponentSecretsNeverLeak(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("swept %d secrets over %d places (%d events, %d audit records, %d log bytes)", len(secrets), len(places), len(events), len(raw), len(places["the logs"]))
+	t.Logf("swept %d secrets over %d places (%d events, %d audit records, %d log bytes)", len(secrets), len(places), nEvents, len(raw), len(places["the logs"]))
 }
 
 // TestComponentRotatedRefreshTokenNeverLost: WeChat hands back a new

@@ -17,6 +17,7 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper/contract"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/subscriber"
 	"github.com/tokenkeeper/tokenkeeper/testutil"
 	"github.com/tokenkeeper/tokenkeeper/testutil/harness"
 	"github.com/tokenkeeper/tokenkeeper/testutil/wechatsim"
@@ -424,7 +425,14 @@ func TestComponentAuthorizerTicketsTwoFailovers(t *testing.T) {
 	}
 	testutil.WaitFor(t, 30*time.Second, func() bool { k, _ := book.counts(); return k == n }, "not every authorizer got a ticket")
 
-	// Services sign as the authorizers all along.
+	// Services sign as the authorizers all along, through the client a
+	// service uses (a request lost with a killed replica is sent again
+	// after its 1 s timeout).
+	cl, err := subscriber.NewClient(w.e.NC, subscriber.WithRequestTimeout(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var signed, rejected, failed atomic.Int64
@@ -441,15 +449,9 @@ func TestComponentAuthorizerTicketsTwoFailovers(t *testing.T) {
 				case <-tick.C:
 				}
 				url := "https://shop.example/p/" + authz[i]
-				body, _ := json.Marshal(contract.SignRequest{URL: url})
-				m, err := w.e.NC.Request(contract.SignSubject(contract.Key(compName, authz[i])), body, 5*time.Second)
-				if err == nil && m.Header.Get(contract.ErrorCodeHeader) != "" {
-					err = fmt.Errorf("%s %s", m.Header.Get(contract.ErrorCodeHeader), m.Header.Get(contract.ErrorHeader))
-				}
-				var sr contract.SignReply
-				if err == nil {
-					err = json.Unmarshal(m.Data, &sr)
-				}
+				sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				sr, err := cl.Sign(sctx, contract.Key(compName, authz[i]), url)
+				cancel()
 				if err != nil {
 					if failed.Add(1) <= 5 {
 						t.Logf("sign as %s: %v", authz[i], err)
