@@ -643,8 +643,8 @@ type span struct{ from, to time.Time }
 // settle waits until every credential issued is stored, but for those
 // in flight at a kill (or answered within a second before it and not yet
 // written: the process died with the answer); it returns the total issued
-// and how many were lost at the kills.
-func (b *issueBook) settle(t *testing.T, kills []span) (total, lostAtKill int) {
+// and how many were lost at the kills, and whose.
+func (b *issueBook) settle(t *testing.T, kills []span) (total, lostAtKill int, lostOwners map[string]bool) {
 	t.Helper()
 	inKill := func(is issuance) bool {
 		for _, k := range kills {
@@ -658,7 +658,7 @@ func (b *issueBook) settle(t *testing.T, kills []span) (total, lostAtKill int) {
 	testutil.WaitFor(t, 10*time.Second, func() bool {
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		missing, lostAtKill, total = nil, 0, 0
+		missing, lostAtKill, total, lostOwners = nil, 0, 0, map[string]bool{}
 		for a, list := range b.issued {
 			for _, is := range list {
 				total++
@@ -666,6 +666,7 @@ func (b *issueBook) settle(t *testing.T, kills []span) (total, lostAtKill int) {
 				case b.stored[a][is.fp]:
 				case inKill(is):
 					lostAtKill++
+					lostOwners[a] = true
 				default:
 					missing = append(missing, a)
 				}
@@ -673,7 +674,7 @@ func (b *issueBook) settle(t *testing.T, kills []span) (total, lostAtKill int) {
 		}
 		return len(missing) == 0
 	}, "credentials issued but never stored (not in flight at a kill)")
-	return total, lostAtKill
+	return total, lostAtKill, lostOwners
 }
 
 // twoFailovers waits for a full round of n stored credentials, kills the
@@ -714,25 +715,39 @@ func twoFailovers(t *testing.T, reps *[]*harness.Replica, b *issueBook, n int, r
 
 // TestComponentThousandAuthorizersTwoFailovers: 1000 authorizers (set up
 // in the emulator and recovered by reconciliation) whose tokens live 6 s
-// (12 s under -race) are refreshed by three replicas while business calls with each
+// (20 s under -race) are refreshed by three replicas while business calls with each
 // authorizer's token go through subscriber Sources (one Client) and
 // Transport to the emulator's getcallbackip; the leader is killed (its
 // connection dropped at once), later the next leader is stopped
 // (SIGTERM). Every api_authorizer_token answer is recorded: every token
 // issued is stored — but for the answers of calls in flight at the kill,
 // which no process can store and which are counted — and no business
-// call is rejected upstream.
+// call fails: none is rejected upstream but those of an authorizer whose
+// token was lost at the kill (it superseded the stored one: 40001 after
+// the grace, recovered by the Transport's refresh).
 func TestComponentThousandAuthorizersTwoFailovers(t *testing.T) {
 	const n = 1000
-	life := 6 * time.Second
+	life, grace := 6*time.Second, 3*time.Second
 	if raceEnabled {
 		// The race detector slows the refresher several times over: 1000
 		// refreshes every 3 s plus a 2 s failover then outrun tokens of
-		// 6 s (a capacity limit, not a fault; without -race 6 s passes).
-		life = 12 * time.Second
+		// 6 s — and of 12 s when CI runs other packages' tests on the
+		// same two cores (a token expired before its refresh: 42001); a
+		// capacity limit, not a fault (without -race 6 s passes). And
+		// 1000 Sources on two loaded cores can take more than 3 s to see
+		// a new token: a superseded token stays valid for 6 s (WeChat's
+		// grace is 5 minutes of a 2-hour token).
+		life, grace = 20*time.Second, 6*time.Second
 	}
 	book := newIssueBook() // by authorizer appid
-	simOpts := wechatsim.Options{ExpiresIn: life, Grace: 3 * time.Second, OnCall: func(c wechatsim.Call) {
+	var rejMu sync.Mutex
+	rejectedOf := map[string][]int{} // authorizer → errcodes of its rejected business calls
+	simOpts := wechatsim.Options{ExpiresIn: life, Grace: grace, OnCall: func(c wechatsim.Call) {
+		if c.Path == wechatsim.PathCallbackIP && c.Errcode != 0 {
+			rejMu.Lock()
+			rejectedOf[c.AppID] = append(rejectedOf[c.AppID], c.Errcode)
+			rejMu.Unlock()
+		}
 		if c.Path != wechatsim.PathAuthorizerToken || c.Status != http.StatusOK || c.Errcode != 0 || c.Token == "" {
 			return
 		}
@@ -866,7 +881,7 @@ func TestComponentThousandAuthorizersTwoFailovers(t *testing.T) {
 	if err := reps[0].Stop(); err != nil { // waits for every refresh it started
 		t.Fatal(err)
 	}
-	total, lostAtKill := book.settle(t, kills)
+	total, lostAtKill, lostOwners := book.settle(t, kills)
 	sum := 0
 	for _, a := range authz {
 		sum += w.e.Sim.AuthorizerTokensIssued(compAppID, a)
@@ -877,8 +892,29 @@ func TestComponentThousandAuthorizersTwoFailovers(t *testing.T) {
 	ok, rejected := w.e.Sim.BusinessCalls()
 	t.Logf("%d authorizer tokens issued, %d stored, %d lost in flight at the kill; %d business calls (%d ok upstream, %d rejected)",
 		total, total-lostAtKill, lostAtKill, calls.Load(), ok, rejected)
-	if rejected != 0 || failed.Load() != 0 {
-		t.Errorf("%d business calls rejected upstream, %d failed at the caller", rejected, failed.Load())
+	// A token issued to the killed leader and lost with it superseded
+	// the stored one (as at WeChat): that authorizer's calls are
+	// rejected 40001 once the grace ends, until a service's Transport
+	// asks for a new token with the stale revision and retries — which
+	// is why no call fails at the caller. Any other rejection is a
+	// fault.
+	rejMu.Lock()
+	excused := 0
+	for a, codes := range rejectedOf {
+		for _, code := range codes {
+			if lostOwners[a] && code == 40001 {
+				excused++
+				continue
+			}
+			t.Errorf("business call of %s rejected upstream with %d (a token lost at the kill: %v)", a, code, lostOwners[a])
+		}
+	}
+	rejMu.Unlock()
+	if excused > 0 {
+		t.Logf("%d business calls rejected 40001 for authorizers whose token was lost at the kill, each recovered by the Transport's refresh", excused)
+	}
+	if failed.Load() != 0 {
+		t.Errorf("%d business calls failed at the caller", failed.Load())
 	}
 	if calls.Load() < int64(n) {
 		t.Errorf("only %d business calls made", calls.Load())

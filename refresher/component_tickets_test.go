@@ -482,7 +482,7 @@ func TestComponentAuthorizerTicketsTwoFailovers(t *testing.T) {
 	if err := reps[0].Stop(); err != nil {
 		t.Fatal(err)
 	}
-	total, lostAtKill := book.settle(t, kills)
+	total, lostAtKill, _ := book.settle(t, kills)
 	sum := 0
 	for _, a := range authz {
 		sum += w.e.Sim.TicketsIssued(a, contract.TicketJSAPI)
