@@ -130,21 +130,30 @@ func secretHistory[T any](t *testing.T, w *compWorld, key string) []T {
 	return out
 }
 
-// setSecretsMaxMsgSize sets the secrets stream's MaxMsgSize: 16 makes
-// every write of a sealed value fail while reads go on; -1 lifts it.
-func setSecretsMaxMsgSize(t *testing.T, js jetstream.JetStream, n int32) {
+// setMaxMsgSize sets the MaxMsgSize of bucket's stream and returns the
+// one it had: a size under the values' makes every write fail while
+// reads go on (the fault of a bucket that refuses writes); -1 lifts it.
+func setMaxMsgSize(t *testing.T, js jetstream.JetStream, bucket string, n int32) (prev int32) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := js.Stream(ctx, contract.KVStream(contract.SecretsBucket(contract.DefaultBucket)))
+	s, err := js.Stream(ctx, contract.KVStream(bucket))
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := s.CachedInfo().Config
-	c.MaxMsgSize = n
+	prev, c.MaxMsgSize = c.MaxMsgSize, n
 	if _, err := js.UpdateStream(ctx, c); err != nil {
 		t.Fatal(err)
 	}
+	return prev
+}
+
+// setSecretsMaxMsgSize is setMaxMsgSize of the secrets bucket: 16 makes
+// every write of a sealed value fail.
+func setSecretsMaxMsgSize(t *testing.T, js jetstream.JetStream, n int32) {
+	t.Helper()
+	setMaxMsgSize(t, js, contract.SecretsBucket(contract.DefaultBucket), n)
 }
 
 // TestComponentTwoComponentsNeverShareTickets: two wechat-component apps

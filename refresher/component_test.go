@@ -257,18 +257,7 @@ func TestComponentTicketNotStoredNoSuccess(t *testing.T) {
 	_, cb := w.start()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	stream := contract.KVStream(contract.SecretsBucket(contract.DefaultBucket))
-	setMax := func(n int32) {
-		s, err := w.e.JS.Stream(ctx, stream)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := s.CachedInfo().Config
-		c.MaxMsgSize = n
-		if _, err := w.e.JS.UpdateStream(ctx, c); err != nil {
-			t.Fatal(err)
-		}
-	}
+	setMax := func(n int32) { setSecretsMaxMsgSize(t, w.e.JS, n) }
 	setMax(16) // every sealed value is larger: writes fail
 	err := w.e.Sim.PushVerifyTicket(ctx, compAppID, cb)
 	if !errors.Is(err, wechatsim.ErrPushRejected) {

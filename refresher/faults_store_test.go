@@ -429,21 +429,7 @@ func TestReadyzReflectsNoLeader(t *testing.T) {
 	h := rep.R.HealthHandler()
 	testutil.WaitFor(t, 5*time.Second, func() bool { c, _ := healthReadiness(t, h); return c == http.StatusOK && rep.R.Leader() }, "not ready")
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	stream, err := e.JS.Stream(ctx, "KV_"+contract.LeaseBucket(contract.DefaultBucket))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc := stream.CachedInfo().Config
-	setMaxMsgSize := func(n int32) {
-		t.Helper()
-		sc.MaxMsgSize = n
-		if _, err := e.JS.UpdateStream(ctx, sc); err != nil {
-			t.Fatal(err)
-		}
-	}
-	setMaxMsgSize(8) // no lease record fits
+	prev := setMaxMsgSize(t, e.JS, contract.LeaseBucket(contract.DefaultBucket), 8) // no lease record fits
 	blocked := time.Now()
 	var c refresher.Check
 	testutil.WaitFor(t, 2*cfg.LeaseTTL+5*time.Second, func() bool {
@@ -462,7 +448,7 @@ func TestReadyzReflectsNoLeader(t *testing.T) {
 		t.Errorf("the app check failed too (%+v): the leader check is what must fail here", a)
 	}
 
-	setMaxMsgSize(-1)
+	setMaxMsgSize(t, e.JS, contract.LeaseBucket(contract.DefaultBucket), prev)
 	testutil.WaitFor(t, 2*cfg.LeaseTTL+5*time.Second, func() bool {
 		code, _ := healthReadiness(t, h)
 		return code == http.StatusOK && rep.R.Leader()

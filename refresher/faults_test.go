@@ -172,16 +172,7 @@ func TestFailedWriteKeepsFetchedToken(t *testing.T) {
 	fetches := e.Sim.Fetches(app.AppID)
 
 	ctx := context.Background()
-	st, err := e.JS.Stream(ctx, "KV_"+contract.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	scfg := st.CachedInfo().Config
-	orig := scfg.MaxMsgSize
-	scfg.MaxMsgSize = 64
-	if _, err := e.JS.UpdateStream(ctx, scfg); err != nil {
-		t.Fatal(err)
-	}
+	orig := setMaxMsgSize(t, e.JS, contract.DefaultBucket, 64)
 
 	// A rejected token: the refresher fetches, and cannot write.
 	if _, err := rep.R.Refresh(ctx, "mp", &rev); err == nil {
@@ -207,10 +198,7 @@ func TestFailedWriteKeepsFetchedToken(t *testing.T) {
 	}
 
 	// Writes work again: the token fetched earlier is what gets stored.
-	scfg.MaxMsgSize = orig
-	if _, err := e.JS.UpdateStream(ctx, scfg); err != nil {
-		t.Fatal(err)
-	}
+	setMaxMsgSize(t, e.JS, contract.DefaultBucket, orig)
 	rec, _ := e.WaitRecord(10*time.Second, "mp", func(_ contract.Record, v uint64) bool { return v > rev })
 	if rec.AccessToken != fetched {
 		t.Error("the stored token is not the one fetched while writes failed")

@@ -390,16 +390,7 @@ func TestFailedTicketWriteKeepsFetchedTicket(t *testing.T) {
 	calls := e.Sim.TicketCalls(app.AppID)
 
 	ctx := context.Background()
-	st, err := e.JS.Stream(ctx, "KV_"+contract.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	scfg := st.CachedInfo().Config
-	orig := scfg.MaxMsgSize
-	scfg.MaxMsgSize = 64
-	if _, err := e.JS.UpdateStream(ctx, scfg); err != nil {
-		t.Fatal(err)
-	}
+	orig := setMaxMsgSize(t, e.JS, contract.DefaultBucket, 64)
 	if err := rep.R.RefreshTicketNow(ctx, "mp.jsapi"); err == nil {
 		t.Fatal("ticket refresh succeeded with a bucket that refuses writes")
 	}
@@ -417,10 +408,7 @@ func TestFailedTicketWriteKeepsFetchedTicket(t *testing.T) {
 		t.Errorf("tokenkeeper_alerts_total{app=mp.jsapi,alert=token_not_stored} = %v, want 1", n)
 	}
 
-	scfg.MaxMsgSize = orig
-	if _, err := e.JS.UpdateStream(ctx, scfg); err != nil {
-		t.Fatal(err)
-	}
+	setMaxMsgSize(t, e.JS, contract.DefaultBucket, orig)
 	rec, _ := waitTicket(t, e, 10*time.Second, "mp.jsapi", func(_ contract.TicketRecord, v uint64) bool { return v > rev })
 	if rec.Ticket != fetched {
 		t.Error("the stored ticket is not the one fetched while writes failed")
