@@ -11,7 +11,6 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -656,23 +655,7 @@ func TestComponentAuthorizerPassiveRefresh(t *testing.T) {
 	if rep, err := ask(""); err != nil || rep.Revision != rev || rep.AccessToken != first.AccessToken {
 		t.Fatalf("empty request: %+v %v, want revision %d", rep.Revision, err, rev)
 	}
-	storm := func() []contract.RefreshReply {
-		body := fmt.Sprintf(`{"stale_revision":%d}`, rev)
-		reps := make([]contract.RefreshReply, 200)
-		errs := make([]error, 200)
-		var wg sync.WaitGroup
-		for i := range reps {
-			wg.Add(1)
-			go func() { defer wg.Done(); reps[i], errs[i] = ask(body) }()
-		}
-		wg.Wait()
-		for _, err := range errs {
-			if err != nil {
-				t.Fatalf("storm request: %v", err)
-			}
-		}
-		return reps
-	}
+	storm := func() []contract.RefreshReply { return stormRefresh[contract.RefreshReply](t, w, key, rev, 200) }
 	for _, rep := range storm() {
 		if rep.Revision <= rev || rep.AccessToken == first.AccessToken {
 			t.Fatalf("a reply kept the rejected token (revision %d, stale %d, same token %v)", rep.Revision, rev, rep.AccessToken == first.AccessToken)

@@ -50,6 +50,27 @@ func askRefresh[T any](w *compWorld, key, body string) (T, error) {
 	return rep, json.Unmarshal(m.Data, &rep)
 }
 
+// stormRefresh sends n concurrent token.refresh requests for key naming
+// revision stale and returns their replies; any error reply fails t.
+func stormRefresh[T any](t *testing.T, w *compWorld, key string, stale uint64, n int) []T {
+	t.Helper()
+	body := fmt.Sprintf(`{"stale_revision":%d}`, stale)
+	reps := make([]T, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range reps {
+		wg.Add(1)
+		go func() { defer wg.Done(); reps[i], errs[i] = askRefresh[T](w, key, body) }()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatalf("storm request: %v", err)
+		}
+	}
+	return reps
+}
+
 // signAs asks token.sign.<key> for url and returns the reply or the
 // error code and message of an error reply.
 func (w *compWorld) signAs(key, url, ticket string) (contract.SignReply, error) {
@@ -246,21 +267,9 @@ func TestComponentAuthorizerTicketPassiveAndRejected(t *testing.T) {
 	if r, err := ask(""); err != nil || r.Revision != rev || r.Ticket != first.Ticket {
 		t.Fatalf("empty request: revision %d %v, want %d", r.Revision, err, rev)
 	}
-	body := fmt.Sprintf(`{"stale_revision":%d}`, rev)
-	reps := make([]refresher.TicketReply, 200)
-	errs := make([]error, 200)
-	var wg sync.WaitGroup
-	for i := range reps {
-		wg.Add(1)
-		go func() { defer wg.Done(); reps[i], errs[i] = ask(body) }()
-	}
-	wg.Wait()
-	for i := range reps {
-		if errs[i] != nil {
-			t.Fatalf("storm request: %v", errs[i])
-		}
-		if reps[i].Revision <= rev || reps[i].Ticket == first.Ticket {
-			t.Fatalf("a reply kept the stale ticket (revision %d, stale %d)", reps[i].Revision, rev)
+	for _, r := range stormRefresh[refresher.TicketReply](t, w, key, rev, 200) {
+		if r.Revision <= rev || r.Ticket == first.Ticket {
+			t.Fatalf("a reply kept the stale ticket (revision %d, stale %d)", r.Revision, rev)
 		}
 	}
 	if n := w.e.Sim.TicketCalls(authz) - calls; n != 1 {
