@@ -88,10 +88,15 @@ func newTicket(a *app, typ string) *ticket {
 // internSource returns the constant of a record's source, so that the
 // records held share one copy of it (a parsed record has its own).
 func internSource(s string) string {
-	for _, c := range []string{contract.SourceScheduled, contract.SourceStartup, contract.SourcePassive, contract.SourceManual} {
-		if s == c {
-			return c
-		}
+	switch s {
+	case contract.SourceScheduled:
+		return contract.SourceScheduled
+	case contract.SourceStartup:
+		return contract.SourceStartup
+	case contract.SourcePassive:
+		return contract.SourcePassive
+	case contract.SourceManual:
+		return contract.SourceManual
 	}
 	return s
 }

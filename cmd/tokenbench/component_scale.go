@@ -447,7 +447,7 @@ func componentScaleOnce(ctx context.Context, run componentScaleRun) (componentSc
 	for k := range records {
 		keys = append(keys, k)
 	}
-	var rssSum, samples int64
+	var rss rssMeter
 	made, madeTickets := 0, 0
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
@@ -478,23 +478,18 @@ func componentScaleOnce(ctx context.Context, run componentScaleRun) (componentSc
 		}
 		if time.Now().After(nextSample) {
 			nextSample = nextSample.Add(time.Second)
-			s, err := readProc(p.pid())
-			if err != nil {
+			if err := rss.sample(p.pid()); err != nil {
 				return res, err
 			}
-			rssSum += s.rss
-			samples++
-			res.peakRSS = max(res.peakRSS, s.hwm)
 		}
 	}
+	res.peakRSS = max(res.peakRSS, rss.peak)
 	z, err := readProc(p.pid())
 	if err != nil {
 		return res, err
 	}
 	res.cpuPerMinute = time.Duration(float64(z.cpu-a.cpu) / z.at.Sub(a.at).Minutes())
-	if samples > 0 {
-		res.steadyRSS = rssSum / samples
-	}
+	res.steadyRSS = rss.mean()
 	var steady []time.Time
 	steady, res.steady = calls.since(steadyStart)
 	res.steadyFor = z.at.Sub(steadyStart)

@@ -37,6 +37,32 @@ type procSample struct {
 	threads  int
 }
 
+// rssMeter samples a process's memory over a window: the mean RSS and the
+// peak (VmHWM) of its samples.
+type rssMeter struct {
+	sum, n, peak int64
+}
+
+// sample reads pid once and adds the reading.
+func (m *rssMeter) sample(pid int) error {
+	s, err := readProc(pid)
+	if err != nil {
+		return err
+	}
+	m.sum += s.rss
+	m.n++
+	m.peak = max(m.peak, s.hwm)
+	return nil
+}
+
+// mean is the mean RSS of the samples (0 without any).
+func (m *rssMeter) mean() int64 {
+	if m.n == 0 {
+		return 0
+	}
+	return m.sum / m.n
+}
+
 // readProc samples /proc/<pid>/stat and /proc/<pid>/status.
 func readProc(pid int) (procSample, error) {
 	s := procSample{at: time.Now()}

@@ -217,28 +217,23 @@ func scaleOnce(ctx context.Context, bin, tmp string, n, concurrency int, latency
 	if err != nil {
 		return res, err
 	}
-	var rssSum, samples int64
+	var rss rssMeter
 	end := time.Now().Add(window)
 	for time.Now().Before(end) {
 		if err := sleepCtx(ctx, time.Second); err != nil {
 			return res, err
 		}
-		s, err := readProc(p.pid())
-		if err != nil {
+		if err := rss.sample(p.pid()); err != nil {
 			return res, err
 		}
-		rssSum += s.rss
-		samples++
-		res.peakRSS = max(res.peakRSS, s.hwm)
 	}
+	res.peakRSS = max(res.peakRSS, rss.peak)
 	z, err := readProc(p.pid())
 	if err != nil {
 		return res, err
 	}
 	res.steadyCPU = (z.cpu - a.cpu).Seconds() / z.at.Sub(a.at).Seconds()
-	if samples > 0 {
-		res.steadyRSS = rssSum / samples
-	}
+	res.steadyRSS = rss.mean()
 
 	t0 := time.Now()
 	p.signal(syscall.SIGTERM)
