@@ -646,6 +646,45 @@ func (b *issueBook) counts() (owners, stored int) {
 	return len(b.stored), b.nStored
 }
 
+// follow records in b every value stored under filter in kv from now on
+// (until the test ends): parse returns its owner and fingerprint, ok
+// false to skip it.
+func (b *issueBook) follow(t *testing.T, kv jetstream.KeyValue, filter string, parse func(val []byte) (owner, fp string, ok bool)) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	watcher, err := kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for e := range watcher.Updates() {
+			if e == nil {
+				continue
+			}
+			if owner, fp, ok := parse(e.Value()); ok {
+				b.store(owner, fp)
+			}
+		}
+	}()
+}
+
+// startThree starts three replicas of w's config (the first leads),
+// has the emulator push a verify ticket and waits for the component
+// token.
+func (w *compWorld) startThree(t *testing.T) []*harness.Replica {
+	t.Helper()
+	reps := []*harness.Replica{w.e.Start(w.cfg)}
+	testutil.WaitFor(t, 10*time.Second, reps[0].R.Leader, "replica 1 does not lead")
+	reps = append(reps, w.e.Start(w.cfg), w.e.Start(w.cfg))
+	w.openKVs()
+	if err := w.e.Sim.PushVerifyTicket(context.Background(), compAppID, callbackURL(t, reps[0], compName)); err != nil {
+		t.Fatal(err)
+	}
+	w.waitToken(compName, 10*time.Second, nil)
+	return reps
+}
+
 // span is the time a replica took to die.
 type span struct{ from, to time.Time }
 
@@ -768,35 +807,15 @@ func TestComponentThousandAuthorizersTwoFailovers(t *testing.T) {
 	// 1000 refreshes every few seconds: above the default 100 calls/s of
 	// max_calls_per_second, which is WeChat-sized, not test-sized.
 	w.cfg.Apps[0].MaxCallsPerSecond = 5000
-	reps := []*harness.Replica{w.e.Start(w.cfg)}
-	testutil.WaitFor(t, 10*time.Second, reps[0].R.Leader, "replica 1 does not lead")
-	reps = append(reps, w.e.Start(w.cfg), w.e.Start(w.cfg))
-	w.openKVs()
+	reps := w.startThree(t)
 	ctx := context.Background()
-	if err := w.e.Sim.PushVerifyTicket(ctx, compAppID, callbackURL(t, reps[0], compName)); err != nil {
-		t.Fatal(err)
-	}
-	w.waitToken(compName, 10*time.Second, nil)
 
 	// Every token stored for an authorizer, from the start.
-	wctx, stopWatch := context.WithCancel(ctx)
-	defer stopWatch()
-	watcher, err := w.tokKV.Watch(wctx, compName+".*", jetstream.IgnoreDeletes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for e := range watcher.Updates() {
-			if e == nil {
-				continue
-			}
-			var rec contract.Record
-			if json.Unmarshal(e.Value(), &rec) != nil || rec.AuthorizerAppID == "" {
-				continue
-			}
-			book.store(rec.AuthorizerAppID, contract.Fingerprint(rec.AccessToken))
-		}
-	}()
+	book.follow(t, w.tokKV, compName+".*", func(val []byte) (string, string, bool) {
+		var rec contract.Record
+		ok := json.Unmarshal(val, &rec) == nil && rec.AuthorizerAppID != ""
+		return rec.AuthorizerAppID, contract.Fingerprint(rec.AccessToken), ok
+	})
 
 	authz := make([]string, n)
 	for i := range authz {

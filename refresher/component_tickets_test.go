@@ -393,36 +393,17 @@ func TestComponentAuthorizerTicketsTwoFailovers(t *testing.T) {
 	w, _ := newCompWorldWith(t, harness.Options{Sim: simOpts})
 	w.authorizerTickets(contract.TicketJSAPI)
 	w.cfg.Policy.At = 0.5
-	reps := []*harness.Replica{w.e.Start(w.cfg)}
-	testutil.WaitFor(t, 10*time.Second, reps[0].R.Leader, "replica 1 does not lead")
-	reps = append(reps, w.e.Start(w.cfg), w.e.Start(w.cfg))
-	w.openKVs()
+	reps := w.startThree(t)
 	ctx := context.Background()
-	if err := w.e.Sim.PushVerifyTicket(ctx, compAppID, callbackURL(t, reps[0], compName)); err != nil {
-		t.Fatal(err)
-	}
-	w.waitToken(compName, 10*time.Second, nil)
-
-	wctx, stopWatch := context.WithCancel(ctx)
-	defer stopWatch()
-	watcher, err := w.tokKV.Watch(wctx, compName+".*."+contract.TicketJSAPI, jetstream.IgnoreDeletes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for e := range watcher.Updates() {
-			if e == nil {
-				continue
-			}
-			var rec contract.TicketRecord
-			if json.Unmarshal(e.Value(), &rec) != nil {
-				continue
-			}
-			_, rest, _ := strings.Cut(rec.Key, ".")
-			authz, _, _ := strings.Cut(rest, ".")
-			book.store(authz, contract.Fingerprint(rec.Ticket))
+	book.follow(t, w.tokKV, compName+".*."+contract.TicketJSAPI, func(val []byte) (string, string, bool) {
+		var rec contract.TicketRecord
+		if json.Unmarshal(val, &rec) != nil {
+			return "", "", false
 		}
-	}()
+		_, rest, _ := strings.Cut(rec.Key, ".")
+		authz, _, _ := strings.Cut(rest, ".")
+		return authz, contract.Fingerprint(rec.Ticket), true
+	})
 
 	authz := make([]string, n)
 	cb := callbackURL(t, reps[1], compName) // a follower answers the pushes
