@@ -685,6 +685,35 @@ func (w *compWorld) startThree(t *testing.T) []*harness.Replica {
 	return reps
 }
 
+// businessLoad calls call(i) for i = 0…n-1 round robin from two workers,
+// each every 5 ms, until the returned stop is called; stop waits for the
+// workers and may be called again.
+func businessLoad(n int, call func(i int)) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for wk := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(5 * time.Millisecond)
+			defer tick.Stop()
+			for i := wk; ; i = (i + 2) % n {
+				select {
+				case <-done:
+					return
+				case <-tick.C:
+				}
+				call(i)
+			}
+		}()
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() { close(done) })
+		wg.Wait()
+	}
+}
+
 // span is the time a replica took to die.
 type span struct{ from, to time.Time }
 
@@ -865,47 +894,30 @@ func TestComponentThousandAuthorizersTwoFailovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%d Sources in %s", n, time.Since(begin).Round(time.Millisecond))
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	var calls, failed atomic.Int64
-	for wk := range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tick := time.NewTicker(5 * time.Millisecond)
-			defer tick.Stop()
-			for i := wk; ; i = (i + 2) % n {
-				select {
-				case <-stop:
-					return
-				case <-tick.C:
-				}
-				hc := &http.Client{Transport: &subscriber.Transport{Source: srcs[i]}, Timeout: 5 * time.Second}
-				resp, err := hc.Get(w.e.SimURL + wechatsim.PathCallbackIP)
-				if err != nil {
-					if failed.Add(1) <= 5 {
-						t.Logf("business call for %s: %v", authz[i], err)
-					}
-					continue
-				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				calls.Add(1)
-				if strings.Contains(string(body), "errcode") && !strings.Contains(string(body), `"errcode":0`) {
-					if failed.Add(1) <= 5 {
-						t.Logf("business call for %s answered %s", authz[i], body)
-					}
-				}
+	stopLoad := businessLoad(n, func(i int) {
+		hc := &http.Client{Transport: &subscriber.Transport{Source: srcs[i]}, Timeout: 5 * time.Second}
+		resp, err := hc.Get(w.e.SimURL + wechatsim.PathCallbackIP)
+		if err != nil {
+			if failed.Add(1) <= 5 {
+				t.Logf("business call for %s: %v", authz[i], err)
 			}
-		}()
-	}
-	defer func() { close(stop); wg.Wait() }()
+			return
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		calls.Add(1)
+		if strings.Contains(string(body), "errcode") && !strings.Contains(string(body), `"errcode":0`) {
+			if failed.Add(1) <= 5 {
+				t.Logf("business call for %s answered %s", authz[i], body)
+			}
+		}
+	})
+	defer stopLoad()
 
 	// A full round of refreshes, then each failover followed by another.
 	kills := twoFailovers(t, &reps, book, n, 30*time.Second)
-	close(stop)
-	wg.Wait()
-	stop = make(chan struct{})
+	stopLoad()
 	if err := reps[0].Stop(); err != nil { // waits for every refresh it started
 		t.Fatal(err)
 	}

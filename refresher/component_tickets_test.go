@@ -423,52 +423,29 @@ func TestComponentAuthorizerTicketsTwoFailovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	var signed, rejected, failed atomic.Int64
-	for wk := range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tick := time.NewTicker(5 * time.Millisecond)
-			defer tick.Stop()
-			for i := wk; ; i = (i + 2) % n {
-				select {
-				case <-stop:
-					return
-				case <-tick.C:
-				}
-				url := "https://shop.example/p/" + authz[i]
-				sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				sr, err := cl.Sign(sctx, contract.Key(compName, authz[i]), url)
-				cancel()
-				if err != nil {
-					if failed.Add(1) <= 5 {
-						t.Logf("sign as %s: %v", authz[i], err)
-					}
-					continue
-				}
-				signed.Add(1)
-				if w.e.Sim.CheckSignature(authz[i], url, sr.NonceStr, sr.Timestamp, sr.Signature) != nil {
-					if rejected.Add(1) <= 5 {
-						t.Logf("signature as %s rejected by the emulator", authz[i])
-					}
-				}
+	stopLoad := businessLoad(n, func(i int) {
+		url := "https://shop.example/p/" + authz[i]
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		sr, err := cl.Sign(sctx, contract.Key(compName, authz[i]), url)
+		cancel()
+		if err != nil {
+			if failed.Add(1) <= 5 {
+				t.Logf("sign as %s: %v", authz[i], err)
 			}
-		}()
-	}
-	defer func() {
-		select {
-		case <-stop:
-		default:
-			close(stop)
+			return
 		}
-		wg.Wait()
-	}()
+		signed.Add(1)
+		if w.e.Sim.CheckSignature(authz[i], url, sr.NonceStr, sr.Timestamp, sr.Signature) != nil {
+			if rejected.Add(1) <= 5 {
+				t.Logf("signature as %s rejected by the emulator", authz[i])
+			}
+		}
+	})
+	defer stopLoad()
 
 	kills := twoFailovers(t, &reps, book, n, 40*time.Second)
-	close(stop)
-	wg.Wait()
+	stopLoad()
 	if err := reps[0].Stop(); err != nil {
 		t.Fatal(err)
 	}
