@@ -96,17 +96,11 @@ func runComponentScale(ctx context.Context, args []string, out io.Writer) error 
 	if *statusEvery <= 0 {
 		return fmt.Errorf("-status-every %s: want a positive duration", *statusEvery)
 	}
-	tmp, err := os.MkdirTemp("", "tokenbench-cscale-")
+	tmp, refBin, err := benchDir(ctx, "tokenbench-cscale-", *bin, *inproc)
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	refBin := ""
-	if !*inproc {
-		if refBin, err = refresherBinary(ctx, *bin, tmp); err != nil {
-			return err
-		}
-	}
 	limit := fmt.Sprintf("max_calls_per_second %v", *maxCalls)
 	if *maxCalls == 0 {
 		limit = fmt.Sprintf("max_calls_per_second %d (the default)", refresher.DefaultMaxCallsPerSecond)

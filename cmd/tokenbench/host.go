@@ -6,6 +6,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -35,6 +36,22 @@ type procSample struct {
 	cpu      time.Duration // user + system
 	rss, hwm int64         // bytes
 	threads  int
+}
+
+// benchDir makes a temporary directory (the caller removes it) and,
+// unless the refresher runs in process, builds the refresher binary into
+// it (or takes bin); it returns the directory and the binary's path.
+func benchDir(ctx context.Context, prefix, bin string, inproc bool) (tmp, refBin string, err error) {
+	if tmp, err = os.MkdirTemp("", prefix); err != nil {
+		return "", "", err
+	}
+	if !inproc {
+		if refBin, err = refresherBinary(ctx, bin, tmp); err != nil {
+			os.RemoveAll(tmp)
+			return "", "", err
+		}
+	}
+	return tmp, refBin, nil
 }
 
 // rssMeter samples a process's memory over a window: the mean RSS and the

@@ -56,17 +56,11 @@ func runScale(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.MkdirTemp("", "tokenbench-scale-")
+	tmp, refBin, err := benchDir(ctx, "tokenbench-scale-", *bin, *inproc)
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	refBin := ""
-	if !*inproc {
-		if refBin, err = refresherBinary(ctx, *bin, tmp); err != nil {
-			return err
-		}
-	}
 
 	header(out, "Scale of one refresher process",
 		fmt.Sprintf("cmd/refresher as a process (default settings: schedule @every 30s, %s, lease_ttl 10s, http on, log info), embedded nats-server and emulator (7200 s tokens, latency %s) in tokenbench; steady state measured over %s; CPU and memory from /proc/<pid>", conc, *latency, *window))
